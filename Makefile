@@ -1,0 +1,41 @@
+# Stablebill — the two commands a fresh machine needs: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DJANGO_SETTINGS_MODULE := config.settings
+
+.PHONY: run test lint bench install migrate demo clean e2e-deps
+
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.12+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 12) else None'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) requirements-dev.lock
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Everything on embedded defaults: SQLite, Celery's filesystem broker, emails in var/mail.
+run: export DEBUG ?= 1
+run: $(STAMP)
+	mkdir -p var/mail var/celery/queue var/celery/processed
+	$(PY) manage.py migrate --no-input -v 0
+	$(PY) manage.py seed_demo
+	bin/devserver
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+bench: $(STAMP)
+	$(PY) -m pytest tests/bench -p no:randomly -s $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/stablebill.sqlite3* var/celery var/mail var/demo-login.txt

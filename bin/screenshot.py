@@ -1,0 +1,48 @@
+"""Sign in and screenshot pages of a running Stablebill, to look at what we build.
+
+Usage: .venv/bin/python bin/screenshot.py BASE_URL EMAIL PASSWORD OUTDIR PATH [PATH ...]
+Each PATH may carry a name: `/invoices/=invoices`.
+"""
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def main() -> None:
+    base, email, password, outdir, *paths = sys.argv[1:]
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        for width, suffix in ((1366, ""), (390, "-mobile")):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(base + "/login/")
+            page.fill("input[name=username]", email)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_load_state("networkidle")
+            for item in paths:
+                path, _, name = item.partition("=")
+                name = name or (path.strip("/").replace("/", "_") or "dashboard")
+                page.goto(base + path)
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(out / f"{name}{suffix}.png"), full_page=True)
+            for error in errors:
+                print("console error:", error)
+            page.close()
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from invoices.models import Actor, Invoice, InvoiceEvent, LineItem
+from invoices.services import InvoiceStateError, invoice_mark_paid
+
+
+class LineItemInline(admin.TabularInline):
+    model = LineItem
+    extra = 0
+    fields = ["position", "name", "description", "quantity", "unit_price", "amount"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+class InvoiceEventInline(admin.TabularInline):
+    model = InvoiceEvent
+    extra = 0
+    fields = ["created_at", "type", "from_status", "to_status", "actor", "actor_user", "note"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+class MarkPaidAdminForm(forms.Form):
+    reference = forms.CharField(
+        max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
+        help_text="Required: how the money arrived (bank reference, receipt number, …).",
+    )
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = ["reference", "merchant", "customer", "status", "total", "currency", "kind", "created_at"]
+    list_filter = ["status", "kind", "pricing_mode", "currency", "failure_reason", "merchant"]
+    search_fields = ["reference", "foreign_id", "tracking_id", "customer__name", "customer__email", "public_token"]
+    list_select_related = ["merchant", "customer"]
+    date_hierarchy = "created_at"
+    actions = ["mark_paid_off_platform"]
+    inlines = [LineItemInline, InvoiceEventInline]
+    # Status and money only change through services (and their events); admin shows them.
+    readonly_fields = [
+        "merchant", "number", "reference", "public_token", "status", "failure_reason", "subtotal", "total",
+        "currency", "created_by", "created_at", "updated_at", "issued_at", "expires_at", "finalized_at",
+    ]
+    fields = [
+        "merchant", "reference", "number", "status", "failure_reason", "customer", "kind", "pricing_mode",
+        "currency", "accepted_assets", "fee_payer", "subtotal", "total", "description", "due_date",
+        "foreign_id", "tracking_id", "callback_url", "payment_page_url", "payment_page_button",
+        "public_token", "created_by", "created_at", "updated_at", "issued_at", "expires_at", "finalized_at",
+    ]
+    autocomplete_fields = ["customer"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Invoices are numbered and totalled by invoice_create; the dashboard and API create them.
+        return False
+
+    @admin.action(description="Mark as paid (off-platform)", permissions=["change"])
+    def mark_paid_off_platform(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        form = MarkPaidAdminForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            done, refused = 0, []
+            for invoice in queryset.order_by("pk"):
+                try:
+                    invoice_mark_paid(
+                        invoice=invoice,
+                        reference=form.cleaned_data["reference"],
+                        by=request.user,  # type: ignore[arg-type]
+                        actor=Actor.ADMIN,
+                    )
+                except (InvoiceStateError, ValidationError) as error:
+                    text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+                    refused.append(f"{invoice.reference}: {text}")
+                else:
+                    done += 1
+            if done:
+                self.message_user(request, f"{done} invoice(s) marked as paid.", messages.SUCCESS)
+            for line in refused:
+                self.message_user(request, f"Refused {line}", messages.ERROR)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark as paid (off-platform)",
+            "invoices": queryset.select_related("customer"),
+            "form": form,
+            "opts": self.model._meta,
+            "action_name": "mark_paid_off_platform",
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/invoices/mark_paid.html", context)
+
+
+@admin.register(InvoiceEvent)
+class InvoiceEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "invoice", "type", "from_status", "to_status", "actor", "actor_user"]
+    list_filter = ["type", "actor", "to_status"]
+    search_fields = ["invoice__reference", "note", "actor_user__email"]
+    list_select_related = ["invoice", "actor_user"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        # The timeline is an audit trail; it is read, never rewritten.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(LineItem)
+class LineItemAdmin(admin.ModelAdmin):
+    list_display = ["invoice", "position", "name", "quantity", "unit_price", "amount"]
+    search_fields = ["name", "invoice__reference"]
+    list_select_related = ["invoice"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False

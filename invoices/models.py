@@ -1,0 +1,219 @@
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from customers.models import Customer
+from merchants.models import FeePayer, Merchant
+from merchants.money import CURRENCY_CHOICES, format_money
+
+# Money columns: 26 digits with 8 decimals hold MAX_AMOUNT at the finest currency precision.
+MONEY = {"max_digits": 26, "decimal_places": 8}
+
+
+def new_public_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class InvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    OPEN = "open", "Open"
+    PROCESSING = "processing", "Processing"
+    PAID = "paid", "Paid"
+    UNRESOLVED = "unresolved", "Unresolved"
+    FAILED = "failed", "Failed"
+    CLOSED = "closed", "Closed"
+    VOID = "void", "Void"
+
+
+S = InvoiceStatus
+# The whole life of an invoice: a status may only move to the statuses listed for it.
+# Services change status with a conditional UPDATE derived from this table, nowhere else.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.DRAFT: frozenset({S.OPEN, S.VOID}),
+    S.OPEN: frozenset({S.PROCESSING, S.PAID, S.UNRESOLVED, S.FAILED, S.CLOSED}),
+    S.PROCESSING: frozenset({S.OPEN, S.PAID, S.UNRESOLVED, S.FAILED, S.CLOSED}),
+    S.UNRESOLVED: frozenset({S.PAID, S.FAILED}),
+    S.PAID: frozenset(),
+    S.FAILED: frozenset(),
+    S.CLOSED: frozenset(),
+    S.VOID: frozenset(),
+}
+FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+
+
+def sources_of(target: str) -> frozenset[str]:
+    return frozenset(status for status, targets in TRANSITIONS.items() if target in targets)
+
+
+class FailureReason(models.TextChoices):
+    EXPIRED = "expired", "Expired"
+    UNDERPAID = "underpaid", "Underpaid"
+    PROCESSING_TIMEOUT = "processing_timeout", "Processing over 24 hours"
+    CANCELLED = "cancelled", "Cancelled"
+    COMPLIANCE_HOLD = "compliance_hold", "Compliance hold"
+
+
+class InvoiceKind(models.TextChoices):
+    ONE_TIME = "one_time", "One-time"
+    PERMANENT = "permanent", "Permanent"
+
+
+class PricingMode(models.TextChoices):
+    NO_TIMER = "no_timer", "No timer: payer picks the currency, rate fixed when they confirm it"
+    TIMER = "timer", "Timer: payer picks the currency before the timer ends"
+    TIMER_FIXED_ASSET = "timer_fixed_asset", "Timer with one pre-selected currency"
+
+
+class Invoice(models.Model):
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="invoices")
+    number = models.PositiveIntegerField(editable=False)
+    # The number as printed, prefix included, frozen at creation so later prefix changes
+    # never rename an invoice that was already sent.
+    reference = models.CharField(max_length=32, editable=False)
+    public_token = models.CharField(max_length=64, unique=True, default=new_public_token, editable=False)
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="invoices", null=True, blank=True
+    )
+    status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=S.DRAFT)
+    failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
+    kind = models.CharField(max_length=16, choices=InvoiceKind.choices, default=InvoiceKind.ONE_TIME)
+    pricing_mode = models.CharField(
+        max_length=24, choices=PricingMode.choices, default=PricingMode.NO_TIMER
+    )
+    currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
+    # Asset codes the payer may use; empty means any supported asset.
+    accepted_assets = models.JSONField(default=list, blank=True)
+    fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
+    subtotal = models.DecimalField(**MONEY, default=Decimal("0"))
+    total = models.DecimalField(**MONEY, default=Decimal("0"))
+    description = models.TextField(blank=True)
+    due_date = models.DateField(null=True, blank=True)
+    # Integration fields, editable at any time.
+    foreign_id = models.CharField(max_length=128, blank=True)
+    tracking_id = models.CharField(max_length=128, blank=True)
+    callback_url = models.URLField(max_length=500, blank=True)
+    payment_page_url = models.URLField(max_length=500, blank=True)
+    payment_page_button = models.CharField(max_length=40, blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["merchant", "number"], name="invoice_unique_number"),
+            models.UniqueConstraint(
+                fields=["merchant", "foreign_id"],
+                condition=~Q(foreign_id=""),
+                name="invoice_unique_foreign_id",
+            ),
+            models.CheckConstraint(condition=Q(total__gte=0), name="invoice_total_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["merchant", "status", "-created_at"], name="invoice_status_idx"),
+            models.Index(fields=["merchant", "-created_at"], name="invoice_created_idx"),
+            models.Index(fields=["merchant", "reference"], name="invoice_reference_idx"),
+        ]
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def is_open_amount(self) -> bool:
+        """A permanent invoice without items asks for whatever the payer sends."""
+        return self.kind == InvoiceKind.PERMANENT and self.total == 0
+
+    @property
+    def total_display(self) -> str:
+        return "Open amount" if self.is_open_amount else format_money(self.total, self.currency)
+
+    @property
+    def is_timed(self) -> bool:
+        return self.pricing_mode != PricingMode.NO_TIMER
+
+
+class LineItem(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True)
+    quantity = models.DecimalField(max_digits=14, decimal_places=4)
+    unit_price = models.DecimalField(**MONEY)
+    amount = models.DecimalField(**MONEY)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="line_item_quantity_positive"),
+            models.CheckConstraint(condition=Q(unit_price__gte=0), name="line_item_price_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Actor(models.TextChoices):
+    USER = "user", "Dashboard"
+    ADMIN = "admin", "Admin"
+    API = "api", "API"
+    SYSTEM = "system", "System"
+    PAYER = "payer", "Payer"
+
+
+class InvoiceEvent(models.Model):
+    """One row per thing that happened to an invoice: the timeline, the audit trail, and (with
+    the callbacks issue) the outbox, always written in the transaction that made the change."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=48)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    actor = models.CharField(max_length=16, choices=Actor.choices, default=Actor.SYSTEM)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    note = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["invoice", "created_at"], name="event_invoice_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.invoice_id} {self.type}"
+
+    @property
+    def title(self) -> str:
+        return EVENT_TITLES.get(self.type, self.type.replace("_", " ").replace(".", " ").capitalize())
+
+    @property
+    def actor_display(self) -> str:
+        if self.actor_user_id is not None and self.actor_user is not None:
+            return f"{self.actor_user} ({self.get_actor_display()})"
+        return self.get_actor_display()
+
+
+EVENT_TITLES = {
+    "invoice.created": "Invoice created",
+    "invoice.updated": "Draft edited",
+    "invoice.issued": "Invoice issued",
+    "invoice.settings_changed": "Integration settings changed",
+    "invoice.voided": "Draft voided",
+    "invoice.closed": "Invoice closed",
+    "invoice.cancelled": "Invoice cancelled",
+    "invoice.marked_paid": "Marked as paid (off-platform)",
+}

@@ -1,0 +1,105 @@
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.utils import timezone
+
+from invoices.models import Invoice, InvoiceEvent, InvoiceStatus
+from merchants.models import Merchant
+
+OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
+
+
+def invoice_scope(*, merchant: Merchant) -> QuerySet[Invoice]:
+    return Invoice.objects.filter(merchant=merchant)
+
+
+def invoice_list(
+    *,
+    merchant: Merchant,
+    status: str = "",
+    customer_id: int | None = None,
+    created_from: date | None = None,
+    created_to: date | None = None,
+    query: str = "",
+) -> QuerySet[Invoice]:
+    invoices = invoice_scope(merchant=merchant).select_related("customer")
+    if status:
+        invoices = invoices.filter(status=status)
+    if customer_id is not None:
+        invoices = invoices.filter(customer_id=customer_id)
+    if created_from is not None:
+        invoices = invoices.filter(created_at__date__gte=created_from)
+    if created_to is not None:
+        invoices = invoices.filter(created_at__date__lte=created_to)
+    query = query.strip()
+    if query:
+        invoices = invoices.filter(
+            Q(reference__icontains=query)
+            | Q(foreign_id__icontains=query)
+            | Q(tracking_id__icontains=query)
+            | Q(description__icontains=query)
+            | Q(customer__name__icontains=query)
+            | Q(customer__email__icontains=query)
+            | Q(customer__company__icontains=query)
+        )
+    return invoices.order_by("-created_at", "-pk")
+
+
+def invoice_detail(*, merchant: Merchant, pk: int) -> Invoice:
+    """The invoice with everything its page shows, in a fixed number of queries."""
+    events = InvoiceEvent.objects.select_related("actor_user").order_by("-created_at", "-pk")
+    return (
+        invoice_scope(merchant=merchant)
+        .select_related("customer", "created_by")
+        .prefetch_related("items", Prefetch("events", queryset=events))
+        .get(pk=pk)
+    )
+
+
+@dataclass(frozen=True)
+class CurrencyTotal:
+    currency: str
+    amount: Decimal
+    count: int
+
+
+@dataclass(frozen=True)
+class DashboardSummary:
+    status_counts: dict[str, int]
+    outstanding: list[CurrencyTotal]
+    paid_recently: list[CurrencyTotal]
+    overdue_count: int
+    recent_invoices: list[Invoice]
+    recent_events: list[InvoiceEvent]
+
+
+def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary:
+    invoices = invoice_scope(merchant=merchant)
+    counts = dict(
+        invoices.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n")
+    )
+    outstanding = [
+        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
+        for row in invoices.filter(status__in=OUTSTANDING)
+        .order_by("currency")
+        .values("currency")
+        .annotate(amount=Sum("total"), n=Count("pk"))
+    ]
+    since = timezone.now() - timedelta(days=days)
+    paid = [
+        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
+        for row in invoices.filter(status=InvoiceStatus.PAID, finalized_at__gte=since)
+        .order_by("currency")
+        .values("currency")
+        .annotate(amount=Sum("total"), n=Count("pk"))
+    ]
+    overdue = invoices.filter(status__in=OUTSTANDING, due_date__lt=timezone.localdate()).count()
+    recent = list(invoices.select_related("customer").order_by("-created_at", "-pk")[:6])
+    events = list(
+        InvoiceEvent.objects.filter(invoice__merchant=merchant)
+        .select_related("invoice", "actor_user")
+        .order_by("-created_at", "-pk")[:8]
+    )
+    return DashboardSummary(counts, outstanding, paid, overdue, recent, events)

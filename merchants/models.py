@@ -1,0 +1,115 @@
+from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.core.validators import RegexValidator
+from django.db import models
+
+from merchants.money import CURRENCY_CHOICES
+from merchants.validators import validate_logo
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra) -> "User":
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra) -> "User":
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra) -> "User":
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractUser):
+    """People sign in with their email address; there is no separate username."""
+
+    username = None  # type: ignore[assignment]
+    email = models.EmailField("email address", unique=True)
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return self.get_full_name() or self.email
+
+
+class FeePayer(models.TextChoices):
+    MERCHANT = "merchant", "Merchant (deducted from the amount credited)"
+    PAYER = "payer", "Payer (added to the amount due)"
+
+
+hex_colour = RegexValidator(r"^#[0-9a-fA-F]{6}$", "Enter a colour as #RRGGBB, e.g. #4f46e5.")
+
+
+class Merchant(models.Model):
+    """The tenant: every customer, invoice and balance belongs to exactly one merchant."""
+
+    name = models.CharField(max_length=120)
+    default_currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES, default="USD")
+    default_fee_payer = models.CharField(
+        max_length=16, choices=FeePayer.choices, default=FeePayer.MERCHANT
+    )
+    invoice_prefix = models.CharField(
+        max_length=12,
+        default="INV-",
+        validators=[RegexValidator(r"^[A-Za-z0-9_/-]*$", "Letters, digits, - _ and / only.")],
+        help_text="Put in front of every new invoice number, e.g. INV-00042.",
+    )
+    brand_colour = models.CharField(max_length=7, default="#4f46e5", validators=[hex_colour])
+    logo = models.ImageField(
+        upload_to="logos/", blank=True, validators=[validate_logo],
+        help_text="PNG, JPEG or WebP, at most 1 MB.",
+    )
+    # The number the next invoice will get. Incremented under a row lock in the same
+    # transaction that creates the invoice, so numbers never repeat and never skip.
+    next_invoice_number = models.PositiveIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    STAFF = "staff", "Staff"
+    VIEWER = "viewer", "Viewer"
+
+
+# What each role may do, from least to most; a role may do everything the roles before it may.
+ROLE_RANK = {Role.VIEWER: 0, Role.STAFF: 1, Role.OWNER: 2}
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.STAFF)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "merchant"], name="membership_unique_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.merchant} ({self.role})"
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]
+
+    @property
+    def can_edit(self) -> bool:
+        return self.has_role(Role.STAFF)
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == Role.OWNER

@@ -1,0 +1,111 @@
+from django.contrib.auth.tokens import default_token_generator
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
+from django.urls import reverse
+from django.conf import settings
+
+from merchants.models import Membership, Merchant, Role, User
+
+
+@transaction.atomic
+def merchant_signup(*, email: str, password: str, full_name: str, business_name: str) -> User:
+    """A new person and their new business, with them as its owner."""
+    first, _, last = full_name.strip().partition(" ")
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(
+                email=email, password=password, first_name=first, last_name=last
+            )
+    except IntegrityError:
+        raise ValidationError({"email": "An account with this email already exists."}) from None
+    merchant_create(name=business_name, owner=user)
+    return user
+
+
+@transaction.atomic
+def merchant_create(*, name: str, owner: User, default_currency: str = "USD") -> Merchant:
+    merchant = Merchant.objects.create(name=name.strip(), default_currency=default_currency)
+    Membership.objects.create(user=owner, merchant=merchant, role=Role.OWNER)
+    return merchant
+
+
+def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
+    editable = {
+        "name", "default_currency", "default_fee_payer", "invoice_prefix", "brand_colour", "logo"
+    }
+    unknown = set(fields) - editable
+    if unknown:
+        raise ValueError(f"Not editable: {', '.join(sorted(unknown))}")
+    for key, value in fields.items():
+        setattr(merchant, key, value)
+    merchant.full_clean(exclude=["next_invoice_number"])
+    merchant.save(update_fields=[*fields])
+    return merchant
+
+
+@transaction.atomic
+def member_invite(*, merchant: Merchant, email: str, role: str, invited_by: User) -> Membership:
+    """Add a teammate; someone new gets an account without a password and a link to set one."""
+    email = email.strip().lower()
+    user, created = User.objects.get_or_create(email=email)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    membership, made = Membership.objects.get_or_create(
+        user=user, merchant=merchant, defaults={"role": role}
+    )
+    if not made:
+        raise ValidationError({"email": "This person is already a member."})
+    transaction.on_commit(
+        lambda: _send_invitation(membership=membership, invited_by=invited_by, new_user=created)
+    )
+    return membership
+
+
+def _send_invitation(*, membership: Membership, invited_by: User, new_user: bool) -> None:
+    user = membership.user
+    link = settings.SITE_URL + reverse("login")
+    if new_user:
+        uid = urlsafe_base64_encode(force_bytes(user.pk))
+        token = default_token_generator.make_token(user)
+        link = settings.SITE_URL + reverse(
+            "password_reset_confirm", kwargs={"uidb64": uid, "token": token}
+        )
+    context = {"membership": membership, "invited_by": invited_by, "link": link}
+    send_mail(
+        subject=f"You have been added to {membership.merchant.name} on Stablebill",
+        message=render_to_string("merchants/emails/invitation.txt", context),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+
+
+@transaction.atomic
+def member_set_role(*, membership: Membership, role: str) -> Membership:
+    if membership.role == Role.OWNER and role != Role.OWNER:
+        _ensure_another_owner(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, membership: Membership) -> None:
+    if membership.role == Role.OWNER:
+        _ensure_another_owner(membership)
+    membership.delete()
+
+
+def _ensure_another_owner(membership: Membership) -> None:
+    # Lock the owners so two owners cannot demote each other at the same moment.
+    owners = list(
+        Membership.objects.select_for_update()
+        .filter(merchant_id=membership.merchant_id, role=Role.OWNER)
+        .values_list("pk", flat=True)
+    )
+    if [pk for pk in owners if pk != membership.pk] == []:
+        raise ValidationError("A business needs at least one owner.")

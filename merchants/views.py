@@ -1,0 +1,127 @@
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from merchants.access import SESSION_KEY, merchant_view
+from merchants.forms import (
+    MemberInviteForm,
+    MemberRoleForm,
+    MerchantCreateForm,
+    MerchantSettingsForm,
+    SignupForm,
+)
+from merchants.models import Role
+from merchants.selectors import membership_list, memberships_of_user
+from merchants.services import (
+    member_invite,
+    member_remove,
+    member_set_role,
+    merchant_create,
+    merchant_signup,
+    merchant_update,
+)
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("dashboard")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = merchant_signup(**form.cleaned_data)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, "Welcome to Stablebill. Add a customer, then send your first invoice.")
+            return redirect("dashboard")
+    return render(request, "merchants/signup.html", {"form": form})
+
+
+@login_required
+def merchant_create_view(request: HttpRequest) -> HttpResponse:
+    form = MerchantCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        merchant = merchant_create(
+            name=form.cleaned_data["name"],
+            owner=request.user,  # type: ignore[arg-type]
+            default_currency=form.cleaned_data["default_currency"],
+        )
+        request.session[SESSION_KEY] = merchant.pk
+        return redirect("dashboard")
+    return render(request, "merchants/merchant_create.html", {"form": form})
+
+
+@login_required
+@require_POST
+def merchant_switch(request: HttpRequest) -> HttpResponse:
+    # Only a merchant the person belongs to can be chosen; anything else is not found.
+    raw_id = request.POST.get("merchant_id", "")
+    membership = get_object_or_404(
+        memberships_of_user(user=request.user),  # type: ignore[arg-type]
+        merchant_id=int(raw_id) if raw_id.isdigit() else 0,
+    )
+    request.session[SESSION_KEY] = membership.merchant_id
+    return redirect("dashboard")
+
+
+@merchant_view(Role.OWNER)
+def merchant_settings(request: HttpRequest) -> HttpResponse:
+    merchant = request.merchant  # type: ignore[attr-defined]
+    form = MerchantSettingsForm(request.POST or None, request.FILES or None, instance=merchant)
+    if request.method == "POST" and form.is_valid():
+        fields = {name: form.cleaned_data[name] for name in form.changed_data}
+        if fields:
+            merchant_update(merchant=merchant, **fields)
+        messages.success(request, "Settings saved.")
+        return redirect("merchant_settings")
+    return render(request, "merchants/settings.html", {"form": form})
+
+
+@merchant_view(Role.OWNER)
+def member_list(request: HttpRequest) -> HttpResponse:
+    merchant = request.merchant  # type: ignore[attr-defined]
+    form = MemberInviteForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            member_invite(
+                merchant=merchant,
+                email=form.cleaned_data["email"],
+                role=form.cleaned_data["role"],
+                invited_by=request.user,  # type: ignore[arg-type]
+            )
+        except ValidationError as error:
+            form.add_error("email", error.message_dict.get("email", error.messages))
+        else:
+            messages.success(request, f"{form.cleaned_data['email']} was added and emailed.")
+            return redirect("member_list")
+    members = membership_list(merchant_id=merchant.pk)
+    return render(
+        request,
+        "merchants/members.html",
+        {"form": form, "members": members, "role_choices": Role.choices},
+    )
+
+
+@merchant_view(Role.OWNER)
+@require_POST
+def member_update(request: HttpRequest, pk: int) -> HttpResponse:
+    membership = get_object_or_404(membership_list(merchant_id=request.merchant.pk), pk=pk)  # type: ignore[attr-defined]
+    try:
+        if request.POST.get("remove"):
+            member_remove(membership=membership)
+            messages.success(request, f"{membership.user.email} no longer has access.")
+        else:
+            form = MemberRoleForm(request.POST)
+            if not form.is_valid():
+                messages.error(request, "Choose a valid role.")
+            else:
+                member_set_role(membership=membership, role=form.cleaned_data["role"])
+                messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    return redirect("member_list")

@@ -1,0 +1,63 @@
+// Small behaviours htmx does not cover. No inline handlers: the CSP forbids them.
+(function () {
+  "use strict";
+
+  document.addEventListener("click", function (event) {
+    var remove = event.target.closest("[data-remove-row]");
+    if (remove) {
+      event.preventDefault();
+      var row = remove.closest("tr");
+      var form = remove.closest("form");
+      var rows = row.parentElement.querySelectorAll("tr");
+      if (rows.length > 1) {
+        row.remove();
+      } else {
+        row.querySelectorAll("input").forEach(function (input) { input.value = input.name.endsWith("quantity") ? "1" : ""; });
+      }
+      if (form) form.dispatchEvent(new Event("items-changed", { bubbles: true }));
+      return;
+    }
+    var opener = event.target.closest("[data-open-dialog]");
+    if (opener) {
+      event.preventDefault();
+      var dialog = document.getElementById(opener.getAttribute("data-open-dialog"));
+      if (dialog) { dialog.showModal(); var first = dialog.querySelector("input"); if (first) first.focus(); }
+      return;
+    }
+    var closer = event.target.closest("[data-close-dialog]");
+    if (closer) {
+      event.preventDefault();
+      closer.closest("dialog").close();
+      return;
+    }
+    var copy = event.target.closest("[data-copy]");
+    if (copy && navigator.clipboard) {
+      event.preventDefault();
+      navigator.clipboard.writeText(copy.getAttribute("data-copy")).then(function () {
+        var label = copy.textContent;
+        copy.textContent = "Copied";
+        setTimeout(function () { copy.textContent = label; }, 1500);
+      });
+    }
+  });
+
+  // A new row was added: let the totals catch up and put the cursor in it.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.target && event.detail.target.id === "item-rows") {
+      var rows = event.detail.target.querySelectorAll("tr");
+      var last = rows[rows.length - 1];
+      if (last) { var input = last.querySelector("input"); if (input) input.focus(); }
+    }
+  });
+
+  // The inline customer dialog closes itself once the server says the customer exists.
+  document.addEventListener("customer-created", function () {
+    var dialog = document.getElementById("customer-dialog");
+    if (dialog && dialog.open) dialog.close();
+  });
+
+  // Submit a select's form when it changes (merchant switcher, list filters without htmx).
+  document.addEventListener("change", function (event) {
+    if (event.target.matches("[data-autosubmit]")) event.target.form.submit();
+  });
+})();

@@ -1,0 +1,90 @@
+import os
+import shutil
+
+import pytest
+from django.db import connection
+
+from merchants.models import Role
+from tests.factories import PASSWORD, CustomerFactory, MembershipFactory, MerchantFactory, UserFactory
+
+
+def on_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def require_postgres() -> None:
+    """Concurrency tests need real row locks. In CI (CI=true) PostgreSQL must be there."""
+    if on_postgres():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must run these tests on PostgreSQL: set DATABASE_URL.")
+    pytest.skip("needs PostgreSQL (set DATABASE_URL=postgres://...)")
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings, tmp_path):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.SITE_URL = "http://testserver"
+
+
+@pytest.fixture
+def acme(db):
+    return MerchantFactory(name="Acme Tools")
+
+
+@pytest.fixture
+def globex(db):
+    return MerchantFactory(name="Globex")
+
+
+@pytest.fixture
+def alice(acme):
+    """Owner of Acme."""
+    return MembershipFactory(merchant=acme, role=Role.OWNER, user__email="alice@acme.test").user
+
+
+@pytest.fixture
+def bob(acme):
+    """Staff at Acme: a teammate who creates invoices."""
+    return MembershipFactory(merchant=acme, role=Role.STAFF, user__email="bob@acme.test").user
+
+
+@pytest.fixture
+def victor(acme):
+    """Viewer at Acme: may look, may not change."""
+    return MembershipFactory(merchant=acme, role=Role.VIEWER, user__email="victor@acme.test").user
+
+
+@pytest.fixture
+def charlie(globex):
+    """Owner of Globex: an outsider to everything Acme owns."""
+    return MembershipFactory(merchant=globex, role=Role.OWNER, user__email="charlie@globex.test").user
+
+
+def _client_for(client_factory, user):
+    c = client_factory()
+    assert c.login(email=user.email, password=PASSWORD)
+    return c
+
+
+@pytest.fixture
+def client_for():
+    from django.test import Client
+
+    return lambda user: _client_for(Client, user)
+
+
+@pytest.fixture
+def acme_customer(acme):
+    return CustomerFactory(merchant=acme, name="Ada Lovelace", email="ada@example.org")
+
+
+@pytest.fixture
+def chromium_path():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium installed (apt-get install chromium).")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    return path
