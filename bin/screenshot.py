@@ -26,7 +26,12 @@ def main() -> None:
         for width, suffix in ((1366, ""), (390, "-mobile")):
             page = browser.new_page(viewport={"width": width, "height": 900})
             errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+            def keep_error(message, errors=errors) -> None:
+                if message.type == "error":
+                    errors.append(message.text)
+
+            page.on("console", keep_error)
             page.goto(base + "/login/")
             page.fill("input[name=username]", email)
             page.fill("input[name=password]", password)

@@ -67,7 +67,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def database_from_url(url: str) -> dict:
-    """Turn `postgres://user:pass@host:port/name?opt=v` or `sqlite:///path` into DATABASES['default']."""
+    """`postgres://user:pass@host:port/name?opt=v` or `sqlite:///path` → DATABASES["default"]."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         # sqlite:////abs/path keeps its leading slash; sqlite:///rel/path is relative.

@@ -166,7 +166,9 @@ MAILERS = {
     "default": {
         "BACKEND": _mailer_backend,
         "OPTIONS": (
-            {"file_path": str(VAR_DIR / "mail")} if _mailer_backend.endswith("filebased.EmailBackend") else {}
+            {"file_path": str(VAR_DIR / "mail")}
+            if _mailer_backend.endswith("filebased.EmailBackend")
+            else {}
         ),
     }
 }

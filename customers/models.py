@@ -11,7 +11,9 @@ class Customer(models.Model):
     # Stored lower-cased so uniqueness per merchant ignores case.
     email = models.EmailField()
     company = models.CharField(max_length=200, blank=True)
-    address = models.TextField(blank=True, help_text="Billing address as it should appear on invoices.")
+    address = models.TextField(
+        blank=True, help_text="Billing address as it should appear on invoices."
+    )
     tax_id = models.CharField("Tax ID", max_length=64, blank=True)
     notes = models.TextField(blank=True, help_text="Private; never shown to the customer.")
     archived_at = models.DateTimeField(null=True, blank=True)

@@ -8,7 +8,12 @@ from django.views.decorators.vary import vary_on_headers
 
 from customers.forms import CustomerForm, InlineCustomerForm
 from customers.selectors import customer_list, customer_scope
-from customers.services import customer_archive, customer_create, customer_unarchive, customer_update
+from customers.services import (
+    customer_archive,
+    customer_create,
+    customer_unarchive,
+    customer_update,
+)
 from merchants.access import merchant_view
 from merchants.models import Role
 
@@ -21,15 +26,15 @@ def customer_index(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "")
     show_archived = request.GET.get("archived") == "1"
     customers = customer_list(
-        merchant=request.merchant, query=query, include_archived=show_archived  # type: ignore[attr-defined]
+        merchant=request.merchant,
+        query=query,
+        include_archived=show_archived,  # type: ignore[attr-defined]
     )
     page = Paginator(customers, PAGE_SIZE).get_page(request.GET.get("page"))
     template = "customers/list.html"
     if request.htmx:  # type: ignore[attr-defined]
         template += "#results"
-    return render(
-        request, template, {"page": page, "query": query, "show_archived": show_archived}
-    )
+    return render(request, template, {"page": page, "query": query, "show_archived": show_archived})
 
 
 def _save_with_form(form, save) -> bool:
@@ -48,7 +53,8 @@ def customer_new(request: HttpRequest) -> HttpResponse:
     form = CustomerForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         if _save_with_form(
-            form, lambda: customer_create(merchant=request.merchant, **form.cleaned_data)  # type: ignore[attr-defined]
+            form,
+            lambda: customer_create(merchant=request.merchant, **form.cleaned_data),  # type: ignore[attr-defined]
         ):
             messages.success(request, f"{form.cleaned_data['name']} was added.")
             return redirect("customer_list")
@@ -97,7 +103,11 @@ def customer_inline_new(request: HttpRequest) -> HttpResponse:
             response = render(
                 request,
                 "customers/inline_created.html",
-                {"customers": customers, "selected": created["customer"], "blank_form": InlineCustomerForm()},
+                {
+                    "customers": customers,
+                    "selected": created["customer"],
+                    "blank_form": InlineCustomerForm(),
+                },
             )
             response["HX-Trigger"] = "customer-created"
             return response

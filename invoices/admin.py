@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -12,8 +13,14 @@ from invoices.services import InvoiceStateError, invoice_mark_paid
 class LineItemInline(admin.TabularInline):
     model = LineItem
     extra = 0
-    fields = ["position", "name", "description", "quantity", "unit_price", "amount"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "position",
+        "name",
+        "description",
+        "quantity",
+        "unit_price",
+        "amount",
+    )
 
     def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[override]
         return False
@@ -25,8 +32,15 @@ class LineItemInline(admin.TabularInline):
 class InvoiceEventInline(admin.TabularInline):
     model = InvoiceEvent
     extra = 0
-    fields = ["created_at", "type", "from_status", "to_status", "actor", "actor_user", "note"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "created_at",
+        "type",
+        "from_status",
+        "to_status",
+        "actor",
+        "actor_user",
+        "note",
+    )
     ordering = ["-created_at"]
 
     def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[override]
@@ -46,23 +60,75 @@ class MarkPaidAdminForm(forms.Form):
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    list_display = ["reference", "merchant", "customer", "status", "total", "currency", "kind", "created_at"]
+    list_display = [
+        "reference",
+        "merchant",
+        "customer",
+        "status",
+        "total",
+        "currency",
+        "kind",
+        "created_at",
+    ]
     list_filter = ["status", "kind", "pricing_mode", "currency", "failure_reason", "merchant"]
-    search_fields = ["reference", "foreign_id", "tracking_id", "customer__name", "customer__email", "public_token"]
+    search_fields = [
+        "reference",
+        "foreign_id",
+        "tracking_id",
+        "customer__name",
+        "customer__email",
+        "public_token",
+    ]
     list_select_related = ["merchant", "customer"]
     date_hierarchy = "created_at"
     actions = ["mark_paid_off_platform"]
     inlines = [LineItemInline, InvoiceEventInline]
     # Status and money only change through services (and their events); admin shows them.
     readonly_fields = [
-        "merchant", "number", "reference", "public_token", "status", "failure_reason", "subtotal", "total",
-        "currency", "created_by", "created_at", "updated_at", "issued_at", "expires_at", "finalized_at",
+        "merchant",
+        "number",
+        "reference",
+        "public_token",
+        "status",
+        "failure_reason",
+        "subtotal",
+        "total",
+        "currency",
+        "created_by",
+        "created_at",
+        "updated_at",
+        "issued_at",
+        "expires_at",
+        "finalized_at",
     ]
     fields = [
-        "merchant", "reference", "number", "status", "failure_reason", "customer", "kind", "pricing_mode",
-        "currency", "accepted_assets", "fee_payer", "subtotal", "total", "description", "due_date",
-        "foreign_id", "tracking_id", "callback_url", "payment_page_url", "payment_page_button",
-        "public_token", "created_by", "created_at", "updated_at", "issued_at", "expires_at", "finalized_at",
+        "merchant",
+        "reference",
+        "number",
+        "status",
+        "failure_reason",
+        "customer",
+        "kind",
+        "pricing_mode",
+        "currency",
+        "accepted_assets",
+        "fee_payer",
+        "subtotal",
+        "total",
+        "description",
+        "due_date",
+        "foreign_id",
+        "tracking_id",
+        "callback_url",
+        "payment_page_url",
+        "payment_page_button",
+        "public_token",
+        "created_by",
+        "created_at",
+        "updated_at",
+        "issued_at",
+        "expires_at",
+        "finalized_at",
     ]
     autocomplete_fields = ["customer"]
 
@@ -71,7 +137,9 @@ class InvoiceAdmin(admin.ModelAdmin):
         return False
 
     @admin.action(description="Mark as paid (off-platform)", permissions=["change"])
-    def mark_paid_off_platform(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+    def mark_paid_off_platform(
+        self, request: HttpRequest, queryset: QuerySet[Invoice]
+    ) -> HttpResponse | None:
         form = MarkPaidAdminForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             done, refused = 0, []
@@ -84,7 +152,11 @@ class InvoiceAdmin(admin.ModelAdmin):
                         actor=Actor.ADMIN,
                     )
                 except (InvoiceStateError, ValidationError) as error:
-                    text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+                    text = (
+                        " ".join(error.messages)
+                        if isinstance(error, ValidationError)
+                        else str(error)
+                    )
                     refused.append(f"{invoice.reference}: {text}")
                 else:
                     done += 1
@@ -100,14 +172,22 @@ class InvoiceAdmin(admin.ModelAdmin):
             "form": form,
             "opts": self.model._meta,
             "action_name": "mark_paid_off_platform",
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/invoices/mark_paid.html", context)
 
 
 @admin.register(InvoiceEvent)
 class InvoiceEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "invoice", "type", "from_status", "to_status", "actor", "actor_user"]
+    list_display = [
+        "created_at",
+        "invoice",
+        "type",
+        "from_status",
+        "to_status",
+        "actor",
+        "actor_user",
+    ]
     list_filter = ["type", "actor", "to_status"]
     search_fields = ["invoice__reference", "note", "actor_user__email"]
     list_select_related = ["invoice", "actor_user"]

@@ -28,12 +28,20 @@ class CustomerChoiceField(forms.ModelChoiceField):
 
 
 class InvoiceForm(forms.Form):
-    customer = CustomerChoiceField(queryset=Customer.objects.none(), required=False, empty_label="No customer")
+    customer = CustomerChoiceField(
+        queryset=Customer.objects.none(), required=False, empty_label="No customer"
+    )
     currency = forms.ChoiceField(choices=CURRENCY_CHOICES)
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), max_length=5000)
+    description = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), max_length=5000
+    )
     due_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    kind = forms.ChoiceField(choices=InvoiceKind.choices, initial=InvoiceKind.ONE_TIME, widget=forms.RadioSelect)
-    pricing_mode = forms.ChoiceField(choices=PricingMode.choices, initial=PricingMode.NO_TIMER, widget=forms.RadioSelect)
+    kind = forms.ChoiceField(
+        choices=InvoiceKind.choices, initial=InvoiceKind.ONE_TIME, widget=forms.RadioSelect
+    )
+    pricing_mode = forms.ChoiceField(
+        choices=PricingMode.choices, initial=PricingMode.NO_TIMER, widget=forms.RadioSelect
+    )
     accepted_assets = forms.MultipleChoiceField(
         choices=PAYMENT_ASSET_CHOICES,
         required=False,
@@ -41,12 +49,19 @@ class InvoiceForm(forms.Form):
         help_text="Leave all unticked to accept every supported asset.",
     )
     fee_payer = forms.ChoiceField(choices=FeePayer.choices)
-    foreign_id = forms.CharField(required=False, max_length=128, label="Foreign ID",
-                                 help_text="Your own order or ERP reference; unique among your invoices.")
+    foreign_id = forms.CharField(
+        required=False,
+        max_length=128,
+        label="Foreign ID",
+        help_text="Your own order or ERP reference; unique among your invoices.",
+    )
     tracking_id = forms.CharField(required=False, max_length=128, label="Tracking ID")
-    callback_url = forms.URLField(required=False, max_length=500, label="Callback URL", assume_scheme="https")
-    payment_page_url = forms.URLField(required=False, max_length=500, label="Back-to-merchant URL",
-                                      assume_scheme="https")
+    callback_url = forms.URLField(
+        required=False, max_length=500, label="Callback URL", assume_scheme="https"
+    )
+    payment_page_url = forms.URLField(
+        required=False, max_length=500, label="Back-to-merchant URL", assume_scheme="https"
+    )
     payment_page_button = forms.CharField(required=False, max_length=40, label="Button label")
 
     def __init__(self, *args, merchant: Merchant, invoice: Invoice | None = None, **kwargs) -> None:
@@ -54,7 +69,9 @@ class InvoiceForm(forms.Form):
         customers = customer_list(merchant=merchant)
         if invoice is not None and invoice.customer_id is not None:
             # Keep an archived customer selectable on the draft that already names them.
-            customers = customers | Customer.objects.filter(pk=invoice.customer_id, merchant=merchant)
+            customers = customers | Customer.objects.filter(
+                pk=invoice.customer_id, merchant=merchant
+            )
         self.fields["customer"].queryset = customers.order_by("name", "pk")  # type: ignore[attr-defined]
         if not self.is_bound and invoice is None:
             self.initial.setdefault("currency", merchant.default_currency)
@@ -70,24 +87,31 @@ class InvoiceForm(forms.Form):
 
 
 class LineItemForm(forms.Form):
-    name = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"placeholder": "Item or service"}))
+    name = forms.CharField(
+        max_length=200, widget=forms.TextInput(attrs={"placeholder": "Item or service"})
+    )
     description = forms.CharField(
-        max_length=500, required=False,
+        max_length=500,
+        required=False,
         widget=forms.TextInput(attrs={"placeholder": "Description (optional)", "class": "desc"}),
     )
     # Text inputs with a decimal keyboard: number inputs would let the browser round or
     # reformat what was typed, and the server is the one that judges precision.
     quantity = forms.DecimalField(
-        initial=Decimal("1"), widget=forms.TextInput(attrs={"inputmode": "decimal", "aria-label": "Quantity"})
+        initial=Decimal("1"),
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "aria-label": "Quantity"}),
     )
     unit_price = forms.DecimalField(
         label="Unit price",
-        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "0.00", "aria-label": "Unit price"}),
+        widget=forms.TextInput(
+            attrs={"inputmode": "decimal", "placeholder": "0.00", "aria-label": "Unit price"}
+        ),
     )
-    line_amount = None  # set by the editor for display
+    line_amount: Decimal | None = None  # set by the editor for display
 
     def __init__(self, *args, currency: Currency | None, index: int, **kwargs) -> None:
-        super().__init__(*args, prefix=f"items-{index}", **kwargs)
+        kwargs["prefix"] = f"items-{index}"
+        super().__init__(*args, **kwargs)
         self.currency = currency
         self.index = index
 
@@ -111,7 +135,9 @@ class LineItemForm(forms.Form):
     def to_input(self) -> LineItemInput:
         data = self.cleaned_data
         return LineItemInput(
-            name=data["name"], quantity=data["quantity"], unit_price=data["unit_price"],
+            name=data["name"],
+            quantity=data["quantity"],
+            unit_price=data["unit_price"],
             description=data.get("description", ""),
         )
 
@@ -167,7 +193,9 @@ class IntegrationForm(forms.ModelForm):
 
 class InvoiceFilterForm(forms.Form):
     q = forms.CharField(required=False, label="Search")
-    status = forms.ChoiceField(choices=[("", "All statuses"), *InvoiceStatus.choices], required=False)
+    status = forms.ChoiceField(
+        choices=[("", "All statuses"), *InvoiceStatus.choices], required=False
+    )
     customer = forms.IntegerField(required=False, min_value=1)
     created_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     created_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))

@@ -10,7 +10,8 @@ from merchants.models import FeePayer, Merchant
 from merchants.money import CURRENCY_CHOICES, format_money
 
 # Money columns: 26 digits with 8 decimals hold MAX_AMOUNT at the finest currency precision.
-MONEY = {"max_digits": 26, "decimal_places": 8}
+MONEY_DIGITS = 26
+MONEY_PLACES = 8
 
 
 def new_public_token() -> str:
@@ -73,13 +74,17 @@ class Invoice(models.Model):
     # The number as printed, prefix included, frozen at creation so later prefix changes
     # never rename an invoice that was already sent.
     reference = models.CharField(max_length=32, editable=False)
-    public_token = models.CharField(max_length=64, unique=True, default=new_public_token, editable=False)
+    public_token = models.CharField(
+        max_length=64, unique=True, default=new_public_token, editable=False
+    )
     customer = models.ForeignKey(
         Customer, on_delete=models.PROTECT, related_name="invoices", null=True, blank=True
     )
     status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=S.DRAFT)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
-    kind = models.CharField(max_length=16, choices=InvoiceKind.choices, default=InvoiceKind.ONE_TIME)
+    kind = models.CharField(
+        max_length=16, choices=InvoiceKind.choices, default=InvoiceKind.ONE_TIME
+    )
     pricing_mode = models.CharField(
         max_length=24, choices=PricingMode.choices, default=PricingMode.NO_TIMER
     )
@@ -87,8 +92,12 @@ class Invoice(models.Model):
     # Asset codes the payer may use; empty means any supported asset.
     accepted_assets = models.JSONField(default=list, blank=True)
     fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
-    subtotal = models.DecimalField(**MONEY, default=Decimal("0"))
-    total = models.DecimalField(**MONEY, default=Decimal("0"))
+    subtotal = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    total = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
     description = models.TextField(blank=True)
     due_date = models.DateField(null=True, blank=True)
     # Integration fields, editable at any time.
@@ -151,14 +160,16 @@ class LineItem(models.Model):
     name = models.CharField(max_length=200)
     description = models.CharField(max_length=500, blank=True)
     quantity = models.DecimalField(max_digits=14, decimal_places=4)
-    unit_price = models.DecimalField(**MONEY)
-    amount = models.DecimalField(**MONEY)
+    unit_price = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
 
     class Meta:
         ordering = ["position", "pk"]
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="line_item_quantity_positive"),
-            models.CheckConstraint(condition=Q(unit_price__gte=0), name="line_item_price_not_negative"),
+            models.CheckConstraint(
+                condition=Q(unit_price__gte=0), name="line_item_price_not_negative"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -198,7 +209,9 @@ class InvoiceEvent(models.Model):
 
     @property
     def title(self) -> str:
-        return EVENT_TITLES.get(self.type, self.type.replace("_", " ").replace(".", " ").capitalize())
+        return EVENT_TITLES.get(
+            self.type, self.type.replace("_", " ").replace(".", " ").capitalize()
+        )
 
     @property
     def actor_display(self) -> str:

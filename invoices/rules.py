@@ -29,7 +29,8 @@ def check_quantity(quantity: Decimal) -> None:
         raise ValidationError("Quantity must be greater than zero.", code="quantity_not_positive")
     if quantity > MAX_QUANTITY:
         raise ValidationError(
-            f"Quantity may be at most {format_amount(MAX_QUANTITY, 'USD')}.", code="quantity_too_large"
+            f"Quantity may be at most {format_amount(MAX_QUANTITY, 'USD')}.",
+            code="quantity_too_large",
         )
     if decimal_places(quantity) > QUANTITY_DECIMALS:
         raise ValidationError(
@@ -66,7 +67,7 @@ def invoice_totals(items: list[LineItemInput], currency: Currency) -> tuple[Deci
 
 def check_total(total: Decimal, currency: Currency) -> None:
     if total > MAX_AMOUNT:
+        limit = format_amount(MAX_AMOUNT, currency)
         raise ValidationError(
-            f"The invoice total may be at most {format_amount(MAX_AMOUNT, currency)} {currency.code}.",
-            code="total_too_large",
+            f"The invoice total may be at most {limit} {currency.code}.", code="total_too_large"
         )

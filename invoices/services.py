@@ -104,7 +104,11 @@ def invoice_create(
             if issue:
                 _check_issuable(invoice)
                 invoice = _move(
-                    invoice=invoice, to=InvoiceStatus.OPEN, type="invoice.issued", actor=actor, by=by,
+                    invoice=invoice,
+                    to=InvoiceStatus.OPEN,
+                    type="invoice.issued",
+                    actor=actor,
+                    by=by,
                     updates=_issue_updates(invoice),
                 )
     except IntegrityError:
@@ -124,7 +128,9 @@ def invoice_update_draft(
         with transaction.atomic():
             locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
             if locked.status != InvoiceStatus.DRAFT:
-                raise InvoiceStateError("Only drafts can be edited; this invoice was already issued.")
+                raise InvoiceStateError(
+                    "Only drafts can be edited; this invoice was already issued."
+                )
             _apply(invoice=locked, data=data, merchant=invoice.merchant)
             locked.save()
             locked.items.all().delete()
@@ -157,7 +163,11 @@ def invoice_update_integration(
             setattr(locked, key, change["to"])
         locked.save(update_fields=[*changes, "updated_at"])
         _record(
-            invoice=locked, type="invoice.settings_changed", actor=actor, by=by, data={"changes": changes}
+            invoice=locked,
+            type="invoice.settings_changed",
+            actor=actor,
+            by=by,
+            data={"changes": changes},
         )
     return locked
 
@@ -168,7 +178,11 @@ def invoice_issue(*, invoice: Invoice, by: User | None = None, actor: str = Acto
         if locked.status == InvoiceStatus.DRAFT:
             _check_issuable(locked)
         return _move(
-            invoice=locked, to=InvoiceStatus.OPEN, type="invoice.issued", actor=actor, by=by,
+            invoice=locked,
+            to=InvoiceStatus.OPEN,
+            type="invoice.issued",
+            actor=actor,
+            by=by,
             updates=_issue_updates(locked),
         )
 
@@ -176,15 +190,26 @@ def invoice_issue(*, invoice: Invoice, by: User | None = None, actor: str = Acto
 def invoice_void(
     *, invoice: Invoice, by: User | None = None, actor: str = Actor.USER, note: str = ""
 ) -> Invoice:
-    return _move(invoice=invoice, to=InvoiceStatus.VOID, type="invoice.voided", actor=actor, by=by, note=note)
+    return _move(
+        invoice=invoice, to=InvoiceStatus.VOID, type="invoice.voided", actor=actor, by=by, note=note
+    )
 
 
 def invoice_close(
     *, invoice: Invoice, by: User | None = None, actor: str = Actor.USER, note: str = ""
 ) -> Invoice:
     if invoice.kind != InvoiceKind.PERMANENT:
-        raise InvoiceStateError("Only permanent invoices are closed; one-time invoices close on payment.")
-    return _move(invoice=invoice, to=InvoiceStatus.CLOSED, type="invoice.closed", actor=actor, by=by, note=note)
+        raise InvoiceStateError(
+            "Only permanent invoices are closed; one-time invoices close on payment."
+        )
+    return _move(
+        invoice=invoice,
+        to=InvoiceStatus.CLOSED,
+        type="invoice.closed",
+        actor=actor,
+        by=by,
+        note=note,
+    )
 
 
 def invoice_cancel(
@@ -193,8 +218,13 @@ def invoice_cancel(
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING):
         raise InvoiceStateError("Only open or processing invoices can be cancelled.")
     return _move(
-        invoice=invoice, to=InvoiceStatus.FAILED, type="invoice.cancelled", actor=actor, by=by,
-        note=note, updates={"failure_reason": FailureReason.CANCELLED},
+        invoice=invoice,
+        to=InvoiceStatus.FAILED,
+        type="invoice.cancelled",
+        actor=actor,
+        by=by,
+        note=note,
+        updates={"failure_reason": FailureReason.CANCELLED},
         allowed=frozenset({InvoiceStatus.OPEN, InvoiceStatus.PROCESSING}),
     )
 
@@ -208,16 +238,25 @@ def invoice_mark_paid(
     """
     reference = reference.strip()
     if not reference:
-        raise ValidationError({"reference": "Say how it was paid (e.g. the bank transfer reference)."})
+        raise ValidationError(
+            {"reference": "Say how it was paid (e.g. the bank transfer reference)."}
+        )
     if invoice.kind == InvoiceKind.PERMANENT:
-        raise InvoiceStateError("Permanent invoices stay open for more payments; close them instead.")
+        raise InvoiceStateError(
+            "Permanent invoices stay open for more payments; close them instead."
+        )
     if invoice.status == InvoiceStatus.DRAFT:
         raise InvoiceStateError("Issue the invoice before marking it as paid.")
     if invoice.status in FINAL_STATUSES:
         raise InvoiceStateError(f"The invoice is already {invoice.get_status_display().lower()}.")
     return _move(
-        invoice=invoice, to=InvoiceStatus.PAID, type="invoice.marked_paid", actor=actor, by=by,
-        note=reference, data={"reference": reference},
+        invoice=invoice,
+        to=InvoiceStatus.PAID,
+        type="invoice.marked_paid",
+        actor=actor,
+        by=by,
+        note=reference,
+        data={"reference": reference},
     )
 
 
@@ -253,8 +292,14 @@ def _move(
         if changed != 1:
             raise InvoiceStateError("The invoice changed meanwhile; reload and try again.")
         _record(
-            invoice=locked, type=type, actor=actor, by=by, note=note, data=data or {},
-            from_status=locked.status, to_status=to,
+            invoice=locked,
+            type=type,
+            actor=actor,
+            by=by,
+            note=note,
+            data=data or {},
+            from_status=locked.status,
+            to_status=to,
         )
         for key, value in fields.items():
             setattr(locked, key, value)
@@ -371,19 +416,20 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
         add("accepted_assets", "Each asset may be listed once.")
     if data.pricing_mode == PricingMode.TIMER_FIXED_ASSET and len(data.accepted_assets) != 1:
         add("accepted_assets", "A pre-selected currency needs exactly one accepted asset.")
-    if data.due_date is not None and data.due_date < timezone.localdate():
-        if invoice is None or invoice.due_date != data.due_date:
-            add("due_date", "The due date is in the past.")
+    # A past due date is refused when set, not when an old draft that already had it is saved.
+    due_date_changed = invoice is None or invoice.due_date != data.due_date
+    if data.due_date is not None and data.due_date < timezone.localdate() and due_date_changed:
+        add("due_date", "The due date is in the past.")
 
     for index, item in enumerate(data.items):
         if not item.name.strip():
             add(f"items.{index}.name", "Name the item.")
-        for key, check in (
-            ("quantity", lambda: check_quantity(item.quantity)),
-            ("unit_price", lambda: check_price(item.unit_price, currency)),
+        for key, check, value in (
+            ("quantity", check_quantity, item.quantity),
+            ("unit_price", lambda price: check_price(price, currency), item.unit_price),
         ):
             try:
-                check()
+                check(value)
             except ValidationError as error:
                 for message in error.messages:
                     add(f"items.{index}.{key}", message)

@@ -88,7 +88,9 @@ def _invoice_input(form: InvoiceForm, item_forms: list[LineItemForm]) -> Invoice
     )
 
 
-def _spread_errors(error: ValidationError, form: InvoiceForm, item_forms: list[LineItemForm]) -> None:
+def _spread_errors(
+    error: ValidationError, form: InvoiceForm, item_forms: list[LineItemForm]
+) -> None:
     """Service errors are keyed `field` or `items.<n>.<field>`; put each where the eye looks."""
     rows = {str(position): item for position, item in enumerate(item_forms)}
     for key, messages_ in error.message_dict.items():
@@ -112,7 +114,9 @@ def _invoice_editor(request: HttpRequest, invoice: Invoice | None) -> HttpRespon
             issue = request.POST.get("action") == "issue"
             try:
                 if invoice is None:
-                    invoice = invoice_create(merchant=merchant, data=data, by=request.user, issue=issue)  # type: ignore[arg-type]
+                    invoice = invoice_create(
+                        merchant=merchant, data=data, by=request.user, issue=issue
+                    )  # type: ignore[arg-type]
                 else:
                     invoice = invoice_update_draft(invoice=invoice, data=data, by=request.user)  # type: ignore[arg-type]
                     if issue:
@@ -121,7 +125,11 @@ def _invoice_editor(request: HttpRequest, invoice: Invoice | None) -> HttpRespon
                 _spread_errors(error, form, item_forms)
             except InvoiceStateError as error:
                 messages.error(request, str(error))
-                return redirect("invoice_detail", pk=invoice.pk) if invoice else redirect("invoice_list")
+                return (
+                    redirect("invoice_detail", pk=invoice.pk)
+                    if invoice
+                    else redirect("invoice_list")
+                )
             else:
                 verb = "issued" if issue else "saved as a draft"
                 messages.success(request, f"Invoice {invoice.reference} {verb}.")
@@ -171,9 +179,17 @@ def _totals_context(form: InvoiceForm, item_forms: list[LineItemForm]) -> dict:
         amount = None
         if currency is not None and item.is_bound and item.is_valid():
             amount = line_amount(item.to_input(), currency)
-        elif currency is not None and not item.is_bound and item.initial.get("unit_price") is not None:
+        elif (
+            currency is not None
+            and not item.is_bound
+            and item.initial.get("unit_price") is not None
+        ):
             amount = line_amount(
-                LineItemInput(name="", quantity=item.initial["quantity"], unit_price=item.initial["unit_price"]),
+                LineItemInput(
+                    name="",
+                    quantity=item.initial["quantity"],
+                    unit_price=item.initial["unit_price"],
+                ),
                 currency,
             )
         item.line_amount = amount
@@ -184,7 +200,12 @@ def _totals_context(form: InvoiceForm, item_forms: list[LineItemForm]) -> dict:
         if line["amount"] is not None
     ]
     subtotal, total = invoice_totals(priced, currency) if currency else (None, None)
-    return {"currency": currency.code if currency else "", "lines": lines, "subtotal": subtotal, "total": total}
+    return {
+        "currency": currency.code if currency else "",
+        "lines": lines,
+        "subtotal": subtotal,
+        "total": total,
+    }
 
 
 @merchant_view(Role.STAFF)
@@ -194,7 +215,9 @@ def invoice_new(request: HttpRequest) -> HttpResponse:
 
 @merchant_view(Role.STAFF)
 def invoice_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    invoice = get_object_or_404(invoice_scope(merchant=request.merchant).prefetch_related("items"), pk=pk)  # type: ignore[attr-defined]
+    invoice = get_object_or_404(
+        invoice_scope(merchant=request.merchant).prefetch_related("items"), pk=pk
+    )  # type: ignore[attr-defined]
     if invoice.status != InvoiceStatus.DRAFT:
         messages.info(request, "Only drafts can be edited. Integration fields stay editable below.")
         return redirect("invoice_detail", pk=invoice.pk)
@@ -207,16 +230,22 @@ def invoice_item_row(request: HttpRequest) -> HttpResponse:
     raw = request.GET.get("next", "0")
     index = int(raw) if raw.isdigit() and int(raw) < 10_000 else 0
     row = LineItemForm(currency=None, index=index)
-    return render(request, "invoices/_item_row.html", {"item": row, "next_index": index + 1, "oob": True})
+    return render(
+        request, "invoices/_item_row.html", {"item": row, "next_index": index + 1, "oob": True}
+    )
 
 
 @merchant_view(Role.STAFF)
 @require_POST
 def invoice_totals_preview(request: HttpRequest) -> HttpResponse:
     form = InvoiceForm(request.POST, merchant=request.merchant)  # type: ignore[attr-defined]
-    item_forms = [LineItemForm(request.POST, currency=form.currency_obj, index=i.index)
-                  for i in bound_item_forms(request.POST, form.currency_obj)]
-    return render(request, "invoices/_totals.html", {"totals": _totals_context(form, item_forms), "oob": True})
+    item_forms = [
+        LineItemForm(request.POST, currency=form.currency_obj, index=i.index)
+        for i in bound_item_forms(request.POST, form.currency_obj)
+    ]
+    return render(
+        request, "invoices/_totals.html", {"totals": _totals_context(form, item_forms), "oob": True}
+    )
 
 
 @merchant_view()
@@ -230,7 +259,8 @@ def invoice_show(request: HttpRequest, pk: int) -> HttpResponse:
         "integration_form": IntegrationForm(instance=invoice),
         "mark_paid_form": MarkPaidForm(),
         "can_mark_paid": invoice.kind == InvoiceKind.ONE_TIME
-        and invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED),
+        and invoice.status
+        in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED),
         "tab": request.GET.get("tab", "timeline"),
     }
     return render(request, "invoices/detail.html", context)
@@ -254,7 +284,9 @@ def invoice_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     try:
         service(invoice=invoice, by=request.user)
     except (InvoiceStateError, ValidationError) as error:
-        messages.error(request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error))
+        messages.error(
+            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        )
     else:
         messages.success(request, done)
     return redirect("invoice_detail", pk=invoice.pk)
@@ -269,9 +301,13 @@ def invoice_mark_paid_view(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Enter the payment reference to mark the invoice as paid.")
         return redirect("invoice_detail", pk=invoice.pk)
     try:
-        invoice_mark_paid(invoice=invoice, reference=form.cleaned_data["reference"], by=request.user)  # type: ignore[arg-type]
+        invoice_mark_paid(
+            invoice=invoice, reference=form.cleaned_data["reference"], by=request.user
+        )  # type: ignore[arg-type]
     except (InvoiceStateError, ValidationError) as error:
-        messages.error(request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error))
+        messages.error(
+            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        )
     else:
         messages.success(request, "Marked as paid.")
     return redirect("invoice_detail", pk=invoice.pk)
@@ -285,12 +321,17 @@ def invoice_integration(request: HttpRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             invoice_update_integration(
-                invoice=invoice, by=request.user, **{k: form.cleaned_data[k] for k in form.fields}  # type: ignore[arg-type]
+                invoice=invoice,
+                by=request.user,
+                **{k: form.cleaned_data[k] for k in form.fields},  # type: ignore[arg-type]
             )
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
         else:
             messages.success(request, "Integration settings saved.")
     else:
-        messages.error(request, "; ".join(f"{form.fields[k].label}: {' '.join(v)}" for k, v in form.errors.items()))
+        messages.error(
+            request,
+            "; ".join(f"{form.fields[k].label}: {' '.join(v)}" for k, v in form.errors.items()),
+        )
     return redirect(reverse("invoice_detail", kwargs={"pk": invoice.pk}) + "?tab=settings")

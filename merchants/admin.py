@@ -19,7 +19,10 @@ class UserAdmin(BaseUserAdmin):
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         ("Personal info", {"fields": ("first_name", "last_name")}),
-        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
         ("Important dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
@@ -27,7 +30,13 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
-    list_display = ["name", "default_currency", "default_fee_payer", "next_invoice_number", "created_at"]
+    list_display = [
+        "name",
+        "default_currency",
+        "default_fee_payer",
+        "next_invoice_number",
+        "created_at",
+    ]
     list_filter = ["default_currency", "default_fee_payer"]
     search_fields = ["name", "memberships__user__email"]
     readonly_fields = ["next_invoice_number", "created_at"]

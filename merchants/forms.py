@@ -47,7 +47,12 @@ class MerchantSettingsForm(forms.ModelForm):
     class Meta:
         model = Merchant
         fields = [
-            "name", "default_currency", "default_fee_payer", "invoice_prefix", "brand_colour", "logo"
+            "name",
+            "default_currency",
+            "default_fee_payer",
+            "invoice_prefix",
+            "brand_colour",
+            "logo",
         ]
         labels = {"name": "Business name", "brand_colour": "Brand colour"}
         widgets = {"brand_colour": forms.TextInput(attrs={"type": "color"})}

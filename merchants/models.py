@@ -35,9 +35,9 @@ class User(AbstractUser):
     email = models.EmailField("email address", unique=True)
 
     USERNAME_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS = []  # type: ignore[misc]
 
-    objects = UserManager()  # type: ignore[misc]
+    objects = UserManager()  # type: ignore[assignment,misc]
 
     def __str__(self) -> str:
         return self.get_full_name() or self.email
@@ -67,7 +67,9 @@ class Merchant(models.Model):
     )
     brand_colour = models.CharField(max_length=7, default="#4f46e5", validators=[hex_colour])
     logo = models.ImageField(
-        upload_to="logos/", blank=True, validators=[validate_logo],
+        upload_to="logos/",
+        blank=True,
+        validators=[validate_logo],
         help_text="PNG, JPEG or WebP, at most 1 MB.",
     )
     # The number the next invoice will get. Incremented under a row lock in the same

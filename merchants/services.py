@@ -1,12 +1,12 @@
+from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
-from django.urls import reverse
-from django.conf import settings
 
 from merchants.models import Membership, Merchant, Role, User
 
@@ -35,7 +35,12 @@ def merchant_create(*, name: str, owner: User, default_currency: str = "USD") ->
 
 def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
     editable = {
-        "name", "default_currency", "default_fee_payer", "invoice_prefix", "brand_colour", "logo"
+        "name",
+        "default_currency",
+        "default_fee_payer",
+        "invoice_prefix",
+        "brand_colour",
+        "logo",
     }
     unknown = set(fields) - editable
     if unknown:
@@ -60,13 +65,14 @@ def member_invite(*, merchant: Merchant, email: str, role: str, invited_by: User
     )
     if not made:
         raise ValidationError({"email": "This person is already a member."})
-    transaction.on_commit(
-        lambda: _send_invitation(membership=membership, invited_by=invited_by, new_user=created)
-    )
+    from merchants.tasks import send_invitation
+
+    transaction.on_commit(lambda: send_invitation.delay(membership.pk, invited_by.pk, created))
     return membership
 
 
-def _send_invitation(*, membership: Membership, invited_by: User, new_user: bool) -> None:
+def invitation_send(*, membership: Membership, invited_by: User, new_user: bool) -> None:
+    """Email a new teammate; someone without a password gets a link to choose one."""
     user = membership.user
     link = settings.SITE_URL + reverse("login")
     if new_user:

@@ -37,7 +37,9 @@ def signup(request: HttpRequest) -> HttpResponse:
             form.add_error(None, error)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, "Welcome to Stablebill. Add a customer, then send your first invoice.")
+            messages.success(
+                request, "Welcome to Stablebill. Add a customer, then send your first invoice."
+            )
             return redirect("dashboard")
     return render(request, "merchants/signup.html", {"form": form})
 
@@ -121,7 +123,9 @@ def member_update(request: HttpRequest, pk: int) -> HttpResponse:
                 messages.error(request, "Choose a valid role.")
             else:
                 member_set_role(membership=membership, role=form.cleaned_data["role"])
-                messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+                messages.success(
+                    request, f"{membership.user.email} is now {membership.get_role_display()}."
+                )
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     return redirect("member_list")

@@ -5,7 +5,12 @@ import pytest
 from django.db import connection
 
 from merchants.models import Role
-from tests.factories import PASSWORD, CustomerFactory, MembershipFactory, MerchantFactory, UserFactory
+from tests.factories import (
+    PASSWORD,
+    CustomerFactory,
+    MembershipFactory,
+    MerchantFactory,
+)
 
 
 def on_postgres() -> bool:
@@ -59,7 +64,9 @@ def victor(acme):
 @pytest.fixture
 def charlie(globex):
     """Owner of Globex: an outsider to everything Acme owns."""
-    return MembershipFactory(merchant=globex, role=Role.OWNER, user__email="charlie@globex.test").user
+    return MembershipFactory(
+        merchant=globex, role=Role.OWNER, user__email="charlie@globex.test"
+    ).user
 
 
 def _client_for(client_factory, user):
@@ -80,8 +87,9 @@ def acme_customer(acme):
     return CustomerFactory(merchant=acme, name="Ada Lovelace", email="ada@example.org")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium_path():
+    """Where Chromium lives. Session-scoped so pytest-playwright's session fixtures can use it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         if os.environ.get("CI"):

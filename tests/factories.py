@@ -62,7 +62,9 @@ def make_invoice(
     data = InvoiceInput(
         customer=customer,
         currency=fields.pop("currency", "USD"),
-        items=[LineItemInput(name=n, quantity=Decimal(q), unit_price=Decimal(p)) for n, q, p in rows],
+        items=[
+            LineItemInput(name=n, quantity=Decimal(q), unit_price=Decimal(p)) for n, q, p in rows
+        ],
         **fields,
     )
     return invoice_create(merchant=merchant, data=data, by=by, issue=issue)

@@ -54,29 +54,88 @@ class Command(BaseCommand):
         merchant = merchant_create(name="Northwind Studio", owner=user)
         Merchant.objects.filter(pk=merchant.pk).update(brand_colour="#0f766e")
         merchant.refresh_from_db()
-        ada = customer_create(merchant=merchant, name="Ada Lovelace", email="ada@analytical.example",
-                              company="Analytical Engines Ltd", address="12 St James's Square\nLondon SW1Y 4JH")
-        grace = customer_create(merchant=merchant, name="Grace Hopper", email="grace@cobol.example",
-                                company="Compiler Works")
+        ada = customer_create(
+            merchant=merchant,
+            name="Ada Lovelace",
+            email="ada@analytical.example",
+            company="Analytical Engines Ltd",
+            address="12 St James's Square\nLondon SW1Y 4JH",
+        )
+        grace = customer_create(
+            merchant=merchant,
+            name="Grace Hopper",
+            email="grace@cobol.example",
+            company="Compiler Works",
+        )
         customer_create(merchant=merchant, name="Alan Turing", email="alan@bletchley.example")
         due = timezone.localdate() + timedelta(days=14)
 
         def items(*rows: tuple[str, str, str]) -> list[LineItemInput]:
-            return [LineItemInput(name=n, quantity=Decimal(q), unit_price=Decimal(p)) for n, q, p in rows]
+            return [
+                LineItemInput(name=n, quantity=Decimal(q), unit_price=Decimal(p))
+                for n, q, p in rows
+            ]
 
-        paid = invoice_create(merchant=merchant, by=user, issue=True, data=InvoiceInput(
-            customer=ada, currency="USD", due_date=due, description="Brand refresh, phase one.",
-            items=items(("Discovery workshop", "1", "1200.00"), ("Logo design", "1", "2400.00"))))
-        invoice_mark_paid(invoice=paid, reference="Wire 2026-11-18 / ref 88231", by=user, actor=Actor.USER)
-        invoice_create(merchant=merchant, by=user, issue=True, data=InvoiceInput(
-            customer=grace, currency="USDC", due_date=due, accepted_assets=["USDC", "USDT"],
-            items=items(("Compiler consulting", "12.5", "150.00"), ("Code review", "4", "120.00"))))
-        invoice_create(merchant=merchant, by=user, issue=True, data=InvoiceInput(
-            customer=ada, currency="USD", pricing_mode=PricingMode.TIMER,
-            items=items(("Website hosting, December", "1", "49.00"))))
-        invoice_create(merchant=merchant, by=user, issue=True, data=InvoiceInput(
-            currency="USDT", kind=InvoiceKind.PERMANENT, description="Tips and donations",
-            accepted_assets=["USDT", "USDC"]))
-        invoice_create(merchant=merchant, by=user, data=InvoiceInput(
-            customer=grace, currency="EUR", due_date=due,
-            items=items(("Workshop: modern tooling", "2", "900.00"))))
+        paid = invoice_create(
+            merchant=merchant,
+            by=user,
+            issue=True,
+            data=InvoiceInput(
+                customer=ada,
+                currency="USD",
+                due_date=due,
+                description="Brand refresh, phase one.",
+                items=items(
+                    ("Discovery workshop", "1", "1200.00"), ("Logo design", "1", "2400.00")
+                ),
+            ),
+        )
+        invoice_mark_paid(
+            invoice=paid, reference="Wire 2026-11-18 / ref 88231", by=user, actor=Actor.USER
+        )
+        invoice_create(
+            merchant=merchant,
+            by=user,
+            issue=True,
+            data=InvoiceInput(
+                customer=grace,
+                currency="USDC",
+                due_date=due,
+                accepted_assets=["USDC", "USDT"],
+                items=items(
+                    ("Compiler consulting", "12.5", "150.00"), ("Code review", "4", "120.00")
+                ),
+            ),
+        )
+        invoice_create(
+            merchant=merchant,
+            by=user,
+            issue=True,
+            data=InvoiceInput(
+                customer=ada,
+                currency="USD",
+                pricing_mode=PricingMode.TIMER,
+                items=items(("Website hosting, December", "1", "49.00")),
+            ),
+        )
+        invoice_create(
+            merchant=merchant,
+            by=user,
+            issue=True,
+            data=InvoiceInput(
+                currency="USDT",
+                kind=InvoiceKind.PERMANENT,
+                description="Tips and donations",
+                accepted_assets=["USDT", "USDC"],
+            ),
+        )
+        invoice_create(
+            merchant=merchant,
+            by=user,
+            data=InvoiceInput(
+                customer=grace,
+                currency="EUR",
+                due_date=due,
+                items=items(("Workshop: modern tooling", "2", "900.00")),
+            ),
+        )

@@ -1,0 +1,16 @@
+from celery import shared_task
+
+from merchants.models import Membership, User
+from merchants.services import invitation_send
+
+
+@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+def send_invitation(membership_id: int, invited_by_id: int, new_user: bool) -> None:
+    membership = (
+        Membership.objects.select_related("user", "merchant").filter(pk=membership_id).first()
+    )
+    if membership is None:  # removed again before the email went out
+        return
+    invitation_send(
+        membership=membership, invited_by=User.objects.get(pk=invited_by_id), new_user=new_user
+    )

@@ -1,0 +1,153 @@
+"""The invoice editor end to end, in a real browser: a merchant writes an invoice for a customer
+they create on the spot, watches the live total, issues it and finds it in the list.
+
+Screenshots of every step land in test-artifacts/e2e/ (gitignored) to look at afterwards.
+"""
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, expect
+
+from customers.models import Customer
+from invoices.models import Invoice, InvoiceStatus
+from merchants.models import Role
+from tests.factories import PASSWORD, MembershipFactory, UserFactory
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
+
+# Quantities and prices whose sum shows the server adds decimals exactly (no float drift):
+# 2 × 1,250.50 + 3 × 19.99 + 0.5 × 80.10 = 2,501.00 + 59.97 + 40.05 = 2,601.02
+ITEMS = [
+    ("Brand workshop", "2", "1250.50", "2,501.00"),
+    ("Icon set", "3", "19.99", "59.97"),
+    ("Rush delivery", "0.5", "80.10", "40.05"),
+]
+TOTAL = "$2,601.02"
+
+# Reports CSP violations to the test: an init script runs before any page script and is not
+# itself subject to the page's CSP.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__reportCspViolation(
+    `${event.violatedDirective} blocked ${event.blockedURI || "inline"} at ${event.sourceFile}:${event.lineNumber}`
+  );
+});
+"""
+
+
+@pytest.fixture
+def owner(db):
+    user = UserFactory(email="olivia@acme.test", first_name="Olivia", last_name="Owner")
+    MembershipFactory(user=user, role=Role.OWNER, merchant__name="Acme Tools", merchant__default_currency="USD")
+    return user
+
+
+@pytest.fixture
+def watched_page(page: Page):
+    """The page, with every console error, uncaught exception and CSP violation recorded."""
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console error: {message.text} ({message.location.get('url')})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"uncaught exception: {error}"))
+    page.expose_function("__reportCspViolation", lambda text: problems.append(f"CSP violation: {text}"))
+    page.add_init_script(CSP_LISTENER)
+    page.set_default_timeout(10_000)
+    page.problems = problems  # type: ignore[attr-defined]
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, owner, watched_page):
+    page = watched_page
+
+    # Sign in.
+    page.goto(f"{live_server.url}/login/")
+    shot(page, "01-login")
+    page.get_by_label("Email").fill(owner.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Good to see you, Olivia")
+    shot(page, "02-dashboard")
+
+    # Open the editor from the dashboard.
+    page.get_by_role("link", name="New invoice").click()
+    expect(page).to_have_url(re.compile(r"/invoices/new/$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("New invoice")
+    shot(page, "03-new-invoice")
+
+    # Create a customer inline; the dialog closes and the picker selects them.
+    page.get_by_role("button", name="+ New customer").click()
+    dialog = page.locator("dialog#customer-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Name").fill("Marie Curie")
+    dialog.get_by_label("Email").fill("Marie@Radium.example")
+    dialog.get_by_label("Company").fill("Radium Institute")
+    shot(page, "04-customer-dialog")
+    dialog.get_by_role("button", name="Add customer").click()
+    expect(dialog).to_be_hidden()
+    customer_select = page.locator("#id_customer")
+    expect(customer_select.locator("option:checked")).to_have_text("Marie Curie — marie@radium.example")
+    customer = Customer.objects.get(merchant__name="Acme Tools", email="marie@radium.example")
+    expect(customer_select).to_have_value(str(customer.pk))
+    shot(page, "05-customer-selected")
+
+    # Three line items: the first row is there, the others come from "+ Add item".
+    rows = page.locator("#item-rows tr")
+    expect(rows).to_have_count(1)
+    for index, (name, quantity, price, _) in enumerate(ITEMS):
+        if index:
+            page.get_by_role("button", name="+ Add item").click()
+            expect(rows).to_have_count(index + 1)
+        row = rows.nth(index)
+        row.locator(f"input[name='items-{index}-name']").fill(name)
+        row.locator(f"input[name='items-{index}-quantity']").fill(quantity)
+        row.locator(f"input[name='items-{index}-unit_price']").fill(price)
+
+    # The live total is the exact sum, and each row shows its own amount.
+    expect(page.locator("#grand-total")).to_have_text(TOTAL)
+    for index, (*_, amount) in enumerate(ITEMS):
+        expect(page.locator(f"#amount-{index}")).to_have_text(amount)
+    shot(page, "06-items-and-total")
+
+    # Issue it: the detail page shows an open invoice with the same total.
+    page.get_by_role("button", name="Save and issue").click()
+    expect(page).to_have_url(re.compile(r"/invoices/\d+/$"))
+    invoice = Invoice.objects.get(merchant__name="Acme Tools")
+    assert invoice.status == InvoiceStatus.OPEN
+    assert invoice.total == Decimal("2601.02")
+    assert invoice.customer == customer
+    assert [(item.name, item.amount) for item in invoice.items.all()] == [
+        (name, Decimal(amount.replace(",", ""))) for name, _, _, amount in ITEMS
+    ]
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_contain_text(invoice.reference)
+    expect(heading.locator(".badge")).to_have_text("Open")
+    expect(page.get_by_role("status")).to_contain_text(f"Invoice {invoice.reference} issued.")
+    expect(page.locator(".doc-total")).to_have_text(TOTAL)
+    expect(page.locator(".doc-head")).to_contain_text("Marie Curie")
+    shot(page, "07-invoice-detail")
+
+    # The list shows it, open, with its total.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Invoices").click()
+    expect(page).to_have_url(re.compile(r"/invoices/$"))
+    row = page.locator("#results tbody tr", has_text=invoice.reference)
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge")).to_have_text("Open")
+    expect(row).to_contain_text("Marie Curie")
+    expect(row.locator("td.num")).to_have_text(TOTAL)
+    shot(page, "08-invoice-list")
+
+    assert page.problems == []  # type: ignore[attr-defined]

@@ -1,0 +1,384 @@
+"""Every merchant page tried from inside and outside the tenant.
+
+alice owns Acme, bob is Acme staff, victor an Acme viewer, charlie owns Globex and has no
+business with Acme. An object of Acme's must be "not found" for charlie, exactly as if it did
+not exist, whatever the method, and nothing of Acme's may change or show.
+
+To cover a new URL add one `Case` line to CASES; `test_every_merchant_url_has_a_tenancy_case`
+fails until you do.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from customers.models import Customer
+from invoices import views as invoice_views
+from invoices.models import Invoice, InvoiceEvent, LineItem
+from merchants.access import SESSION_KEY
+from merchants.models import Membership, Merchant, Role
+from tests.factories import make_invoice
+
+TENANT_URLCONFS = ("merchants.urls", "customers.urls", "invoices.urls")
+# Pages outside the tenant door (`merchant_view`); each has its own test below.
+NOT_TENANT_SCOPED = {"signup", "merchant_create", "merchant_switch"}
+
+
+@dataclass
+class World:
+    acme: Merchant
+    customer: Customer
+    draft: Invoice
+    open: Invoice
+    permanent: Invoice
+    bob_membership: Membership
+
+
+@pytest.fixture
+def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
+    return World(
+        acme=acme,
+        customer=acme_customer,
+        draft=make_invoice(acme, customer=acme_customer, items=[("Audit", "1", "90.00")]),
+        open=make_invoice(acme, customer=acme_customer, issue=True),
+        permanent=make_invoice(acme, customer=acme_customer, issue=True, kind="permanent"),
+        bob_membership=Membership.objects.get(user=bob, merchant=acme),
+    )
+
+
+def _invoice_form(w: World) -> dict:
+    return {
+        "customer": w.customer.pk,
+        "currency": "USD",
+        "kind": "one_time",
+        "pricing_mode": "no_timer",
+        "fee_payer": "merchant",
+        "items-0-name": "Review",
+        "items-0-quantity": "3",
+        "items-0-unit_price": "40.00",
+        "action": "save",
+    }
+
+
+def _settings_form(w: World) -> dict:
+    return {
+        "name": "Renamed",
+        "default_currency": "EUR",
+        "default_fee_payer": "payer",
+        "invoice_prefix": "R-",
+        "brand_colour": "#112233",
+    }
+
+
+def _customer_form(w: World) -> dict:
+    return {"name": "Zed Shaw", "email": "zed@example.org"}
+
+
+def _invite_form(w: World) -> dict:
+    return {"email": "new@acme.test", "role": "staff"}
+
+
+@dataclass(frozen=True)
+class Case:
+    url: str
+    method: str
+    min_role: str
+    ok: int  # what a member whose role suffices gets
+    obj: str = ""  # the World attribute whose pk the URL names: an object of Acme's
+    action: str = ""
+    data: Callable[[World], dict] = field(default=lambda w: {})
+    outsider: int | None = None  # URLs without an object: what charlie gets in his own business
+    writes: bool = False  # the member's request changes Acme's data
+    shows_acme: bool = False  # the member's page lists Acme's customer
+
+    @property
+    def id(self) -> str:
+        return " ".join(filter(None, [self.method, self.url, self.action]))
+
+    def kwargs(self, w: World, pk: int | None = None) -> dict | None:
+        if not self.obj:
+            return None
+        kwargs = {"pk": getattr(w, self.obj).pk if pk is None else pk}
+        return {**kwargs, "action": self.action} if self.action else kwargs
+
+
+V, S, O = Role.VIEWER, Role.STAFF, Role.OWNER
+GET, POST = "GET", "POST"
+INVOICE, CUSTOMER = _invoice_form, _customer_form
+
+CASES = [
+    Case("dashboard", GET, V, 200, outsider=200, shows_acme=True),
+    Case("invoice_list", GET, V, 200, outsider=200, shows_acme=True),
+    Case("invoice_new", GET, S, 200, outsider=200, shows_acme=True),
+    Case("invoice_new", POST, S, 302, data=INVOICE, outsider=422, writes=True),
+    Case("invoice_item_row", GET, S, 200, outsider=200),
+    Case("invoice_totals", POST, S, 200, data=INVOICE, outsider=200),
+    Case("invoice_detail", GET, V, 200, obj="draft"),
+    Case("invoice_detail", POST, V, 200, obj="draft"),
+    Case("invoice_edit", GET, S, 200, obj="draft"),
+    Case("invoice_edit", POST, S, 302, obj="draft", data=INVOICE, writes=True),
+    Case("invoice_action", POST, S, 302, obj="draft", action="issue", writes=True),
+    Case("invoice_action", POST, S, 302, obj="draft", action="void", writes=True),
+    Case("invoice_action", POST, S, 302, obj="permanent", action="close", writes=True),
+    Case("invoice_action", POST, S, 302, obj="open", action="cancel", writes=True),
+    Case("invoice_mark_paid", POST, S, 302, obj="open", data=lambda w: {"reference": "W-7"}, writes=True),
+    Case("invoice_integration", POST, S, 302, obj="open", data=lambda w: {"tracking_id": "t1"}, writes=True),
+    Case("customer_list", GET, V, 200, outsider=200, shows_acme=True),
+    Case("customer_new", GET, S, 200, outsider=200),
+    Case("customer_new", POST, S, 302, data=CUSTOMER, outsider=302, writes=True),
+    Case("customer_inline_new", GET, S, 200, outsider=200),
+    Case("customer_inline_new", POST, S, 200, data=CUSTOMER, outsider=200, writes=True),
+    Case("customer_edit", GET, S, 200, obj="customer"),
+    Case("customer_edit", POST, S, 302, obj="customer", data=CUSTOMER, writes=True),
+    Case("customer_archive", POST, S, 302, obj="customer", writes=True),
+    Case("merchant_settings", GET, O, 200, outsider=200),
+    Case("merchant_settings", POST, O, 302, data=_settings_form, outsider=302, writes=True),
+    Case("member_list", GET, O, 200, outsider=200),
+    Case("member_list", POST, O, 302, data=_invite_form, outsider=302, writes=True),
+    Case("member_update", POST, O, 302, obj="bob_membership", data=lambda w: {"role": "viewer"}, writes=True),
+    Case("member_update", POST, O, 302, obj="bob_membership", data=lambda w: {"remove": "1"}, writes=True),
+]
+IDS = [case.id for case in CASES]
+OBJECT_CASES = [case for case in CASES if case.obj]
+COLLECTION_CASES = [case for case in CASES if not case.obj]
+
+
+def _url(case: Case, w: World, pk: int | None = None) -> str:
+    return reverse(case.url, kwargs=case.kwargs(w, pk))
+
+
+def _send(client, case: Case, w: World, *, pk: int | None = None):
+    url = _url(case, w, pk)
+    if case.method == GET:
+        return client.get(url)
+    return client.post(url, case.data(w))
+
+
+def _acme_state(acme: Merchant) -> dict:
+    """Everything Acme owns, to prove a refused request changed nothing."""
+    return {
+        "merchant": Merchant.objects.filter(pk=acme.pk).values().get(),
+        "invoices": list(Invoice.objects.filter(merchant=acme).order_by("pk").values()),
+        "items": list(LineItem.objects.filter(invoice__merchant=acme).order_by("pk").values()),
+        "events": list(
+            InvoiceEvent.objects.filter(invoice__merchant=acme).order_by("pk").values_list("pk")
+        ),
+        "customers": list(Customer.objects.filter(merchant=acme).order_by("pk").values()),
+        "members": list(Membership.objects.filter(merchant=acme).order_by("pk").values()),
+    }
+
+
+def _role_allows(role: str, case: Case) -> bool:
+    return Membership(role=role).has_role(case.min_role)
+
+
+# Coverage -------------------------------------------------------------------------------------
+
+
+def _names_in(patterns, inside: bool = False) -> set[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            module = getattr(pattern.urlconf_module, "__name__", pattern.urlconf_name)
+            names |= _names_in(pattern.url_patterns, inside=module in TENANT_URLCONFS)
+        elif isinstance(pattern, URLPattern) and inside:
+            names.add(pattern.name)
+    return names
+
+
+def test_every_merchant_url_has_a_tenancy_case():
+    app_urls = _names_in(get_resolver().url_patterns)
+    assert "invoice_detail" in app_urls  # the walk really found the apps' URLconfs
+    covered = {case.url for case in CASES}
+    assert app_urls - NOT_TENANT_SCOPED - covered == set()
+    assert covered - app_urls == set()
+
+
+def test_every_invoice_action_has_a_tenancy_case():
+    covered = {case.action for case in CASES if case.url == "invoice_action"}
+    assert covered == set(invoice_views.ACTIONS)
+
+
+def test_every_page_serving_get_is_tried_with_post_too_when_it_names_an_object():
+    get_objects = {case.url for case in OBJECT_CASES if case.method == GET}
+    post_objects = {case.url for case in OBJECT_CASES if case.method == POST}
+    assert get_objects <= post_objects
+
+
+# Members --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_owner_may_use_every_page(case, world, client_for, alice):
+    response = _send(client_for(alice), case, world)
+    assert response.status_code == case.ok
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.writes], ids=[c.id for c in CASES if c.writes])
+def test_owner_request_really_changes_acme_so_refusals_below_are_meaningful(
+    case, world, client_for, alice
+):
+    before = _acme_state(world.acme)
+    _send(client_for(alice), case, world)
+    assert _acme_state(world.acme) != before
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_staff_teammate_may_use_staff_pages_and_is_refused_owner_pages(
+    case, world, client_for, bob
+):
+    before = _acme_state(world.acme)
+    response = _send(client_for(bob), case, world)
+    if _role_allows(Role.STAFF, case):
+        assert response.status_code == case.ok
+    else:
+        assert response.status_code == 403
+        assert _acme_state(world.acme) == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_viewer_may_read_and_is_refused_every_write(case, world, client_for, victor):
+    before = _acme_state(world.acme)
+    response = _send(client_for(victor), case, world)
+    if case.min_role == Role.VIEWER:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 403
+        assert _acme_state(world.acme) == before
+
+
+# Outsider -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OBJECT_CASES, ids=[c.id for c in OBJECT_CASES])
+def test_outsider_gets_404_for_acme_objects_and_changes_nothing(
+    case, world, client_for, charlie
+):
+    before = _acme_state(world.acme)
+    response = _send(client_for(charlie), case, world)
+    assert response.status_code == 404
+    assert b"Ada Lovelace" not in response.content
+    assert world.draft.reference.encode() not in response.content
+    assert _acme_state(world.acme) == before
+
+
+@pytest.mark.parametrize("case", OBJECT_CASES, ids=[c.id for c in OBJECT_CASES])
+def test_outsider_cannot_tell_acme_objects_from_missing_ones(case, world, client_for, charlie):
+    client = client_for(charlie)
+    acme_response = _send(client, case, world)
+    missing_response = _send(client, case, world, pk=999_999)
+    assert (acme_response.status_code, acme_response.content) == (
+        missing_response.status_code,
+        missing_response.content,
+    )
+
+
+@pytest.mark.parametrize("case", COLLECTION_CASES, ids=[c.id for c in COLLECTION_CASES])
+def test_outsider_works_in_own_business_and_never_sees_or_touches_acme(
+    case, world, client_for, alice, charlie
+):
+    before = _acme_state(world.acme)
+    response = _send(client_for(charlie), case, world)
+    assert response.status_code == case.outsider
+    assert b"Ada Lovelace" not in response.content
+    assert b"Acme Tools" not in response.content
+    assert _acme_state(world.acme) == before
+    if case.shows_acme:
+        # The same page does show Acme's customer to Acme's owner: the check above can fail.
+        assert b"Ada Lovelace" in _send(client_for(alice), case, world).content
+
+
+def test_outsider_posting_acme_customer_on_new_invoice_gets_field_error_and_no_invoice(
+    world, client_for, charlie
+):
+    response = client_for(charlie).post(reverse("invoice_new"), _invoice_form(world))
+    assert response.status_code == 422
+    assert response.context["form"].errors["customer"] == [
+        "Select a valid choice. That choice is not one of the available choices."
+    ]
+    assert Invoice.objects.filter(merchant__name="Globex").count() == 0
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in OBJECT_CASES if c.method == POST and not any(
+        o.url == c.url and o.method == GET for o in OBJECT_CASES
+    )],
+    ids=lambda c: c.id,
+)
+def test_get_on_post_only_acme_url_is_405_for_outsider_exactly_as_for_a_missing_object(
+    case, world, client_for, charlie
+):
+    # The method is refused before any lookup, so the answer says nothing about Acme.
+    client = client_for(charlie)
+    acme = client.get(_url(case, world))
+    missing = client.get(_url(case, world, pk=999_999))
+    assert acme.status_code == 405
+    assert missing.status_code == 405
+
+
+# Anonymous ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_anonymous_is_sent_to_login(case, world, client):
+    before = _acme_state(world.acme)
+    url = _url(case, world)
+    response = _send(client, case, world)
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={url}"
+    assert _acme_state(world.acme) == before
+
+
+# Pages outside merchant_view ------------------------------------------------------------------
+
+
+def test_signup_page_is_public_and_sends_signed_in_people_to_dashboard(client, client_for, alice):
+    assert client.get(reverse("signup")).status_code == 200
+    response = client_for(alice).get(reverse("signup"))
+    assert response.status_code == 302
+    assert response["Location"] == reverse("dashboard")
+
+
+def test_merchant_create_needs_sign_in(client):
+    response = client.get(reverse("merchant_create"))
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={reverse('merchant_create')}"
+
+
+def test_merchant_switch_needs_sign_in(client, acme):
+    response = client.post(reverse("merchant_switch"), {"merchant_id": acme.pk})
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={reverse('merchant_switch')}"
+
+
+def test_outsider_cannot_switch_into_acme(world, client_for, charlie):
+    client = client_for(charlie)
+    response = client.post(reverse("merchant_switch"), {"merchant_id": world.acme.pk})
+    assert response.status_code == 404
+    assert SESSION_KEY not in client.session
+    assert b"Acme Tools" not in client.get(reverse("dashboard")).content
+
+
+def test_stale_session_merchant_falls_back_to_own_business(world, client_for, charlie):
+    # A merchant id planted in the session is only honoured with a membership behind it.
+    client = client_for(charlie)
+    session = client.session
+    session[SESSION_KEY] = world.acme.pk
+    session.save()
+    response = client.get(reverse("invoice_detail", kwargs={"pk": world.draft.pk}))
+    assert response.status_code == 404
+    dashboard = client.get(reverse("dashboard"))
+    assert b"Globex" in dashboard.content
+    assert b"Acme Tools" not in dashboard.content
+
+
+def test_user_without_business_is_sent_to_create_one(client_for, db):
+    from tests.factories import UserFactory
+
+    loner = UserFactory(email="loner@example.com")
+    response = client_for(loner).get(reverse("invoice_list"))
+    assert response.status_code == 302
+    assert response["Location"] == reverse("merchant_create")
