@@ -20,6 +20,8 @@ install: $(STAMP)
 
 # Everything on embedded defaults: SQLite, Celery's filesystem broker, emails in var/mail.
 run: export DEBUG ?= 1
+run: export PORT ?= 8000
+run: export SITE_URL ?= http://127.0.0.1:$(PORT)
 run: $(STAMP)
 	mkdir -p var/mail var/celery/queue var/celery/processed
 	$(PY) manage.py migrate --no-input -v 0

@@ -4,6 +4,8 @@ import shutil
 import pytest
 from django.db import connection
 
+from config.celery import app as celery_app
+
 from merchants.models import Role
 from tests.factories import (
     PASSWORD,
@@ -28,7 +30,8 @@ def require_postgres() -> None:
 
 @pytest.fixture(autouse=True)
 def _test_settings(settings, tmp_path):
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Tasks run inline unless a test starts a real worker (tests/test_infrastructure.py).
+    celery_app.conf.task_always_eager = True
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.SITE_URL = "http://testserver"
 
@@ -96,3 +99,9 @@ def chromium_path():
             pytest.fail("CI must have Chromium installed (apt-get install chromium).")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    # The production hasher takes about a second per hash; tests sign people in by the hundred.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

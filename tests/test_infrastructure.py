@@ -1,0 +1,59 @@
+"""The real broker and cache: Redis in CI, the embedded defaults elsewhere."""
+
+import os
+import time
+import uuid
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.conf import settings
+from django.core import mail
+from django.core.cache import cache
+
+from config.celery import app
+from merchants.services import member_invite
+
+
+def _require_redis_in_ci() -> None:
+    if os.environ.get("CI") and not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        pytest.fail("CI must run with REDIS_URL set.")
+
+
+def test_cache_round_trip_on_the_configured_backend():
+    _require_redis_in_ci()
+    key = f"probe-{uuid.uuid4()}"
+    cache.set(key, {"amount": "12.50"}, timeout=30)
+    assert cache.get(key) == {"amount": "12.50"}
+    cache.delete(key)
+    assert cache.get(key) is None
+
+
+@pytest.fixture
+def real_worker(tmp_path):
+    """A Celery worker thread on the configured broker; tasks really travel through it."""
+    saved = (app.conf.task_always_eager, app.conf.broker_transport_options)
+    app.conf.task_always_eager = False
+    if app.conf.broker_url.startswith("filesystem://"):
+        queue = tmp_path / "queue"
+        queue.mkdir()
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "processed_folder": str(tmp_path),
+            "store_processed": False,
+        }
+    with start_worker(app, perform_ping_check=False, pool="solo", shutdown_timeout=10):
+        yield
+    app.conf.task_always_eager, app.conf.broker_transport_options = saved
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invitation_is_sent_by_a_worker_after_commit(real_worker, alice, acme):
+    if os.environ.get("CI"):
+        assert app.conf.broker_url.startswith("redis://"), "CI runs the broker on Redis"
+    member_invite(merchant=acme, email="newcomer@acme.test", role="staff", invited_by=alice)
+    deadline = time.monotonic() + 20
+    while not mail.outbox and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m.to for m in mail.outbox] == [["newcomer@acme.test"]]
+    assert "password-reset" in mail.outbox[0].body
