@@ -5,7 +5,6 @@ import pytest
 from django.db import connection
 
 from config.celery import app as celery_app
-
 from merchants.models import Role
 from tests.factories import (
     PASSWORD,
