@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy .
 
 bench: $(STAMP)
-	$(PY) -m pytest tests/bench -p no:randomly -s $(PYTEST_ARGS)
+	$(PY) -m pytest tests/bench -o python_files="bench_*.py" -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/stablebill.sqlite3* var/celery var/mail var/demo-login.txt
