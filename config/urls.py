@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from merchants.forms import LoginForm
+from merchants.forms import LoginForm, PasswordResetForm
 
 admin.site.site_header = "Stablebill administration"
 admin.site.site_title = "Stablebill admin"
@@ -18,7 +18,11 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path(
+        "password-reset/",
+        auth_views.PasswordResetView.as_view(form_class=PasswordResetForm),
+        name="password_reset",
+    ),
     path(
         "password-reset/sent/",
         auth_views.PasswordResetDoneView.as_view(),
@@ -37,6 +41,7 @@ urlpatterns = [
     path("", include("merchants.urls")),
     path("customers/", include("customers.urls")),
     path("", include("invoices.urls")),
+    path("", include("wallets.urls")),
 ]
 
 if settings.DEBUG:

@@ -1,7 +1,9 @@
+from copy import copy
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -14,7 +16,7 @@ from customers.services import (
     customer_unarchive,
     customer_update,
 )
-from merchants.access import merchant_view
+from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Role
 
 PAGE_SIZE = 25
@@ -22,17 +24,17 @@ PAGE_SIZE = 25
 
 @merchant_view()
 @vary_on_headers("HX-Request")
-def customer_index(request: HttpRequest) -> HttpResponse:
+def customer_index(request: MerchantRequest) -> HttpResponse:
     query = request.GET.get("q", "")
     show_archived = request.GET.get("archived") == "1"
     customers = customer_list(
         merchant=request.merchant,
         query=query,
-        include_archived=show_archived,  # type: ignore[attr-defined]
+        include_archived=show_archived,
     )
     page = Paginator(customers, PAGE_SIZE).get_page(request.GET.get("page"))
     template = "customers/list.html"
-    if request.htmx:  # type: ignore[attr-defined]
+    if request.htmx:
         template += "#results"
     return render(request, template, {"page": page, "query": query, "show_archived": show_archived})
 
@@ -49,25 +51,28 @@ def _save_with_form(form, save) -> bool:
 
 
 @merchant_view(Role.STAFF)
-def customer_new(request: HttpRequest) -> HttpResponse:
+def customer_new(request: MerchantRequest) -> HttpResponse:
     form = CustomerForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        if _save_with_form(
-            form,
-            lambda: customer_create(merchant=request.merchant, **form.cleaned_data),  # type: ignore[attr-defined]
-        ):
-            messages.success(request, f"{form.cleaned_data['name']} was added.")
-            return redirect("customer_list")
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and _save_with_form(
+            form, lambda: customer_create(merchant=request.merchant, **form.cleaned_data)
+        )
+    ):
+        messages.success(request, f"{form.cleaned_data['name']} was added.")
+        return redirect("customer_list")
     return render(request, "customers/form.html", {"form": form, "customer": None})
 
 
 @merchant_view(Role.STAFF)
-def customer_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    customer = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
-    form = CustomerForm(request.POST or None, instance=customer)
+def customer_edit(request: MerchantRequest, pk: int) -> HttpResponse:
+    customer = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)
+    # Validate a copy, so a refused POST leaves the page title showing the saved customer.
+    form = CustomerForm(request.POST or None, instance=copy(customer))
     if request.method == "POST" and form.is_valid():
         # The form's instance was already changed by validation; reload so the service starts clean.
-        fresh = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
+        fresh = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)
         if _save_with_form(form, lambda: customer_update(customer=fresh, **form.cleaned_data)):
             messages.success(request, "Customer saved.")
             return redirect("customer_list")
@@ -76,8 +81,8 @@ def customer_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 @merchant_view(Role.STAFF)
 @require_POST
-def customer_archive_toggle(request: HttpRequest, pk: int) -> HttpResponse:
-    customer = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
+def customer_archive_toggle(request: MerchantRequest, pk: int) -> HttpResponse:
+    customer = get_object_or_404(customer_scope(merchant=request.merchant), pk=pk)
     if customer.is_archived:
         customer_unarchive(customer=customer)
         messages.success(request, f"{customer.name} is active again.")
@@ -88,7 +93,7 @@ def customer_archive_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @merchant_view(Role.STAFF)
-def customer_inline_new(request: HttpRequest) -> HttpResponse:
+def customer_inline_new(request: MerchantRequest) -> HttpResponse:
     """The invoice editor's "New customer" dialog: on success the customer picker is swapped in
     with the new customer selected, so the invoice being written is never lost."""
     form = InlineCustomerForm(request.POST or None)
@@ -96,10 +101,10 @@ def customer_inline_new(request: HttpRequest) -> HttpResponse:
         created = {}
 
         def save() -> None:
-            created["customer"] = customer_create(merchant=request.merchant, **form.cleaned_data)  # type: ignore[attr-defined]
+            created["customer"] = customer_create(merchant=request.merchant, **form.cleaned_data)
 
         if _save_with_form(form, save):
-            customers = customer_list(merchant=request.merchant)  # type: ignore[attr-defined]
+            customers = customer_list(merchant=request.merchant)
             response = render(
                 request,
                 "customers/inline_created.html",

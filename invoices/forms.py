@@ -162,13 +162,18 @@ def initial_item_forms(invoice: Invoice | None, currency: Currency | None) -> li
             initial={
                 "name": item.name,
                 "description": item.description,
-                "quantity": item.quantity.normalize(),
-                "unit_price": item.unit_price.normalize(),
+                "quantity": _trimmed(item.quantity),
+                "unit_price": _trimmed(item.unit_price),
             },
         )
         for i, item in enumerate(invoice.items.all())
     ]
     return rows or [LineItemForm(currency=currency, index=0)]
+
+
+def _trimmed(value: Decimal) -> Decimal:
+    """Without trailing zeros, and never in exponent form (normalize() turns 10 into 1E+1)."""
+    return Decimal(format(value.normalize(), "f"))
 
 
 class MarkPaidForm(forms.Form):
@@ -197,5 +202,6 @@ class InvoiceFilterForm(forms.Form):
         choices=[("", "All statuses"), *InvoiceStatus.choices], required=False
     )
     customer = forms.IntegerField(required=False, min_value=1)
+    overdue = forms.BooleanField(required=False)
     created_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     created_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))

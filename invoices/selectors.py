@@ -23,8 +23,11 @@ def invoice_list(
     created_from: date | None = None,
     created_to: date | None = None,
     query: str = "",
+    overdue: bool = False,
 ) -> QuerySet[Invoice]:
     invoices = invoice_scope(merchant=merchant).select_related("customer")
+    if overdue:
+        invoices = invoices.filter(status__in=OUTSTANDING, due_date__lt=timezone.localdate())
     if status:
         invoices = invoices.filter(status=status)
     if customer_id is not None:
@@ -82,7 +85,8 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
     )
     outstanding = [
         CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
-        for row in invoices.filter(status__in=OUTSTANDING)
+        # Open-amount invoices ask for nothing in particular; they add no outstanding total.
+        for row in invoices.filter(status__in=OUTSTANDING, total__gt=0)
         .order_by("currency")
         .values("currency")
         .annotate(amount=Sum("total"), n=Count("pk"))

@@ -3,7 +3,7 @@ from decimal import Decimal
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -34,22 +34,22 @@ from invoices.services import (
     invoice_update_integration,
     invoice_void,
 )
-from merchants.access import merchant_view
+from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Role
 
 PAGE_SIZE = 25
 
 
 @merchant_view()
-def dashboard(request: HttpRequest) -> HttpResponse:
-    summary = dashboard_summary(merchant=request.merchant)  # type: ignore[attr-defined]
+def dashboard(request: MerchantRequest) -> HttpResponse:
+    summary = dashboard_summary(merchant=request.merchant)
     return render(request, "invoices/dashboard.html", {"summary": summary})
 
 
 @merchant_view()
 @vary_on_headers("HX-Request")
-def invoice_index(request: HttpRequest) -> HttpResponse:
-    merchant = request.merchant  # type: ignore[attr-defined]
+def invoice_index(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
     filters = InvoiceFilterForm(request.GET or None)
     params = filters.cleaned_data if filters.is_valid() else {}
     invoices = invoice_list(
@@ -59,12 +59,13 @@ def invoice_index(request: HttpRequest) -> HttpResponse:
         created_from=params.get("created_from"),
         created_to=params.get("created_to"),
         query=params.get("q") or "",
+        overdue=bool(params.get("overdue")),
     )
     page = Paginator(invoices, PAGE_SIZE).get_page(request.GET.get("page"))
     query_string = request.GET.copy()
     query_string.pop("page", None)
     context = {"page": page, "filters": filters, "query_string": query_string.urlencode()}
-    template = "invoices/list.html#results" if request.htmx else "invoices/list.html"  # type: ignore[attr-defined]
+    template = "invoices/list.html#results" if request.htmx else "invoices/list.html"
     return render(request, template, context)
 
 
@@ -92,6 +93,10 @@ def _spread_errors(
     error: ValidationError, form: InvoiceForm, item_forms: list[LineItemForm]
 ) -> None:
     """Service errors are keyed `field` or `items.<n>.<field>`; put each where the eye looks."""
+    if not hasattr(error, "error_dict"):
+        # An error about the invoice as a whole (e.g. nothing to pay when issuing).
+        form.add_error(None, error.messages)
+        return
     rows = {str(position): item for position, item in enumerate(item_forms)}
     for key, messages_ in error.message_dict.items():
         if key.startswith("items."):
@@ -103,8 +108,8 @@ def _spread_errors(
             form.add_error(None, messages_)
 
 
-def _invoice_editor(request: HttpRequest, invoice: Invoice | None) -> HttpResponse:
-    merchant = request.merchant  # type: ignore[attr-defined]
+def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpResponse:
+    merchant = request.merchant
     if request.method == "POST":
         form = InvoiceForm(request.POST, merchant=merchant, invoice=invoice)
         item_forms = bound_item_forms(request.POST, form.currency_obj)
@@ -116,11 +121,11 @@ def _invoice_editor(request: HttpRequest, invoice: Invoice | None) -> HttpRespon
                 if invoice is None:
                     invoice = invoice_create(
                         merchant=merchant, data=data, by=request.user, issue=issue
-                    )  # type: ignore[arg-type]
+                    )
                 else:
-                    invoice = invoice_update_draft(invoice=invoice, data=data, by=request.user)  # type: ignore[arg-type]
+                    invoice = invoice_update_draft(invoice=invoice, data=data, by=request.user)
                     if issue:
-                        invoice = invoice_issue(invoice=invoice, by=request.user)  # type: ignore[arg-type]
+                        invoice = invoice_issue(invoice=invoice, by=request.user)
             except ValidationError as error:
                 _spread_errors(error, form, item_forms)
             except InvoiceStateError as error:
@@ -195,9 +200,9 @@ def _totals_context(form: InvoiceForm, item_forms: list[LineItemForm]) -> dict:
         item.line_amount = amount
         lines.append({"index": item.index, "amount": amount})
     priced = [
-        LineItemInput(name="", quantity=Decimal(1), unit_price=line["amount"])
-        for line in lines
-        if line["amount"] is not None
+        LineItemInput(name="", quantity=Decimal(1), unit_price=Decimal(amount))
+        for amount in (line["amount"] for line in lines)
+        if amount is not None
     ]
     subtotal, total = invoice_totals(priced, currency) if currency else (None, None)
     return {
@@ -209,15 +214,15 @@ def _totals_context(form: InvoiceForm, item_forms: list[LineItemForm]) -> dict:
 
 
 @merchant_view(Role.STAFF)
-def invoice_new(request: HttpRequest) -> HttpResponse:
+def invoice_new(request: MerchantRequest) -> HttpResponse:
     return _invoice_editor(request, None)
 
 
 @merchant_view(Role.STAFF)
-def invoice_edit(request: HttpRequest, pk: int) -> HttpResponse:
+def invoice_edit(request: MerchantRequest, pk: int) -> HttpResponse:
     invoice = get_object_or_404(
         invoice_scope(merchant=request.merchant).prefetch_related("items"), pk=pk
-    )  # type: ignore[attr-defined]
+    )
     if invoice.status != InvoiceStatus.DRAFT:
         messages.info(request, "Only drafts can be edited. Integration fields stay editable below.")
         return redirect("invoice_detail", pk=invoice.pk)
@@ -225,7 +230,7 @@ def invoice_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @merchant_view(Role.STAFF)
-def invoice_item_row(request: HttpRequest) -> HttpResponse:
+def invoice_item_row(request: MerchantRequest) -> HttpResponse:
     """One more empty line-item row for the editor (htmx), and the bumped next index."""
     raw = request.GET.get("next", "0")
     index = int(raw) if raw.isdigit() and int(raw) < 10_000 else 0
@@ -237,8 +242,8 @@ def invoice_item_row(request: HttpRequest) -> HttpResponse:
 
 @merchant_view(Role.STAFF)
 @require_POST
-def invoice_totals_preview(request: HttpRequest) -> HttpResponse:
-    form = InvoiceForm(request.POST, merchant=request.merchant)  # type: ignore[attr-defined]
+def invoice_totals_preview(request: MerchantRequest) -> HttpResponse:
+    form = InvoiceForm(request.POST, merchant=request.merchant)
     item_forms = [
         LineItemForm(request.POST, currency=form.currency_obj, index=i.index)
         for i in bound_item_forms(request.POST, form.currency_obj)
@@ -249,9 +254,9 @@ def invoice_totals_preview(request: HttpRequest) -> HttpResponse:
 
 
 @merchant_view()
-def invoice_show(request: HttpRequest, pk: int) -> HttpResponse:
+def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
     try:
-        invoice = invoice_detail(merchant=request.merchant, pk=pk)  # type: ignore[attr-defined]
+        invoice = invoice_detail(merchant=request.merchant, pk=pk)
     except Invoice.DoesNotExist:
         raise Http404("No such invoice.") from None
     context = {
@@ -276,8 +281,8 @@ ACTIONS = {
 
 @merchant_view(Role.STAFF)
 @require_POST
-def invoice_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
-    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
+def invoice_action(request: MerchantRequest, pk: int, action: str) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
     if action not in ACTIONS:
         raise Http404("No such action.")
     service, done = ACTIONS[action]
@@ -294,8 +299,8 @@ def invoice_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 
 @merchant_view(Role.STAFF)
 @require_POST
-def invoice_mark_paid_view(request: HttpRequest, pk: int) -> HttpResponse:
-    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
+def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
     form = MarkPaidForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Enter the payment reference to mark the invoice as paid.")
@@ -303,7 +308,7 @@ def invoice_mark_paid_view(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         invoice_mark_paid(
             invoice=invoice, reference=form.cleaned_data["reference"], by=request.user
-        )  # type: ignore[arg-type]
+        )
     except (InvoiceStateError, ValidationError) as error:
         messages.error(
             request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
@@ -315,15 +320,15 @@ def invoice_mark_paid_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @merchant_view(Role.STAFF)
 @require_POST
-def invoice_integration(request: HttpRequest, pk: int) -> HttpResponse:
-    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)  # type: ignore[attr-defined]
+def invoice_integration(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
     form = IntegrationForm(request.POST, instance=invoice)
     if form.is_valid():
         try:
             invoice_update_integration(
                 invoice=invoice,
                 by=request.user,
-                **{k: form.cleaned_data[k] for k in form.fields},  # type: ignore[arg-type]
+                **{k: form.cleaned_data[k] for k in form.fields},
             )
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
@@ -332,6 +337,8 @@ def invoice_integration(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.error(
             request,
-            "; ".join(f"{form.fields[k].label}: {' '.join(v)}" for k, v in form.errors.items()),
+            "; ".join(
+                f"{form.fields[k].label}: {' '.join(map(str, v))}" for k, v in form.errors.items()
+            ),
         )
     return redirect(reverse("invoice_detail", kwargs={"pk": invoice.pk}) + "?tab=settings")

@@ -7,9 +7,25 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django_htmx.middleware import HtmxDetails
 
-from merchants.models import Role
+from merchants.models import Membership, Merchant, Role, User
 from merchants.selectors import membership_for_user
+
+
+class AuthedRequest(HttpRequest):
+    """What a view behind login_required receives."""
+
+    user: User  # type: ignore[assignment]
+    htmx: HtmxDetails
+
+
+class MerchantRequest(AuthedRequest):
+    """What a view behind `merchant_view` receives."""
+
+    merchant: Merchant
+    membership: Membership
+
 
 SESSION_KEY = "merchant_id"
 
@@ -26,7 +42,7 @@ def merchant_view(min_role: str = Role.VIEWER) -> Callable:
         @wraps(view)
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             membership = membership_for_user(
-                user=request.user,  # type: ignore[arg-type]
+                user=request.user,  # type: ignore[arg-type]  # login_required ran first
                 merchant_id=request.session.get(SESSION_KEY),
             )
             if membership is None:

@@ -1,4 +1,5 @@
 from django import forms
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
@@ -7,6 +8,10 @@ from merchants.models import Merchant, Role, User
 
 class LoginForm(AuthenticationForm):
     username = forms.EmailField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True}))
+
+    def clean_username(self) -> str:
+        # Accounts are stored with lower-case emails; the lookup behind authenticate() is exact.
+        return self.cleaned_data["username"].lower()
 
 
 class SignupForm(forms.Form):
@@ -65,3 +70,11 @@ class MemberInviteForm(forms.Form):
 
 class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Also reaches people invited to a team who have not chosen a password yet: Django's form
+    skips accounts without a usable password, which would lock such a person out for good."""
+
+    def get_users(self, email: str):  # type: ignore[override]
+        return User.objects.filter(email__iexact=email.strip(), is_active=True)

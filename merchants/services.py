@@ -63,11 +63,16 @@ def member_invite(*, merchant: Merchant, email: str, role: str, invited_by: User
     membership, made = Membership.objects.get_or_create(
         user=user, merchant=merchant, defaults={"role": role}
     )
-    if not made:
+    # Someone invited before who never chose a password gets a fresh link; anyone else who is
+    # already a member needs no second invitation.
+    needs_password = not user.has_usable_password()
+    if not made and not needs_password:
         raise ValidationError({"email": "This person is already a member."})
     from merchants.tasks import send_invitation
 
-    transaction.on_commit(lambda: send_invitation.delay(membership.pk, invited_by.pk, created))
+    transaction.on_commit(
+        lambda: send_invitation.delay(membership.pk, invited_by.pk, needs_password)
+    )
     return membership
 
 

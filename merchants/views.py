@@ -1,3 +1,5 @@
+from copy import copy
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -6,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from merchants.access import SESSION_KEY, merchant_view
+from merchants.access import SESSION_KEY, AuthedRequest, MerchantRequest, merchant_view
 from merchants.forms import (
     MemberInviteForm,
     MemberRoleForm,
@@ -45,12 +47,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def merchant_create_view(request: HttpRequest) -> HttpResponse:
+def merchant_create_view(request: AuthedRequest) -> HttpResponse:
     form = MerchantCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         merchant = merchant_create(
             name=form.cleaned_data["name"],
-            owner=request.user,  # type: ignore[arg-type]
+            owner=request.user,
             default_currency=form.cleaned_data["default_currency"],
         )
         request.session[SESSION_KEY] = merchant.pk
@@ -60,11 +62,11 @@ def merchant_create_view(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def merchant_switch(request: HttpRequest) -> HttpResponse:
+def merchant_switch(request: AuthedRequest) -> HttpResponse:
     # Only a merchant the person belongs to can be chosen; anything else is not found.
     raw_id = request.POST.get("merchant_id", "")
     membership = get_object_or_404(
-        memberships_of_user(user=request.user),  # type: ignore[arg-type]
+        memberships_of_user(user=request.user),
         merchant_id=int(raw_id) if raw_id.isdigit() else 0,
     )
     request.session[SESSION_KEY] = membership.merchant_id
@@ -72,9 +74,13 @@ def merchant_switch(request: HttpRequest) -> HttpResponse:
 
 
 @merchant_view(Role.OWNER)
-def merchant_settings(request: HttpRequest) -> HttpResponse:
-    merchant = request.merchant  # type: ignore[attr-defined]
-    form = MerchantSettingsForm(request.POST or None, request.FILES or None, instance=merchant)
+def merchant_settings(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
+    # The form validates a copy: a refused POST must not show its values in the sidebar, the
+    # brand colour style or the preview as if they had been saved.
+    form = MerchantSettingsForm(
+        request.POST or None, request.FILES or None, instance=copy(merchant)
+    )
     if request.method == "POST" and form.is_valid():
         fields = {name: form.cleaned_data[name] for name in form.changed_data}
         if fields:
@@ -85,8 +91,8 @@ def merchant_settings(request: HttpRequest) -> HttpResponse:
 
 
 @merchant_view(Role.OWNER)
-def member_list(request: HttpRequest) -> HttpResponse:
-    merchant = request.merchant  # type: ignore[attr-defined]
+def member_list(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
     form = MemberInviteForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -94,12 +100,13 @@ def member_list(request: HttpRequest) -> HttpResponse:
                 merchant=merchant,
                 email=form.cleaned_data["email"],
                 role=form.cleaned_data["role"],
-                invited_by=request.user,  # type: ignore[arg-type]
+                invited_by=request.user,
             )
         except ValidationError as error:
             form.add_error("email", error.message_dict.get("email", error.messages))
         else:
-            messages.success(request, f"{form.cleaned_data['email']} was added and emailed.")
+            email = form.cleaned_data["email"].strip().lower()
+            messages.success(request, f"{email} was added and emailed.")
             return redirect("member_list")
     members = membership_list(merchant_id=merchant.pk)
     return render(
@@ -111,8 +118,8 @@ def member_list(request: HttpRequest) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
-def member_update(request: HttpRequest, pk: int) -> HttpResponse:
-    membership = get_object_or_404(membership_list(merchant_id=request.merchant.pk), pk=pk)  # type: ignore[attr-defined]
+def member_update(request: MerchantRequest, pk: int) -> HttpResponse:
+    membership = get_object_or_404(membership_list(merchant_id=request.merchant.pk), pk=pk)
     try:
         if request.POST.get("remove"):
             member_remove(membership=membership)

@@ -29,22 +29,14 @@ def test_cache_round_trip_on_the_configured_backend():
 
 
 @pytest.fixture
-def real_worker(tmp_path):
+def real_worker():
     """A Celery worker thread on the configured broker; tasks really travel through it."""
-    saved = (app.conf.task_always_eager, app.conf.broker_transport_options)
     app.conf.task_always_eager = False
-    if app.conf.broker_url.startswith("filesystem://"):
-        queue = tmp_path / "queue"
-        queue.mkdir()
-        app.conf.broker_transport_options = {
-            "data_folder_in": str(queue),
-            "data_folder_out": str(queue),
-            "processed_folder": str(tmp_path),
-            "store_processed": False,
-        }
-    with start_worker(app, perform_ping_check=False, pool="solo", shutdown_timeout=10):
-        yield
-    app.conf.task_always_eager, app.conf.broker_transport_options = saved
+    try:
+        with start_worker(app, perform_ping_check=False, pool="solo", shutdown_timeout=10):
+            yield
+    finally:
+        app.conf.task_always_eager = True
 
 
 @pytest.mark.django_db(transaction=True)

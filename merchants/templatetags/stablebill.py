@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django import template
 from django.http import QueryDict
+from django.utils.safestring import mark_safe
 
 from merchants.money import UnknownCurrency, format_amount, format_money
 
@@ -34,7 +35,7 @@ def nav_current(context: template.Context, *prefixes: str) -> str:
         return ""
     match = getattr(request, "resolver_match", None)
     name = match.url_name if match else ""
-    return 'aria-current="page"' if any(name.startswith(p) for p in prefixes) else ""
+    return mark_safe('aria-current="page"') if any(name.startswith(p) for p in prefixes) else ""
 
 
 @register.simple_tag
@@ -42,3 +43,12 @@ def page_url(query_string: str, page: int) -> str:
     params = QueryDict(query_string, mutable=True)
     params["page"] = str(page)
     return "?" + params.urlencode()
+
+
+@register.filter
+def plain(value: Decimal | None) -> str:
+    """A decimal without trailing zeros and never in exponent form: 10, 2.5, 0.000125."""
+    if value is None:
+        return "—"
+    text = format(Decimal(value).normalize(), "f")
+    return text

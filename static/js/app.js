@@ -56,6 +56,16 @@
     if (dialog && dialog.open) dialog.close();
   });
 
+  // On narrow screens the section links scroll sideways: keep the current one in view.
+  document.addEventListener("DOMContentLoaded", function () {
+    var nav = document.querySelector(".nav");
+    var current = nav && nav.querySelector("[aria-current=page]");
+    if (current && nav.scrollWidth > nav.clientWidth) {
+      var offset = current.getBoundingClientRect().left - nav.getBoundingClientRect().left;
+      nav.scrollLeft += offset - (nav.clientWidth - current.offsetWidth) / 2;
+    }
+  });
+
   // Submit a select's form when it changes (merchant switcher, list filters without htmx).
   document.addEventListener("change", function (event) {
     if (event.target.matches("[data-autosubmit]")) event.target.form.submit();

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
 # Quantities and prices whose sum shows the server adds decimals exactly (no float drift):
-# 2 × 1,250.50 + 3 × 19.99 + 0.5 × 80.10 = 2,501.00 + 59.97 + 40.05 = 2,601.02
+# 2 * 1,250.50 + 3 * 19.99 + 0.5 * 80.10 = 2,501.00 + 59.97 + 40.05 = 2,601.02
 ITEMS = [
     ("Brand workshop", "2", "1250.50", "2,501.00"),
     ("Icon set", "3", "19.99", "59.97"),
@@ -34,7 +34,7 @@ TOTAL = "$2,601.02"
 CSP_LISTENER = """
 document.addEventListener("securitypolicyviolation", (event) => {
   window.__reportCspViolation(
-    `${event.violatedDirective} blocked ${event.blockedURI || "inline"} at ${event.sourceFile}:${event.lineNumber}`
+    `${event.violatedDirective} blocked ${event.blockedURI || "inline"} at ${event.sourceFile}:${event.lineNumber}:${event.columnNumber} sample=${event.sample}`
   );
 });
 """
@@ -43,7 +43,9 @@ document.addEventListener("securitypolicyviolation", (event) => {
 @pytest.fixture
 def owner(db):
     user = UserFactory(email="olivia@acme.test", first_name="Olivia", last_name="Owner")
-    MembershipFactory(user=user, role=Role.OWNER, merchant__name="Acme Tools", merchant__default_currency="USD")
+    MembershipFactory(
+        user=user, role=Role.OWNER, merchant__name="Acme Tools", merchant__default_currency="USD"
+    )
     return user
 
 
@@ -54,11 +56,13 @@ def watched_page(page: Page):
 
     def on_console(message: ConsoleMessage) -> None:
         if message.type == "error":
-            problems.append(f"console error: {message.text} ({message.location.get('url')})")
+            problems.append(f"console error on {page.url}: {message.text} ({message.location})")
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: problems.append(f"uncaught exception: {error}"))
-    page.expose_function("__reportCspViolation", lambda text: problems.append(f"CSP violation: {text}"))
+    page.expose_function(
+        "__reportCspViolation", lambda text: problems.append(f"CSP violation on {page.url}: {text}")
+    )
     page.add_init_script(CSP_LISTENER)
     page.set_default_timeout(10_000)
     page.problems = problems  # type: ignore[attr-defined]
@@ -67,7 +71,9 @@ def watched_page(page: Page):
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    # caret="initial": hiding the caret leaves an empty style="" on every input, which htmx then
+    # copies while settling a swap, and the CSP rightly blocks that (a violation we would cause).
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, caret="initial")
 
 
 def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, owner, watched_page):
@@ -99,7 +105,9 @@ def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, ow
     dialog.get_by_role("button", name="Add customer").click()
     expect(dialog).to_be_hidden()
     customer_select = page.locator("#id_customer")
-    expect(customer_select.locator("option:checked")).to_have_text("Marie Curie — marie@radium.example")
+    expect(customer_select.locator("option:checked")).to_have_text(
+        "Marie Curie — marie@radium.example"
+    )
     customer = Customer.objects.get(merchant__name="Acme Tools", email="marie@radium.example")
     expect(customer_select).to_have_value(str(customer.pk))
     shot(page, "05-customer-selected")
@@ -150,4 +158,4 @@ def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, ow
     expect(row.locator("td.num")).to_have_text(TOTAL)
     shot(page, "08-invoice-list")
 
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]

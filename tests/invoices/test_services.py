@@ -380,3 +380,16 @@ def test_create_and_issue_in_one_step(acme, alice):
         "invoice.created",
         "invoice.issued",
     ]
+
+
+def test_overdue_filter_lists_only_outstanding_invoices_past_their_due_date(acme):
+    from invoices.selectors import invoice_list
+
+    late = make_invoice(acme, issue=True)
+    on_time = make_invoice(acme, issue=True, due_date=timezone.localdate() + timedelta(days=3))
+    late_but_paid = make_invoice(acme, issue=True)
+    invoice_mark_paid(invoice=late_but_paid, reference="cash")
+    yesterday = timezone.localdate() - timedelta(days=1)
+    Invoice.objects.filter(pk__in=[late.pk, late_but_paid.pk]).update(due_date=yesterday)
+    assert list(invoice_list(merchant=acme, overdue=True)) == [late]
+    assert on_time in invoice_list(merchant=acme)
