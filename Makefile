@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run test lint bench install migrate demo clean e2e-deps
+.PHONY: run test lint bench install migrate demo clean e2e-deps node_modules
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.12+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 12) else None'
@@ -18,17 +18,28 @@ $(STAMP): $(PY) requirements-dev.lock
 
 install: $(STAMP)
 
+# The dev chain's tools from npm, pinned in package-lock.json: anvil (bin/anvil, tests/chain.py)
+# and solc (contracts/build.js). npm (Node 20+) is required; there is no fallback without it.
+# The lock lists anvil's non-linux-x64 binary packages without integrity hashes: the registry
+# reachable here serves only linux-x64, and `npm ci` needs every optional package listed.
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required (Node 20+): apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+node_modules: node_modules/.package-lock.json
+
 # Everything on embedded defaults: SQLite, Celery's filesystem broker, emails in var/mail.
 run: export DEBUG ?= 1
 run: export PORT ?= 8000
 run: export SITE_URL ?= http://127.0.0.1:$(PORT)
-run: $(STAMP)
-	mkdir -p var/mail var/celery/queue var/celery/processed
+run: $(STAMP) node_modules/.package-lock.json
+	mkdir -p var/mail var/celery/queue var/celery/processed var/celery/control
 	$(PY) manage.py migrate --no-input -v 0
 	$(PY) manage.py seed_demo
 	bin/devserver
 
-test: $(STAMP)
+test: $(STAMP) node_modules/.package-lock.json
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # mypy's Django plugin loads the settings, which want a SECRET_KEY outside DEBUG.

@@ -7,5 +7,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("stablebill")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# Periodic work joins this schedule as each capability lands (chain watching, expiry, reminders).
-app.conf.beat_schedule = {}
+# Periodic work: each network is polled at its own interval, decided by the tick.
+app.conf.beat_schedule = {
+    "watch-networks": {"task": "checkout.tasks.watch_networks", "schedule": 2.0},
+}

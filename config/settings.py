@@ -6,7 +6,9 @@ SECRET_KEY, ALLOWED_HOSTS and an email provider; see README.md.
 """
 
 import os
+import re
 import sys
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
@@ -183,13 +185,22 @@ ANYMAIL = {
 # Celery. The default broker needs no server: messages are files under var/celery.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = VAR_DIR / "celery" / "queue"
+    # A test run gets folders of its own, so it never consumes what a dev worker left queued.
+    _celery_dir = (
+        Path(tempfile.gettempdir()) / f"stablebill-test-celery-{os.getpid()}"
+        if TESTING
+        else VAR_DIR / "celery"
+    )
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue_dir),
-        "data_folder_out": str(_queue_dir),
-        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "data_folder_in": str(_celery_dir / "queue"),
+        "data_folder_out": str(_celery_dir / "queue"),
+        "processed_folder": str(_celery_dir / "processed"),
+        "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
+    if TESTING:
+        for _folder in ("queue", "processed", "control"):
+            (_celery_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -213,6 +224,21 @@ INVOICE_TIMER_MINUTES = env_int("INVOICE_TIMER_MINUTES", 15, minimum=1)
 FEE_PERCENT: Decimal = env_decimal("FEE_PERCENT", "0")
 if not Decimal("0") <= FEE_PERCENT < Decimal("100"):
     raise ImproperlyConfigured("FEE_PERCENT must be between 0 and 100.")
+
+# Chains. Networks and assets are rows (seeded by a migration, editable in admin); the
+# environment overrides each network's operational knobs by its slug, e.g.
+# CHAIN_ETHEREUM_RPC_URL, CHAIN_ETHEREUM_CONFIRMATIONS, CHAIN_BASE_POLL_SECONDS,
+# CHAIN_ARBITRUM_EXPLORER_TX_URL (with {tx} where the hash goes), CHAIN_POLYGON_MAX_BLOCK_RANGE.
+_CHAIN_KNOBS = "RPC_URL|CONFIRMATIONS|POLL_SECONDS|EXPLORER_TX_URL|MAX_BLOCK_RANGE"
+_CHAIN_KEY = re.compile(rf"^CHAIN_([A-Z0-9_]+?)_({_CHAIN_KNOBS})$")
+CHAIN_OVERRIDES: dict[str, dict[str, str | int]] = {}
+for _key in sorted(os.environ):
+    if _match := _CHAIN_KEY.match(_key):
+        _slug, _knob = _match.group(1).lower().replace("_", "-"), _match.group(2).lower()
+        _is_text = _knob in ("rpc_url", "explorer_tx_url")
+        CHAIN_OVERRIDES.setdefault(_slug, {})[_knob] = (
+            env_str(_key) if _is_text else env_int(_key, 0, minimum=1)
+        )
 
 LOGGING = {
     "version": 1,

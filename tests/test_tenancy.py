@@ -20,8 +20,9 @@ from invoices.models import Invoice, InvoiceEvent, LineItem
 from merchants.access import SESSION_KEY
 from merchants.models import Membership, Merchant, Role
 from tests.factories import make_invoice
+from wallets.models import Wallet
 
-TENANT_URLCONFS = ("merchants.urls", "customers.urls", "invoices.urls")
+TENANT_URLCONFS = ("merchants.urls", "customers.urls", "invoices.urls", "wallets.urls")
 # Pages outside the tenant door (`merchant_view`); each has its own test below.
 NOT_TENANT_SCOPED = {"signup", "merchant_create", "merchant_switch"}
 
@@ -33,7 +34,7 @@ class World:
     draft: Invoice
     open: Invoice
     permanent: Invoice
-    bob_membership: Membership
+    membership: Membership
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         draft=make_invoice(acme, customer=acme_customer, items=[("Audit", "1", "90.00")]),
         open=make_invoice(acme, customer=acme_customer, issue=True),
         permanent=make_invoice(acme, customer=acme_customer, issue=True, kind="permanent"),
-        bob_membership=Membership.objects.get(user=bob, merchant=acme),
+        membership=Membership.objects.get(user=bob, merchant=acme),
     )
 
 
@@ -76,8 +77,34 @@ def _customer_form(w: World) -> dict:
     return {"name": "Zed Shaw", "email": "zed@example.org"}
 
 
+def _inline_form(w: World) -> dict:
+    return {"new_customer-name": "Zed Shaw", "new_customer-email": "zed@example.org"}
+
+
 def _invite_form(w: World) -> dict:
     return {"email": "new@acme.test", "role": "staff"}
+
+
+def _demote_form(w: World) -> dict:
+    return {"role": "viewer"}
+
+
+def _remove_form(w: World) -> dict:
+    return {"remove": "1"}
+
+
+def _mark_paid_form(w: World) -> dict:
+    return {"reference": "WIRE-7"}
+
+
+def _xpub_form(w: World) -> dict:
+    from tests.wallets.test_addresses import ABANDON_XPUB
+
+    return {"xpub": ABANDON_XPUB}
+
+
+def _tracking_form(w: World) -> dict:
+    return {"tracking_id": "trk-1", "callback_url": "https://shop.example/cb"}
 
 
 @dataclass(frozen=True)
@@ -104,41 +131,46 @@ class Case:
         return {**kwargs, "action": self.action} if self.action else kwargs
 
 
-V, S, O = Role.VIEWER, Role.STAFF, Role.OWNER
+VIEWER, STAFF, OWNER = Role.VIEWER, Role.STAFF, Role.OWNER
 GET, POST = "GET", "POST"
 INVOICE, CUSTOMER = _invoice_form, _customer_form
 
 CASES = [
-    Case("dashboard", GET, V, 200, outsider=200, shows_acme=True),
-    Case("invoice_list", GET, V, 200, outsider=200, shows_acme=True),
-    Case("invoice_new", GET, S, 200, outsider=200, shows_acme=True),
-    Case("invoice_new", POST, S, 302, data=INVOICE, outsider=422, writes=True),
-    Case("invoice_item_row", GET, S, 200, outsider=200),
-    Case("invoice_totals", POST, S, 200, data=INVOICE, outsider=200),
-    Case("invoice_detail", GET, V, 200, obj="draft"),
-    Case("invoice_detail", POST, V, 200, obj="draft"),
-    Case("invoice_edit", GET, S, 200, obj="draft"),
-    Case("invoice_edit", POST, S, 302, obj="draft", data=INVOICE, writes=True),
-    Case("invoice_action", POST, S, 302, obj="draft", action="issue", writes=True),
-    Case("invoice_action", POST, S, 302, obj="draft", action="void", writes=True),
-    Case("invoice_action", POST, S, 302, obj="permanent", action="close", writes=True),
-    Case("invoice_action", POST, S, 302, obj="open", action="cancel", writes=True),
-    Case("invoice_mark_paid", POST, S, 302, obj="open", data=lambda w: {"reference": "W-7"}, writes=True),
-    Case("invoice_integration", POST, S, 302, obj="open", data=lambda w: {"tracking_id": "t1"}, writes=True),
-    Case("customer_list", GET, V, 200, outsider=200, shows_acme=True),
-    Case("customer_new", GET, S, 200, outsider=200),
-    Case("customer_new", POST, S, 302, data=CUSTOMER, outsider=302, writes=True),
-    Case("customer_inline_new", GET, S, 200, outsider=200),
-    Case("customer_inline_new", POST, S, 200, data=CUSTOMER, outsider=200, writes=True),
-    Case("customer_edit", GET, S, 200, obj="customer"),
-    Case("customer_edit", POST, S, 302, obj="customer", data=CUSTOMER, writes=True),
-    Case("customer_archive", POST, S, 302, obj="customer", writes=True),
-    Case("merchant_settings", GET, O, 200, outsider=200),
-    Case("merchant_settings", POST, O, 302, data=_settings_form, outsider=302, writes=True),
-    Case("member_list", GET, O, 200, outsider=200),
-    Case("member_list", POST, O, 302, data=_invite_form, outsider=302, writes=True),
-    Case("member_update", POST, O, 302, obj="bob_membership", data=lambda w: {"role": "viewer"}, writes=True),
-    Case("member_update", POST, O, 302, obj="bob_membership", data=lambda w: {"remove": "1"}, writes=True),
+    Case("dashboard", GET, VIEWER, 200, outsider=200, shows_acme=True),
+    Case("invoice_list", GET, VIEWER, 200, outsider=200, shows_acme=True),
+    Case("invoice_new", GET, STAFF, 200, outsider=200, shows_acme=True),
+    Case("invoice_new", POST, STAFF, 302, data=INVOICE, outsider=422, writes=True),
+    Case("invoice_item_row", GET, STAFF, 200, outsider=200),
+    Case("invoice_totals", POST, STAFF, 200, data=INVOICE, outsider=200),
+    Case("invoice_detail", GET, VIEWER, 200, obj="draft"),
+    Case("invoice_detail", POST, VIEWER, 200, obj="draft"),
+    Case("invoice_edit", GET, STAFF, 200, obj="draft"),
+    Case("invoice_edit", POST, STAFF, 302, obj="draft", data=INVOICE, writes=True),
+    Case("invoice_action", POST, STAFF, 302, obj="draft", action="issue", writes=True),
+    Case("invoice_action", POST, STAFF, 302, obj="draft", action="void", writes=True),
+    Case("invoice_action", POST, STAFF, 302, obj="permanent", action="close", writes=True),
+    Case("invoice_action", POST, STAFF, 302, obj="open", action="cancel", writes=True),
+    Case("invoice_mark_paid", POST, STAFF, 302, obj="open", data=_mark_paid_form, writes=True),
+    Case("invoice_integration", POST, STAFF, 302, obj="open", data=_tracking_form, writes=True),
+    Case("customer_list", GET, VIEWER, 200, outsider=200, shows_acme=True),
+    Case("customer_new", GET, STAFF, 200, outsider=200),
+    Case("customer_new", POST, STAFF, 302, data=CUSTOMER, outsider=302, writes=True),
+    Case("customer_inline_new", GET, STAFF, 200, outsider=200),
+    Case("customer_inline_new", POST, STAFF, 200, data=_inline_form, outsider=200, writes=True),
+    Case("customer_edit", GET, STAFF, 200, obj="customer"),
+    Case("customer_edit", POST, STAFF, 302, obj="customer", data=CUSTOMER, writes=True),
+    Case("customer_archive", POST, STAFF, 302, obj="customer", writes=True),
+    Case("merchant_settings", GET, OWNER, 200, outsider=200),
+    Case("merchant_settings", POST, OWNER, 302, data=_settings_form, outsider=302, writes=True),
+    Case("member_list", GET, OWNER, 200, outsider=200),
+    Case("member_list", POST, OWNER, 302, data=_invite_form, outsider=302, writes=True),
+    Case("member_update", POST, OWNER, 302, obj="membership", data=_demote_form, writes=True),
+    Case("member_update", POST, OWNER, 302, obj="membership", data=_remove_form, writes=True),
+    Case("wallet_settings", GET, VIEWER, 200, outsider=200),
+    Case("wallet_settings", POST, OWNER, 302, data=_xpub_form, outsider=302, writes=True),
+    Case("balances", GET, VIEWER, 200, outsider=200),
+    Case("ledger", GET, VIEWER, 200, outsider=200),
+    Case("transfer_list", GET, VIEWER, 200, outsider=200),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -167,6 +199,7 @@ def _acme_state(acme: Merchant) -> dict:
         ),
         "customers": list(Customer.objects.filter(merchant=acme).order_by("pk").values()),
         "members": list(Membership.objects.filter(merchant=acme).order_by("pk").values()),
+        "wallet": list(Wallet.objects.filter(merchant=acme).values()),
     }
 
 
@@ -216,7 +249,9 @@ def test_owner_may_use_every_page(case, world, client_for, alice):
     assert response.status_code == case.ok
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.writes], ids=[c.id for c in CASES if c.writes])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.writes], ids=[c.id for c in CASES if c.writes]
+)
 def test_owner_request_really_changes_acme_so_refusals_below_are_meaningful(
     case, world, client_for, alice
 ):
@@ -253,9 +288,7 @@ def test_viewer_may_read_and_is_refused_every_write(case, world, client_for, vic
 
 
 @pytest.mark.parametrize("case", OBJECT_CASES, ids=[c.id for c in OBJECT_CASES])
-def test_outsider_gets_404_for_acme_objects_and_changes_nothing(
-    case, world, client_for, charlie
-):
+def test_outsider_gets_404_for_acme_objects_and_changes_nothing(case, world, client_for, charlie):
     before = _acme_state(world.acme)
     response = _send(client_for(charlie), case, world)
     assert response.status_code == 404
@@ -303,9 +336,11 @@ def test_outsider_posting_acme_customer_on_new_invoice_gets_field_error_and_no_i
 
 @pytest.mark.parametrize(
     "case",
-    [c for c in OBJECT_CASES if c.method == POST and not any(
-        o.url == c.url and o.method == GET for o in OBJECT_CASES
-    )],
+    [
+        c
+        for c in OBJECT_CASES
+        if c.method == POST and not any(o.url == c.url and o.method == GET for o in OBJECT_CASES)
+    ],
     ids=lambda c: c.id,
 )
 def test_get_on_post_only_acme_url_is_405_for_outsider_exactly_as_for_a_missing_object(

@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+// Compile contracts/DemoToken.sol with the pinned npm `solc` (its JS API, no download) and
+// write contracts/artifacts/DemoToken.json: { abi, bytecode, solcVersion }.
+//
+// The output is deterministic (same source + same solc => same bytes): keys are sorted at
+// every level, two-space indent, trailing newline, and the source is named by a relative
+// path so the metadata hash inside the bytecode does not depend on where the repo lives.
+//
+// Usage: npm run build:contracts            (writes the committed artifact)
+//        node contracts/build.js --out FILE (writes elsewhere; the tests use this)
+"use strict";
+
+const fs = require("node:fs");
+const path = require("node:path");
+const solc = require("solc");
+
+const CONTRACT = "DemoToken";
+const SOURCE_NAME = `${CONTRACT}.sol`;
+const HERE = __dirname;
+
+function sortKeys(value) {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value !== null && typeof value === "object") {
+    const sorted = {};
+    for (const key of Object.keys(value).sort()) sorted[key] = sortKeys(value[key]);
+    return sorted;
+  }
+  return value;
+}
+
+function parseArgs(argv) {
+  let out = path.join(HERE, "artifacts", `${CONTRACT}.json`);
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--out" && i + 1 < argv.length) {
+      out = path.resolve(argv[++i]);
+    } else {
+      console.error(`usage: node contracts/build.js [--out FILE]\nunknown argument: ${argv[i]}`);
+      process.exit(2);
+    }
+  }
+  return { out };
+}
+
+function compile() {
+  const input = {
+    language: "Solidity",
+    sources: { [SOURCE_NAME]: { content: fs.readFileSync(path.join(HERE, SOURCE_NAME), "utf8") } },
+    settings: {
+      evmVersion: "cancun",
+      optimizer: { enabled: true, runs: 200 },
+      outputSelection: { [SOURCE_NAME]: { [CONTRACT]: ["abi", "evm.bytecode.object"] } },
+    },
+  };
+  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const diagnostics = output.errors || [];
+  for (const d of diagnostics) console.error(d.formattedMessage || d.message);
+  if (diagnostics.some((d) => d.severity === "error")) {
+    throw new Error(`solc reported errors compiling ${SOURCE_NAME}`);
+  }
+  const contract = output.contracts[SOURCE_NAME][CONTRACT];
+  return {
+    abi: contract.abi,
+    bytecode: `0x${contract.evm.bytecode.object}`,
+    solcVersion: solc.version(),
+  };
+}
+
+function main() {
+  const { out } = parseArgs(process.argv.slice(2));
+  const artifact = compile();
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, `${JSON.stringify(sortKeys(artifact), null, 2)}\n`);
+  const shown = path.relative(process.cwd(), out);
+  console.log(`wrote ${shown.startsWith("..") ? out : shown} (solc ${artifact.solcVersion})`);
+}
+
+main();

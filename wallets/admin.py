@@ -1,0 +1,182 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from wallets.chain import Chain, ChainError
+from wallets.models import (
+    Asset,
+    Balance,
+    ChainCursor,
+    DepositAddress,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    Network,
+    Transfer,
+    Wallet,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written only by services (scanner, ledger): admins read them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+class AssetInline(admin.TabularInline):
+    model = Asset
+    extra = 0
+    fields = ("symbol", "name", "decimals", "contract_address", "enabled")
+
+
+@admin.register(Network)
+class NetworkAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "chain_id",
+        "enabled",
+        "confirmations",
+        "rpc_status",
+        "rpc_checked_at",
+    ]
+    list_filter = ["enabled", "is_dev", "rpc_ok"]
+    search_fields = ["name", "slug", "chain_id"]
+    readonly_fields = ["rpc_ok", "rpc_error", "rpc_checked_at", "effective_rpc_url"]
+    inlines = [AssetInline]
+    actions = ["check_rpc"]
+
+    @admin.display(description="RPC")
+    def rpc_status(self, network: Network) -> str:
+        if not network.effective_rpc_url:
+            return "not configured"
+        if network.rpc_ok is None:
+            return "not checked yet"
+        return "ok" if network.rpc_ok else f"failing: {network.rpc_error[:80]}"
+
+    @admin.action(description="Check the RPC node now")
+    def check_rpc(self, request: HttpRequest, queryset: QuerySet[Network]) -> None:
+        for network in queryset:
+            try:
+                chain = Chain(network.effective_rpc_url, timeout=5, attempts=1)
+                chain_id, head = chain.chain_id(), chain.head()
+            except ChainError as error:
+                Network.objects.filter(pk=network.pk).update(
+                    rpc_ok=False, rpc_error=str(error)[:2000], rpc_checked_at=timezone.now()
+                )
+                self.message_user(request, f"{network}: {error}", messages.ERROR)
+                continue
+            ok = chain_id == network.chain_id
+            error_text = (
+                "" if ok else f"node reports chain id {chain_id}, expected {network.chain_id}"
+            )
+            Network.objects.filter(pk=network.pk).update(
+                rpc_ok=ok, rpc_error=error_text, rpc_checked_at=timezone.now()
+            )
+            level = messages.SUCCESS if ok else messages.ERROR
+            self.message_user(
+                request, f"{network}: {'ok, head ' + str(head) if ok else error_text}", level
+            )
+
+
+@admin.register(Asset)
+class AssetAdmin(admin.ModelAdmin):
+    list_display = ["symbol", "name", "network", "decimals", "contract_address", "enabled"]
+    list_filter = ["network", "enabled", "symbol"]
+    search_fields = ["symbol", "name", "contract_address"]
+
+
+@admin.register(Wallet)
+class WalletAdmin(admin.ModelAdmin):
+    list_display = ["merchant", "first_address", "next_index", "is_demo", "created_at"]
+    list_filter = ["is_demo"]
+    search_fields = ["merchant__name", "first_address", "xpub"]
+    readonly_fields = ["merchant", "xpub", "first_address", "next_index", "is_demo", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # merchants set their key in settings, where it is validated
+
+
+@admin.register(DepositAddress)
+class DepositAddressAdmin(ReadOnlyAdmin):
+    list_display = ["address", "merchant", "derivation_index", "created_at"]
+    search_fields = ["address", "merchant__name"]
+    list_filter = ["merchant"]
+    list_select_related = ["merchant"]
+
+
+@admin.register(ChainCursor)
+class ChainCursorAdmin(admin.ModelAdmin):
+    list_display = ["network", "next_block", "updated_at"]
+
+
+@admin.register(Transfer)
+class TransferAdmin(ReadOnlyAdmin):
+    list_display = [
+        "tx_hash",
+        "log_index",
+        "network",
+        "asset",
+        "to_address",
+        "amount",
+        "status",
+        "confirmations",
+        "seen_at",
+    ]
+    list_filter = ["network", "status", "asset__symbol"]
+    search_fields = ["tx_hash", "to_address", "from_address"]
+    list_select_related = ["network", "asset"]
+    date_hierarchy = "seen_at"
+
+
+class LedgerEntryInline(admin.TabularInline):
+    model = LedgerEntry
+    extra = 0
+    fields = readonly_fields = ("account", "currency", "amount")
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(LedgerTransaction)
+class LedgerTransactionAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "kind", "reference", "idempotency_key"]
+    list_filter = ["kind"]
+    search_fields = ["reference", "idempotency_key", "memo"]
+    date_hierarchy = "created_at"
+    inlines = [LedgerEntryInline]
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return obj is not None and request.method == "GET"
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["transaction", "account", "currency", "amount"]
+    list_filter = ["currency", "account__kind"]
+    search_fields = ["account__code", "transaction__reference"]
+    list_select_related = ["transaction", "account"]
+
+
+@admin.register(LedgerAccount)
+class LedgerAccountAdmin(ReadOnlyAdmin):
+    list_display = ["code", "kind", "merchant", "name"]
+    list_filter = ["kind"]
+    search_fields = ["code", "name", "merchant__name"]
+
+
+@admin.register(Balance)
+class BalanceAdmin(ReadOnlyAdmin):
+    list_display = ["account", "currency", "amount", "updated_at"]
+    list_filter = ["currency", "account__kind"]
+    search_fields = ["account__code"]
+    list_select_related = ["account"]

@@ -1,0 +1,90 @@
+"""Prepare the local anvil chain for `make run`: demo tokens, the dev network, a demo wallet.
+
+Only for local runs. It deploys our demo USDT/USDC, points the `anvil` network at the node,
+enables it, and gives the demo merchant a generated wallet whose recovery phrase is written to
+var/demo-wallet.txt (labelled demo everywhere), so demo payments can be inspected and swept.
+"""
+
+import json
+from pathlib import Path
+
+from bip_utils import Bip39MnemonicGenerator, Bip39SeedGenerator, Bip39WordsNum, Bip44, Bip44Coins
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from contracts.deploy import deploy_demo_tokens
+from merchants.models import Membership
+from wallets.addresses import wallet_set
+from wallets.chain import Chain, ChainError
+from wallets.models import Network, Wallet
+from wallets.scanner import cursor_reset
+
+
+class Command(BaseCommand):
+    help = "Deploy demo tokens to a local anvil and register them; give a merchant a demo wallet."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--rpc-url", default="http://127.0.0.1:8545")
+        parser.add_argument(
+            "--merchant-of", help="Email of a user whose business gets a demo wallet."
+        )
+
+    def handle(self, *args, rpc_url: str, merchant_of: str | None = None, **options) -> None:
+        try:
+            chain_id = Chain(rpc_url, attempts=10, backoff=0.3).chain_id()
+        except ChainError as error:
+            raise CommandError(f"No dev chain answers at {rpc_url}: {error}") from None
+        network = Network.objects.get(slug="anvil")
+        if chain_id != network.chain_id:
+            raise CommandError(
+                f"{rpc_url} is chain {chain_id}, not the dev chain {network.chain_id}."
+            )
+        var = Path(settings.VAR_DIR)
+        state_file = var / "demo-chain.json"
+        chain = Chain(rpc_url)
+        known = json.loads(state_file.read_text()) if state_file.exists() else None
+        if known and all(chain.has_code(known[symbol]) for symbol in ("USDT", "USDC")):
+            deployed = known  # the chain was restored from its saved state; tokens are there
+        else:
+            deployed = deploy_demo_tokens(rpc_url)
+            state_file.write_text(json.dumps(deployed, indent=2))
+            # A fresh chain starts at block 0: scan it all.
+            cursor_reset(network=network, next_block=0)
+        for symbol in ("USDT", "USDC"):
+            network.assets.filter(symbol=symbol).update(
+                contract_address=deployed[symbol].lower(), enabled=True
+            )
+        network.rpc_url, network.enabled = rpc_url, True
+        network.save(update_fields=["rpc_url", "enabled"])
+        self.stdout.write(
+            f"  Dev chain {rpc_url}: demo USDT {deployed['USDT']}, USDC {deployed['USDC']}"
+        )
+        self.stdout.write(
+            f"  Demo payer {deployed['payer']} holds demo USDT and USDC;"
+            f" its (public test) key: {deployed['payer_key']}"
+        )
+        if merchant_of:
+            self._demo_wallet(merchant_of, var)
+
+    def _demo_wallet(self, email: str, var: Path) -> None:
+        membership = Membership.objects.select_related("merchant").filter(user__email=email).first()
+        if membership is None:
+            raise CommandError(f"No business for {email}.")
+        merchant = membership.merchant
+        if Wallet.objects.filter(merchant=merchant).exists():
+            return
+        mnemonic = str(Bip39MnemonicGenerator().FromWordsNumber(Bip39WordsNum.WORDS_NUM_12))
+        account = (
+            Bip44.FromSeed(Bip39SeedGenerator(mnemonic).Generate(), Bip44Coins.ETHEREUM)
+            .Purpose()
+            .Coin()
+            .Account(0)
+        )
+        wallet = wallet_set(merchant=merchant, xpub=account.PublicKey().ToExtended(), is_demo=True)
+        (var / "demo-wallet.txt").write_text(
+            "DEMO WALLET for local runs only. Never use it for real money.\n"
+            f"Recovery phrase: {mnemonic}\nFirst address: {wallet.first_address}\n"
+        )
+        self.stdout.write(
+            f"  Demo wallet for {merchant.name}; recovery phrase in {var / 'demo-wallet.txt'}"
+        )

@@ -1,0 +1,144 @@
+import csv
+from decimal import Decimal, InvalidOperation
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect, render
+
+from merchants.access import MerchantRequest, merchant_view
+from merchants.templatetags.stablebill import plain
+from wallets.addresses import derive_address, wallet_set
+from wallets.forms import LedgerFilterForm, TransferFilterForm, XpubForm
+from wallets.models import Wallet
+from wallets.selectors import ledger_entries, merchant_balances, merchant_holdings, transfer_list
+
+PAGE_SIZE = 50
+
+
+@merchant_view()
+def wallet_settings(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
+    wallet = Wallet.objects.filter(merchant=merchant).first()
+    form = XpubForm(request.POST or None)
+    if request.method == "POST":
+        if not request.membership.is_owner:
+            raise PermissionDenied("Only owners change the wallet.")
+        if form.is_valid():
+            try:
+                wallet = wallet_set(merchant=merchant, xpub=form.cleaned_data["xpub"])
+            except ValidationError as error:
+                form.add_error("xpub", error)
+            else:
+                messages.success(
+                    request,
+                    "Wallet saved. Check that your wallet's first receiving address is "
+                    f"{wallet.first_address}.",
+                )
+                return redirect("wallet_settings")
+    preview = [derive_address(wallet.xpub, i) for i in range(3)] if wallet else []
+    status = 422 if form.errors else 200
+    return render(
+        request,
+        "wallets/settings.html",
+        {"wallet": wallet, "form": form, "preview": preview},
+        status=status,
+    )
+
+
+@merchant_view()
+def balances(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
+    context = {
+        "balances": merchant_balances(merchant=merchant),
+        "holdings": merchant_holdings(merchant=merchant),
+    }
+    return render(request, "wallets/balances.html", context)
+
+
+@merchant_view()
+def ledger(request: MerchantRequest) -> HttpResponseBase:
+    merchant = request.merchant
+    filters = LedgerFilterForm(request.GET or None)
+    params = filters.cleaned_data if filters.is_valid() else {}
+    entries = ledger_entries(merchant=merchant, **{k: v for k, v in params.items() if v})
+    if request.GET.get("format") == "csv":
+        return _ledger_csv(entries)
+    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "wallets/ledger.html",
+        {"page": page, "filters": filters, "query_string": query.urlencode()},
+    )
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_cell(value: object) -> str:
+    # A cell starting with = + - @ would run as a formula in a spreadsheet; quote it as text.
+    # Negative amounts are numbers, not formulas, and stay as they are.
+    text = str(value)
+    if text[:1] in ("=", "+", "-", "@") and not _is_amount(text):
+        return "'" + text
+    return text
+
+
+def _is_amount(text: str) -> bool:
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        return False
+    return True
+
+
+def _ledger_csv(entries) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    header = ["date", "transaction", "kind", "reference", "currency", "amount", "memo"]
+
+    def rows():
+        yield writer.writerow(header)
+        for entry in entries.iterator(chunk_size=1000):
+            posting = entry.transaction
+            yield writer.writerow(
+                [
+                    _csv_cell(v)
+                    for v in (
+                        posting.created_at.isoformat(),
+                        posting.pk,
+                        posting.kind,
+                        posting.reference,
+                        entry.currency,
+                        plain(entry.amount),
+                        posting.memo,
+                    )
+                ]
+            )
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="stablebill-ledger.csv"'
+    return response
+
+
+@merchant_view()
+def transfers(request: MerchantRequest) -> HttpResponse:
+    merchant = request.merchant
+    filters = TransferFilterForm(request.GET or None)
+    params = filters.cleaned_data if filters.is_valid() else {}
+    items = transfer_list(
+        merchant=merchant, status=params.get("status", ""), network=params.get("network", "")
+    )
+    page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "wallets/transfers.html",
+        {"page": page, "filters": filters, "query_string": query.urlencode()},
+    )
