@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 
 from merchants.models import Merchant
 from wallets.models import (
+    CACHED_KINDS,
     NON_NEGATIVE_KINDS,
     AccountKind,
     Balance,
@@ -152,26 +153,52 @@ def ledger_post(
 
 
 def _move_balances(legs: list[Leg]) -> None:
+    """Move the cached balances of merchant accounts, refusing to take one below zero.
+
+    Only merchant balances are cached: they are read on every page and must be checked before
+    money leaves. Internal accounts (holdings, fx, fees) are summed from their entries when
+    asked; caching them would make every posting queue on the same few hot rows.
+    """
     moves: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
     accounts = {}
     for leg in legs:
-        moves[(leg.account.pk, leg.currency)] += leg.amount
-        accounts[leg.account.pk] = leg.account
-    # Lock balance rows in one fixed order, so two postings touching the same accounts can
-    # never wait on each other in a cycle.
-    for account_id, currency in sorted(moves):
-        delta = moves[(account_id, currency)]
-        account = accounts[account_id]
-        non_negative = account.kind in NON_NEGATIVE_KINDS
-        Balance.objects.get_or_create(
-            account_id=account_id, currency=currency, defaults={"non_negative": non_negative}
-        )
-        balance = Balance.objects.select_for_update().get(account_id=account_id, currency=currency)
-        if non_negative and balance.amount + delta < 0:
+        if leg.account.kind in CACHED_KINDS:
+            moves[(leg.account.pk, leg.currency)] += leg.amount
+            accounts[leg.account.pk] = leg.account
+    if not moves:
+        return
+    Balance.objects.bulk_create(
+        [
+            Balance(account_id=account_id, currency=currency, non_negative=True)
+            for account_id, currency in moves
+        ],
+        ignore_conflicts=True,
+    )
+    # Lock the rows in one fixed order, so two postings touching the same balances can never
+    # wait on each other in a cycle.
+    keys = Q()
+    for account_id, currency in moves:
+        keys |= Q(account_id=account_id, currency=currency)
+    locked = Balance.objects.select_for_update().filter(keys).order_by("account_id", "currency")
+    for balance in locked:
+        delta = moves[(balance.account_id, balance.currency)]
+        if balance.amount + delta < 0:
+            account = accounts[balance.account_id]
             raise InsufficientBalance(
-                f"{account.code} has {balance.amount} {currency}; cannot take {-delta}."
+                f"{account.code} has {balance.amount} {balance.currency}; cannot take {-delta}."
             )
         Balance.objects.filter(pk=balance.pk).update(amount=F("amount") + delta)
+
+
+def account_balance(account: LedgerAccount, currency: str) -> Decimal:
+    """An account's balance as stored (credit positive): cached or summed from entries."""
+    if account.kind in CACHED_KINDS:
+        row = Balance.objects.filter(account=account, currency=currency).first()
+        return row.amount if row else Decimal(0)
+    total = LedgerEntry.objects.filter(account=account, currency=currency).aggregate(
+        t=Sum("amount")
+    )
+    return total["t"] or Decimal(0)
 
 
 def ledger_reverse(*, posting: LedgerTransaction, reason: str) -> LedgerTransaction:
@@ -201,9 +228,9 @@ def balances_drift() -> list[Drift]:
     """Cached balances that disagree with the sum of their entries."""
     sums = {
         (row["account_id"], row["currency"]): row["total"]
-        for row in LedgerEntry.objects.values("account_id", "currency").annotate(
-            total=Sum("amount")
-        )
+        for row in LedgerEntry.objects.filter(account__kind__in=CACHED_KINDS)
+        .values("account_id", "currency")
+        .annotate(total=Sum("amount"))
     }
     cached = {(b.account_id, b.currency): b for b in Balance.objects.select_related("account")}
     codes = dict(LedgerAccount.objects.values_list("pk", "code"))

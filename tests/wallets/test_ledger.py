@@ -15,6 +15,7 @@ from wallets.ledger import (
     InsufficientBalance,
     Leg,
     Unbalanced,
+    account_balance,
     balances_drift,
     balances_rebuild,
     fees_account,
@@ -31,8 +32,7 @@ pytestmark = pytest.mark.django_db
 
 
 def balance(account, currency) -> Decimal:
-    row = Balance.objects.filter(account=account, currency=currency).first()
-    return account.natural(row.amount) if row else D(0)
+    return account.natural(account_balance(account, currency))
 
 
 def payment_legs(merchant, *, received="100", fee="1.00", credited="99.00", network="base"):

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.django_db
 
 def credit(merchant, key: str, amount: str, memo: str = "") -> None:
     ledger_post(
-        kind="payment", idempotency_key=key, reference=f"INV-{key}", memo=memo,
-        legs=[Leg(fx_account(), "USD", -Decimal(amount)), Leg(merchant_account(merchant), "USD", Decimal(amount))],
+        kind="payment",
+        idempotency_key=key,
+        reference=f"INV-{key}",
+        memo=memo,
+        legs=[
+            Leg(fx_account(), "USD", -Decimal(amount)),
+            Leg(merchant_account(merchant), "USD", Decimal(amount)),
+        ],
     )
 
 
@@ -58,18 +64,28 @@ def test_holdings_count_confirmed_and_confirming_transfers_per_asset(client_for,
     deposit = deposit_address_allocate(merchant=acme)
     network = Network.objects.get(slug="base")
     usdc = Asset.objects.get(network=network, symbol="USDC")
-    for i, (amount, status) in enumerate([(5_000_000, "confirmed"), (2_500_000, "executed"), (1, "orphaned")]):
+    for i, (amount, status) in enumerate(
+        [(5_000_000, "confirmed"), (2_500_000, "executed"), (1, "orphaned")]
+    ):
         Transfer.objects.create(
-            network=network, asset=usdc, deposit_address=deposit, tx_hash=f"0x{i:064x}", log_index=0,
-            block_number=10 + i, block_hash="0x" + "a" * 64, from_address="0x" + "1" * 40,
-            to_address=deposit.address, amount=amount, status=status,
+            network=network,
+            asset=usdc,
+            deposit_address=deposit,
+            tx_hash=f"0x{i:064x}",
+            log_index=0,
+            block_number=10 + i,
+            block_hash="0x" + "a" * 64,
+            from_address="0x" + "1" * 40,
+            to_address=deposit.address,
+            amount=amount,
+            status=status,
         )
     page = client_for(alice).get("/balances/").content.decode()
     assert "Base" in page and ">5<" in page.replace(" ", "") and ">2.5<" in page.replace(" ", "")
 
 
 def test_ledger_filters_and_exports_csv_with_formula_cells_neutralised(client_for, alice, acme):
-    credit(acme, "1", "10.00", memo="=HYPERLINK(\"http://evil\")")
+    credit(acme, "1", "10.00", memo='=HYPERLINK("http://evil")')
     credit(acme, "2", "20.00")
     client = client_for(alice)
     assert "INV-1" in client.get("/ledger/").content.decode()
@@ -90,15 +106,25 @@ def test_transfers_list_links_to_the_explorer(client_for, alice, acme):
     usdt = Asset.objects.get(network=network, symbol="USDT")
     tx = "0x" + "b" * 64
     Transfer.objects.create(
-        network=network, asset=usdt, deposit_address=deposit, tx_hash=tx, log_index=3, block_number=1,
-        block_hash="0x" + "c" * 64, from_address="0x" + "1" * 40, to_address=deposit.address, amount=7_000_000,
+        network=network,
+        asset=usdt,
+        deposit_address=deposit,
+        tx_hash=tx,
+        log_index=3,
+        block_number=1,
+        block_hash="0x" + "c" * 64,
+        from_address="0x" + "1" * 40,
+        to_address=deposit.address,
+        amount=7_000_000,
     )
     page = client_for(alice).get("/transfers/").content.decode()
     assert f"https://etherscan.io/tx/{tx}" in page
     assert "7 USDT" in page
 
 
-def test_wallet_pages_list_views_keep_a_fixed_number_of_queries(client_for, alice, acme, django_assert_max_num_queries):
+def test_wallet_pages_list_views_keep_a_fixed_number_of_queries(
+    client_for, alice, acme, django_assert_max_num_queries
+):
     for i in range(30):
         credit(acme, f"k{i}", "1.00")
     client = client_for(alice)
