@@ -150,6 +150,12 @@ class Invoice(models.Model):
         return "Open amount" if self.is_open_amount else format_money(self.total, self.currency)
 
     @property
+    def pay_url(self) -> str:
+        """The payer's link. Built here, not reversed: the checkout app serves it and sits
+        above invoices in the dependency order."""
+        return f"{settings.SITE_URL}/pay/{self.public_token}/"
+
+    @property
     def is_timed(self) -> bool:
         return self.pricing_mode != PricingMode.NO_TIMER
 
