@@ -1,10 +1,12 @@
-"""Periodic chain watching. Tasks take ids, load, and call one service."""
+"""Periodic chain watching and payment housekeeping. Tasks take ids, load, call services."""
 
 import logging
 
 from celery import shared_task
 from django.utils import timezone
 
+from checkout.services import payments_cancel_ended, payments_expire, payments_fail_stuck
+from checkout.settlement import settle_report
 from wallets.models import ChainCursor, Network
 from wallets.scanner import scan_network
 
@@ -24,7 +26,8 @@ def watch_networks() -> None:
 
 @shared_task(ignore_result=True, acks_late=True)
 def watch_network(network_id: int) -> None:
-    """Scan one network. Safe to run twice at once: the cursor lock lets one through."""
+    """Scan one network, then settle what it found. Safe to run twice at once: the cursor
+    lock lets one scan through, and settlement is idempotent."""
     network = Network.objects.filter(pk=network_id, enabled=True).first()
     if network is None:
         return
@@ -40,4 +43,12 @@ def watch_network(network_id: int) -> None:
             len(report.orphaned),
             len(report.revived),
         )
-    # Settlement of these transfers into payments joins here with the checkout capability.
+    settle_report(report)
+
+
+@shared_task(ignore_result=True)
+def end_payments() -> None:
+    """Timers that ran out, deposits stuck unconfirmed, payments of invoices that ended."""
+    payments_expire()
+    payments_fail_stuck()
+    payments_cancel_ended()

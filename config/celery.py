@@ -10,4 +10,5 @@ app.autodiscover_tasks()
 # Periodic work: each network is polled at its own interval, decided by the tick.
 app.conf.beat_schedule = {
     "watch-networks": {"task": "checkout.tasks.watch_networks", "schedule": 2.0},
+    "end-payments": {"task": "checkout.tasks.end_payments", "schedule": 15.0},
 }

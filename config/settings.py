@@ -225,6 +225,14 @@ FEE_PERCENT: Decimal = env_decimal("FEE_PERCENT", "0")
 if not Decimal("0") <= FEE_PERCENT < Decimal("100"):
     raise ImproperlyConfigured("FEE_PERCENT must be between 0 and 100.")
 
+# Delivery: invoice PDFs and emails.
+# A render running longer than this is stopped: no real invoice takes that long.
+PDF_RENDER_TIMEOUT_SECONDS = env_int("PDF_RENDER_TIMEOUT_SECONDS", 20, minimum=1)
+# Rendered PDFs are kept in the cache under a hash of their content, so a change renders anew.
+PDF_CACHE_SECONDS = env_int("PDF_CACHE_SECONDS", 7 * 24 * 3600, minimum=60)
+# The reminder before the due date goes out this many days ahead; the overdue one the day after.
+REMINDER_DAYS_BEFORE_DUE = env_int("REMINDER_DAYS_BEFORE_DUE", 3, minimum=1)
+
 # Chains. Networks and assets are rows (seeded by a migration, editable in admin); the
 # environment overrides each network's operational knobs by its slug, e.g.
 # CHAIN_ETHEREUM_RPC_URL, CHAIN_ETHEREUM_CONFIRMATIONS, CHAIN_BASE_POLL_SECONDS,
@@ -239,6 +247,29 @@ for _key in sorted(os.environ):
         CHAIN_OVERRIDES.setdefault(_slug, {})[_knob] = (
             env_str(_key) if _is_text else env_int(_key, 0, minimum=1)
         )
+
+# Checkout.
+# Where exchange rates come from: "static" (the table below, USD-pegged stablecoins at 1) or
+# "http" (a public exchange ticker at RATE_HTTP_URL, cached, refused when stale).
+RATE_PROVIDER = env_str("RATE_PROVIDER", "static")
+RATE_HTTP_URL = env_str("RATE_HTTP_URL", "")
+RATE_CACHE_SECONDS = env_int("RATE_CACHE_SECONDS", 30, minimum=1)
+RATE_MAX_AGE_SECONDS = env_int("RATE_MAX_AGE_SECONDS", 120, minimum=1)
+# Price of one unit of the first currency in the second; anything else goes through USD.
+STATIC_RATES = {
+    ("USDT", "USD"): env_decimal("RATE_USDT_USD", "1"),
+    ("USDC", "USD"): env_decimal("RATE_USDC_USD", "1"),
+    ("ETH", "USD"): env_decimal("RATE_ETH_USD", "3000"),
+    ("EUR", "USD"): env_decimal("RATE_EUR_USD", "1.08"),
+    ("GBP", "USD"): env_decimal("RATE_GBP_USD", "1.27"),
+    ("CHF", "USD"): env_decimal("RATE_CHF_USD", "1.13"),
+}
+# A confirmed total within this many basis points of the amount due counts as exact.
+PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
+# Payment attempts (new quotes) one invoice accepts per minute, against address farming.
+PAYMENT_ATTEMPTS_PER_MINUTE = env_int("PAYMENT_ATTEMPTS_PER_MINUTE", 10, minimum=1)
+# Deposits unconfirmed this long fail their payment; later deposits still count, as Unresolved.
+PROCESSING_TIMEOUT_HOURS = env_int("PROCESSING_TIMEOUT_HOURS", 24, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -37,12 +37,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.OPEN: frozenset({S.PROCESSING, S.PAID, S.UNRESOLVED, S.FAILED, S.CLOSED}),
     S.PROCESSING: frozenset({S.OPEN, S.PAID, S.UNRESOLVED, S.FAILED, S.CLOSED}),
     S.UNRESOLVED: frozenset({S.PAID, S.FAILED}),
-    S.PAID: frozenset(),
-    S.FAILED: frozenset(),
-    S.CLOSED: frozenset(),
+    # Money is never ignored: a deposit that arrives after the end (late, or on top of a paid
+    # invoice) reopens the question as Unresolved, for the merchant to accept or refund.
+    S.PAID: frozenset({S.UNRESOLVED}),
+    S.FAILED: frozenset({S.UNRESOLVED}),
+    S.CLOSED: frozenset({S.UNRESOLVED}),
     S.VOID: frozenset(),
 }
-FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+# Final for people: nobody issues, cancels or marks paid past these.
+FINAL_STATUSES = frozenset({S.PAID, S.FAILED, S.CLOSED, S.VOID})
 
 
 def sources_of(target: str) -> frozenset[str]:
@@ -235,4 +238,108 @@ EVENT_TITLES = {
     "invoice.closed": "Invoice closed",
     "invoice.cancelled": "Invoice cancelled",
     "invoice.marked_paid": "Marked as paid (off-platform)",
+    "email.sent": "Email sent",
+    "email.failed": "Email not sent",
+    "invoice.accepted": "Unresolved payment accepted",
+    "invoice.deposit_received": "Deposit seen on chain",
+    "invoice.deposit_confirmed": "Deposit confirmed",
+    "invoice.paid": "Paid",
+    "invoice.unresolved": "Needs your decision",
+    "invoice.failed": "Failed",
+    "deposit.reverted": "Deposit reverted by a chain reorganisation",
+    "payment.started": "Payer chose how to pay",
+    "payment.expired": "Payment timer ended",
 }
+
+
+class EmailKind(models.TextChoices):
+    INVOICE = "invoice", "Invoice"
+    REMINDER_DUE = "reminder_due", "Reminder before due date"
+    REMINDER_OVERDUE = "reminder_overdue", "Overdue reminder"
+    RECEIPT = "receipt", "Receipt"
+    MERCHANT_PAID = "merchant_paid", "Paid notification to you"
+    MERCHANT_UNRESOLVED = "merchant_unresolved", "Needs-decision notification to you"
+    REFUND_CLAIM = "refund_claim", "Refund claim"
+
+
+class EmailStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Not sent"
+
+
+class EmailDelivery(models.Model):
+    """One email about an invoice, from the moment it is asked for until the provider took it.
+
+    The row is the email history shown on the invoice and the guard that makes sending
+    idempotent: a worker claims the row (queued to sending) before it talks to the provider,
+    and a retried task finds nothing left to claim. `key` is unique, so "at most once" emails
+    (each reminder, each receipt) cannot even be queued twice.
+    """
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="emails")
+    kind = models.CharField(max_length=24, choices=EmailKind.choices)
+    key = models.CharField(max_length=120, unique=True)
+    recipients = models.JSONField(default=list)
+    status = models.CharField(max_length=12, choices=EmailStatus.choices, default="queued")
+    subject = models.CharField(max_length=300, blank=True)
+    # What the email needs beyond the invoice, e.g. the receipt it carries or the claim link.
+    context = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    message_id = models.CharField(max_length=200, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["invoice", "kind"], name="email_invoice_kind_idx")]
+        verbose_name_plural = "email deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for {self.invoice_id} to {', '.join(self.recipients)}"
+
+
+class Receipt(models.Model):
+    """The payer's proof of one settled payment, frozen when the money was accepted.
+
+    The checkout app knows the orders and transfers; it hands the facts over once, so the
+    receipt can be printed later without invoices ever importing checkout.
+    """
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="receipts")
+    number = models.PositiveSmallIntegerField()
+    # The caller's name for the payment (an order number), so recording it twice is harmless.
+    key = models.CharField(max_length=120)
+    order_number = models.CharField(max_length=48, blank=True)
+    paid_at = models.DateTimeField()
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
+    method = models.CharField(max_length=200)
+    reference = models.CharField(max_length=500, blank=True)
+    # On-chain transfers: [{"tx_hash", "network", "asset", "amount", "explorer_url"}].
+    transfers = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "number"], name="receipt_unique_number"),
+            models.UniqueConstraint(fields=["invoice", "key"], name="receipt_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference_display
+
+    @property
+    def reference_display(self) -> str:
+        return f"{self.invoice.reference}-R{self.number}"
+
+    @property
+    def amount_display(self) -> str:
+        return format_money(self.amount, self.currency)

@@ -184,6 +184,7 @@ def invoice_issue(*, invoice: Invoice, by: User | None = None, actor: str = Acto
             actor=actor,
             by=by,
             updates=_issue_updates(locked),
+            allowed=frozenset({InvoiceStatus.DRAFT}),
         )
 
 
@@ -258,6 +259,73 @@ def invoice_mark_paid(
         note=reference,
         data={"reference": reference},
     )
+
+
+def invoice_accept_unresolved(
+    *, invoice: Invoice, note: str, by: User | None = None, actor: str = Actor.USER
+) -> Invoice:
+    """The merchant accepts an overpaid or late payment as settling the invoice."""
+    note = note.strip()
+    if not note:
+        raise ValidationError(
+            {"note": "Say why the payment is accepted (e.g. keep the extra as a tip)."}
+        )
+    return _move(
+        invoice=invoice,
+        to=InvoiceStatus.PAID,
+        type="invoice.accepted",
+        actor=actor,
+        by=by,
+        note=note,
+        allowed=frozenset({InvoiceStatus.UNRESOLVED}),
+    )
+
+
+def invoice_payment_status(
+    *,
+    invoice: Invoice,
+    to: str,
+    type: str,
+    note: str = "",
+    data: dict[str, Any] | None = None,
+    failure_reason: str = "",
+) -> Invoice:
+    """Move an invoice because of what happened to its payments (the checkout's settlement).
+
+    The transition table still decides; an invoice already at `to` only gets the event.
+    """
+    with transaction.atomic():
+        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if locked.status == to:
+            _record(
+                invoice=locked,
+                type=type,
+                actor=Actor.SYSTEM,
+                by=None,
+                note=note,
+                data=data,
+                from_status=to,
+                to_status=to,
+            )
+            return locked
+        updates = {"failure_reason": failure_reason} if failure_reason else {}
+        return _move(
+            invoice=locked,
+            to=to,
+            type=type,
+            actor=Actor.SYSTEM,
+            by=None,
+            note=note,
+            data=data,
+            updates=updates,
+        )
+
+
+def invoice_record_event(
+    *, invoice: Invoice, type: str, note: str = "", data: dict[str, Any] | None = None
+) -> InvoiceEvent:
+    """A timeline entry that changes no status (a deposit seen on an invoice already processing)."""
+    return _record(invoice=invoice, type=type, actor=Actor.SYSTEM, by=None, note=note, data=data)
 
 
 # Internals ---------------------------------------------------------------------------------

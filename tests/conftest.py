@@ -2,6 +2,7 @@ import os
 import shutil
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 
 from config.celery import app as celery_app
@@ -31,6 +32,8 @@ def require_postgres() -> None:
 def _test_settings(settings, tmp_path):
     # Tasks run inline unless a test starts a real worker (tests/test_infrastructure.py).
     celery_app.conf.task_always_eager = True
+    # Rate limits and cached rates live in the cache: every test starts without them.
+    cache.clear()
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.SITE_URL = "http://testserver"
 

@@ -1,0 +1,119 @@
+"""Payments (orders): one attempt of a payer to settle an invoice in one asset on one network."""
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+from invoices.models import MONEY_DIGITS, MONEY_PLACES, Invoice
+from merchants.models import FeePayer
+from wallets.models import BASE_UNIT_DIGITS, Asset, DepositAddress, Network
+
+
+class PaymentStatus(models.TextChoices):
+    AWAITING = "awaiting", "Awaiting payment"
+    PROCESSING = "processing", "Processing"
+    PAID = "paid", "Paid"
+    OVERPAID = "overpaid", "Overpaid"
+    UNDERPAID = "underpaid", "Underpaid"
+    EXPIRED = "expired", "Expired"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+P = PaymentStatus
+PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    P.AWAITING: frozenset({P.PROCESSING, P.EXPIRED, P.CANCELLED}),
+    # Back to awaiting when a reorg takes the only deposit away.
+    P.PROCESSING: frozenset({P.AWAITING, P.PAID, P.OVERPAID, P.UNDERPAID, P.FAILED, P.CANCELLED}),
+    # A deposit after the end still counts: it tops a paid payment up into overpaid, or lands on
+    # an ended one, which then holds money the merchant must accept or refund.
+    P.PAID: frozenset({P.OVERPAID}),
+    P.EXPIRED: frozenset({P.UNDERPAID, P.PAID, P.OVERPAID}),
+    P.UNDERPAID: frozenset({P.PAID, P.OVERPAID}),
+    P.FAILED: frozenset(),
+    P.OVERPAID: frozenset(),
+    P.CANCELLED: frozenset({P.UNDERPAID, P.PAID, P.OVERPAID}),
+}
+OPEN_PAYMENT = frozenset({P.AWAITING, P.PROCESSING})
+
+
+class Payment(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    # Per invoice: a permanent invoice gets order 1, 2, 3… one per payment.
+    number = models.PositiveIntegerField()
+    order_number = models.CharField(max_length=48, db_index=True)
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    network = models.ForeignKey(Network, on_delete=models.PROTECT, related_name="+")
+    # One address per payment, never shared; switching asset keeps it (EVM addresses are the
+    # same on every network), so a switch never hands out more addresses.
+    deposit_address = models.OneToOneField(
+        DepositAddress, on_delete=models.PROTECT, related_name="payment"
+    )
+    status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=P.AWAITING)
+    # In the invoice's currency: what this payment settles, and the fee on it.
+    invoice_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    fee = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0)
+    )
+    fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
+    # Invoice-currency units for one unit of the asset, fixed when the quote was made.
+    rate = models.DecimalField(max_digits=40, decimal_places=18)
+    rate_source = models.CharField(max_length=60)
+    rate_at = models.DateTimeField()
+    # On-chain integers in the asset's base units. amount_due is None for an open amount.
+    amount_due = models.DecimalField(
+        max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True
+    )
+    received = models.DecimalField(
+        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
+    )
+    confirmed = models.DecimalField(
+        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
+    )
+    payer_note = models.CharField(max_length=500, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    processing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "number"], name="payment_unique_number"),
+            models.CheckConstraint(
+                condition=Q(received__gte=0), name="payment_received_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(confirmed__gte=0), name="payment_confirmed_not_negative"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"], name="payment_status_expiry_idx")]
+
+    def __str__(self) -> str:
+        return self.order_number
+
+    @property
+    def amount_due_major(self) -> Decimal | None:
+        return None if self.amount_due is None else self.asset.to_major(self.amount_due)
+
+    @property
+    def received_major(self) -> Decimal:
+        return self.asset.to_major(self.received)
+
+    @property
+    def outstanding(self) -> Decimal | None:
+        """Base units still to send, never negative; None for an open amount."""
+        if self.amount_due is None:
+            return None
+        return max(Decimal(0), self.amount_due - self.received)
+
+    @property
+    def outstanding_major(self) -> Decimal | None:
+        due = self.outstanding
+        return None if due is None else self.asset.to_major(due)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_PAYMENT

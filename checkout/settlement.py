@@ -1,0 +1,236 @@
+"""From transfers seen on chain to payment and invoice statuses, and into the ledger.
+
+`checkout.tasks.watch_network` hands every scan report here. A payment's received and
+confirmed totals are recomputed from its transfers each time, never incremented, so running
+settlement twice (a retried task, two workers) changes nothing the second time. Each confirmed
+transfer is posted to the ledger once, under the key "deposit:<transfer id>".
+"""
+
+import logging
+from decimal import ROUND_DOWN, Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus
+from checkout.rates import RateUnavailable, provider
+from checkout.services import payment_move, tolerance
+from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
+from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
+from merchants.models import FeePayer
+from merchants.money import quantize
+from wallets.ledger import (
+    Leg,
+    fees_account,
+    fx_account,
+    holdings_account,
+    ledger_post,
+    merchant_account,
+)
+from wallets.models import Transfer, TransferStatus
+from wallets.scanner import ScanReport
+
+logger = logging.getLogger(__name__)
+P = PaymentStatus
+ENDED_BEFORE_MONEY = frozenset({P.EXPIRED, P.UNDERPAID, P.PAID, P.CANCELLED})
+
+
+def settle_report(report: ScanReport) -> None:
+    for transfer_id in [*report.new, *report.revived, *report.orphaned, *report.confirmed]:
+        settle_transfer(transfer_id)
+
+
+def settle_transfer(transfer_id: int) -> None:
+    transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
+    payment = Payment.objects.filter(deposit_address_id=transfer.deposit_address_id).first()
+    if payment is None:
+        logger.warning("Transfer %s reached an address no payment uses", transfer)
+        return
+    with transaction.atomic():
+        payment = (
+            Payment.objects.select_for_update()
+            .select_related("asset", "invoice")
+            .get(pk=payment.pk)
+        )
+        _announce(payment, transfer)
+        if transfer.status == TransferStatus.CONFIRMED:
+            _post_to_ledger(payment, transfer)
+        _recompute(payment)
+
+
+def _event_once(invoice: Invoice, type: str, transfer: Transfer, note: str = "") -> None:
+    data = {
+        "transfer": transfer.pk,
+        "tx": transfer.tx_hash,
+        "amount": str(transfer.amount_major),
+        "asset": transfer.asset.symbol,
+        "network": transfer.network.slug,
+    }
+    if not InvoiceEvent.objects.filter(
+        invoice=invoice, type=type, data__transfer=transfer.pk
+    ).exists():
+        invoice_record_event(invoice=invoice, type=type, note=note, data=data)
+
+
+def _announce(payment: Payment, transfer: Transfer) -> None:
+    invoice = payment.invoice
+    if transfer.status == TransferStatus.ORPHANED:
+        _event_once(
+            invoice, "deposit.reverted", transfer, "A chain reorganisation removed this deposit."
+        )
+    else:
+        _event_once(invoice, "invoice.deposit_received", transfer)
+    if transfer.status == TransferStatus.CONFIRMED:
+        _event_once(invoice, "invoice.deposit_confirmed", transfer)
+
+
+def _credit_value(payment: Payment, transfer: Transfer) -> Decimal:
+    """What the transfer is worth in the invoice's currency, at the payment's locked rate
+    (another asset than quoted is valued at today's rate), rounded down: never over-credit."""
+    rate = payment.rate
+    if transfer.asset_id != payment.asset_id:
+        try:
+            rate = provider().rate(transfer.asset.symbol, payment.invoice.currency).value
+        except RateUnavailable:
+            rate = Decimal(0)
+    value = transfer.amount_major * rate
+    return value.quantize(
+        Decimal(1).scaleb(-_decimals(payment.invoice.currency)), rounding=ROUND_DOWN
+    )
+
+
+def _decimals(currency: str) -> int:
+    from merchants.money import get_currency
+
+    return get_currency(currency).decimals
+
+
+def _post_to_ledger(payment: Payment, transfer: Transfer) -> None:
+    invoice = payment.invoice
+    value = _credit_value(payment, transfer)
+    percent = settings.FEE_PERCENT
+    if payment.fee_payer == FeePayer.PAYER:
+        fee = quantize(value * percent / (Decimal(100) + percent), invoice.currency)
+    else:
+        fee = quantize(value * percent / Decimal(100), invoice.currency)
+    received = transfer.amount_major
+    symbol = transfer.asset.symbol
+    legs = [
+        Leg(holdings_account(transfer.network.slug), symbol, -received),
+        Leg(fx_account(), symbol, received),
+        Leg(fx_account(), invoice.currency, -value),
+        Leg(merchant_account(invoice.merchant), invoice.currency, value - fee),
+        Leg(fees_account(), invoice.currency, fee),
+    ]
+    ledger_post(
+        kind="deposit",
+        idempotency_key=f"deposit:{transfer.pk}",
+        reference=payment.order_number,
+        memo=f"{received} {symbol} on {transfer.network.name}, tx {transfer.tx_hash}",
+        legs=legs,
+    )
+
+
+def _sum(transfers, status=None) -> Decimal:
+    if status is not None:
+        transfers = transfers.filter(status=status)
+    return transfers.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+
+
+def _recompute(payment: Payment) -> None:
+    transfers = Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
+        status=TransferStatus.ORPHANED
+    )
+    same_asset = transfers.filter(asset_id=payment.asset_id, network_id=payment.network_id)
+    received, confirmed = _sum(same_asset), _sum(same_asset, TransferStatus.CONFIRMED)
+    other_confirmed = (
+        transfers.exclude(asset_id=payment.asset_id)
+        .filter(status=TransferStatus.CONFIRMED)
+        .exists()
+    )
+    Payment.objects.filter(pk=payment.pk).update(received=received, confirmed=confirmed)
+    payment.received, payment.confirmed = received, confirmed
+    invoice = Invoice.objects.get(pk=payment.invoice_id)
+    now = timezone.now()
+    was = payment.status
+
+    if was == P.AWAITING and received > 0:
+        payment_move(payment=payment, to=P.PROCESSING, processing_since=now)
+        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.deposit_received")
+    elif was == P.PROCESSING and received == 0:
+        payment_move(payment=payment, to=P.AWAITING, processing_since=None)
+        if not invoice.payments.filter(status=P.PROCESSING).exists():
+            _invoice_to(invoice, InvoiceStatus.OPEN, "deposit.reverted")
+        return
+
+    if received == 0 or received != confirmed:
+        return  # nothing yet, or deposits still confirming
+    due = payment.amount_due
+    expired = payment.expires_at is not None and now >= payment.expires_at
+    if due is None:
+        verdict = P.PAID
+    elif confirmed > due + tolerance(due):
+        verdict = P.OVERPAID
+    elif confirmed >= due - tolerance(due):
+        verdict = P.PAID
+    elif expired or payment.status in (P.EXPIRED, P.UNDERPAID, P.CANCELLED):
+        verdict = P.UNDERPAID
+    else:
+        return  # partly paid, the timer still runs: the payer may top up
+    if verdict == payment.status:
+        return
+    late = payment.status in ENDED_BEFORE_MONEY
+    if not payment_move(payment=payment, to=verdict):
+        return
+    if late or other_confirmed:
+        _invoice_to(
+            invoice,
+            InvoiceStatus.UNRESOLVED,
+            "invoice.unresolved",
+            note="Money arrived after the payment ended; accept it or refund it.",
+        )
+    elif verdict == P.PAID:
+        if invoice.kind == InvoiceKind.ONE_TIME:
+            _invoice_to(
+                invoice, InvoiceStatus.PAID, "invoice.paid", note=f"Order {payment.order_number}"
+            )
+        else:
+            # A permanent invoice stays open for the next payer; the order is what got paid.
+            _invoice_to(
+                invoice, InvoiceStatus.OPEN, "invoice.paid", note=f"Order {payment.order_number}"
+            )
+    elif verdict == P.OVERPAID:
+        _invoice_to(
+            invoice,
+            InvoiceStatus.UNRESOLVED,
+            "invoice.unresolved",
+            note=f"Order {payment.order_number} received more than due; "
+            "accept it or refund the difference.",
+        )
+    elif verdict == P.UNDERPAID:
+        _invoice_to(
+            invoice,
+            InvoiceStatus.FAILED,
+            "invoice.failed",
+            failure_reason="underpaid",
+            note=f"Order {payment.order_number} received less than due before the timer ended; "
+            "the money is credited and refundable.",
+        )
+
+
+def _invoice_to(
+    invoice: Invoice, to: str, type: str, note: str = "", failure_reason: str = ""
+) -> None:
+    try:
+        invoice_payment_status(
+            invoice=invoice, to=to, type=type, note=note, failure_reason=failure_reason
+        )
+    except InvoiceStateError as error:
+        # E.g. a permanent invoice the merchant closed: record what happened, change nothing.
+        logger.info("Invoice %s stays %s: %s", invoice, invoice.status, error)
+        invoice_record_event(invoice=invoice, type=type, note=note)
+
+
+__all__ = ["OPEN_PAYMENT", "settle_report", "settle_transfer"]
