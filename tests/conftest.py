@@ -7,6 +7,7 @@ from django.db import connection
 
 from config.celery import app as celery_app
 from merchants.models import Role
+from tests.evm import dev_network, tester  # noqa: F401 (fixtures for every test directory)
 from tests.factories import (
     PASSWORD,
     CustomerFactory,

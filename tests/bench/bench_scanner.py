@@ -20,8 +20,8 @@ from django.db import connection
 
 from contracts.deploy import PAYER_KEY, deploy_demo_tokens, load_artifact
 from tests.chain import running_anvil
+from tests.evm import seed_networks
 from tests.factories import MerchantFactory
-from tests.wallets.conftest import seed_networks
 from tests.wallets.test_addresses import ABANDON_XPUB
 from wallets.addresses import wallet_set
 from wallets.chain import Chain, Signer

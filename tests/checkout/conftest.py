@@ -1,16 +1,13 @@
-from decimal import Decimal
-
 import pytest
 
 from checkout.services import payment_start
-from invoices.models import InvoiceKind, PricingMode
+from checkout.settlement import settle_report
+from tests.evm import TesterChain
 from tests.factories import make_invoice
-from tests.wallets.conftest import TesterChain, dev_network, tester  # noqa: F401 (fixtures)
 from tests.wallets.test_addresses import ABANDON_XPUB
 from wallets.addresses import wallet_set
 from wallets.models import Asset
 from wallets.scanner import scan_network
-from checkout.settlement import settle_report
 
 
 class Shop:
@@ -22,7 +19,9 @@ class Shop:
         wallet_set(merchant=merchant, xpub=ABANDON_XPUB)
 
     def invoice(self, total="100.00", **fields):
-        return make_invoice(self.merchant, items=[("Service", "1", total)] if total else [], issue=True, **fields)
+        return make_invoice(
+            self.merchant, items=[("Service", "1", total)] if total else [], issue=True, **fields
+        )
 
     def start(self, invoice, **kwargs):
         return payment_start(invoice=invoice, asset=self.usdc, **kwargs)
@@ -43,6 +42,3 @@ class Shop:
 @pytest.fixture
 def shop(acme, tester, dev_network):
     return Shop(acme, tester, dev_network)
-
-
-__all__ = ["Decimal", "InvoiceKind", "PricingMode"]

@@ -113,7 +113,9 @@ def test_timer_ending_with_less_is_underpaid_and_credited(shop, acme):
     shop.confirm()
     refreshed(payment, invoice)
     assert (payment.status, invoice.status, invoice.failure_reason) == (
-        PaymentStatus.UNDERPAID, InvoiceStatus.FAILED, "underpaid",
+        PaymentStatus.UNDERPAID,
+        InvoiceStatus.FAILED,
+        "underpaid",
     )
     assert credited(acme) == Decimal("30.00")
 
@@ -126,7 +128,9 @@ def test_timer_ending_with_nothing_expires_payment_and_invoice(shop):
     assert payments_expire(now=later) == 0  # idempotent
     refreshed(payment, invoice)
     assert (payment.status, invoice.status, invoice.failure_reason) == (
-        PaymentStatus.EXPIRED, InvoiceStatus.FAILED, "expired",
+        PaymentStatus.EXPIRED,
+        InvoiceStatus.FAILED,
+        "expired",
     )
 
 
@@ -149,7 +153,9 @@ def test_processing_for_too_long_fails(shop):
     assert payments_fail_stuck(now=timezone.now() + timedelta(hours=25)) == 1
     refreshed(payment, invoice)
     assert (payment.status, invoice.status, invoice.failure_reason) == (
-        PaymentStatus.FAILED, InvoiceStatus.FAILED, "processing_timeout",
+        PaymentStatus.FAILED,
+        InvoiceStatus.FAILED,
+        "processing_timeout",
     )
 
 
@@ -165,7 +171,11 @@ def test_permanent_invoice_gets_a_new_order_per_payment_and_stays_open(shop, acm
     shop.send(second, 10 * USDC)
     shop.watch(), shop.confirm()
     refreshed(first, second, invoice)
-    assert (first.status, second.status, invoice.status) == (PaymentStatus.PAID, PaymentStatus.PAID, InvoiceStatus.OPEN)
+    assert (first.status, second.status, invoice.status) == (
+        PaymentStatus.PAID,
+        PaymentStatus.PAID,
+        InvoiceStatus.OPEN,
+    )
     assert credited(acme) == Decimal("35.00")
 
 

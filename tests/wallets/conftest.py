@@ -1,83 +1,8 @@
-import importlib
-import json
-from pathlib import Path
-
 import pytest
-from web3 import EthereumTesterProvider, Web3
 
+from tests.evm import TesterChain, seed_networks  # noqa: F401 (re-exported for the tests here)
 from tests.wallets.test_addresses import ABANDON_XPUB
 from wallets.addresses import deposit_address_allocate, wallet_set
-from wallets.chain import Chain
-from wallets.models import Network
-from wallets.scanner import cursor_reset
-
-ARTIFACT = json.loads(
-    (Path(__file__).resolve().parents[2] / "contracts" / "artifacts" / "DemoToken.json").read_text()
-)
-
-
-class TesterChain:
-    """An in-process chain (eth-tester) with our demo token deployed on it."""
-
-    def __init__(self) -> None:
-        self.provider = EthereumTesterProvider()
-        self.w3 = Web3(self.provider)
-        self.owner = self.w3.eth.accounts[0]
-        self.payer = self.w3.eth.accounts[1]
-        factory = self.w3.eth.contract(abi=ARTIFACT["abi"], bytecode=ARTIFACT["bytecode"])
-        tx = factory.constructor("Demo USD Coin", "USDC", 6).transact({"from": self.owner})
-        address = self.w3.eth.get_transaction_receipt(tx)["contractAddress"]
-        self.token = self.w3.eth.contract(address=address, abi=ARTIFACT["abi"])
-        self.token.functions.mint(self.payer, 10**12).transact({"from": self.owner})
-
-    @property
-    def token_address(self) -> str:
-        return self.token.address.lower()
-
-    def pay(self, to: str, amount: int) -> str:
-        tx = self.token.functions.transfer(Web3.to_checksum_address(to), amount).transact(
-            {"from": self.payer}
-        )
-        return tx.to_0x_hex()
-
-    def send_eth(self, to: str, wei: int) -> str:
-        tx = self.w3.eth.send_transaction(
-            {"from": self.payer, "to": Web3.to_checksum_address(to), "value": wei}
-        )
-        return tx.to_0x_hex()
-
-    def mine(self, blocks: int) -> None:
-        self.provider.ethereum_tester.mine_blocks(blocks)
-
-    def chain(self) -> Chain:
-        return Chain(provider=self.provider)
-
-
-@pytest.fixture
-def tester():
-    return TesterChain()
-
-
-def seed_networks() -> None:
-    """The networks the data migration seeds; transactional tests flush them, so re-seed."""
-    if not Network.objects.filter(slug="anvil").exists():
-        from django.apps import apps
-
-        seed = importlib.import_module("wallets.migrations.0002_seed_networks").seed
-        seed(apps, None)
-
-
-@pytest.fixture
-def dev_network(db, tester):
-    """The seeded dev network pointed at the in-process chain's token, scanned from block 0."""
-    seed_networks()
-    network = Network.objects.get(slug="anvil")
-    network.enabled = True
-    network.confirmations = 3
-    network.save()
-    network.assets.filter(symbol="USDC").update(contract_address=tester.token_address)
-    cursor_reset(network=network, next_block=0)
-    return network
 
 
 @pytest.fixture

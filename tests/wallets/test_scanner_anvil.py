@@ -12,7 +12,7 @@ from web3 import Web3
 from contracts.deploy import PAYER_KEY, deploy_demo_tokens, load_artifact
 from tests.chain import running_anvil
 from tests.conftest import require_postgres
-from tests.wallets.conftest import seed_networks
+from tests.evm import seed_networks
 from tests.wallets.test_addresses import ABANDON_XPUB
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.chain import Chain

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from tests.wallets.conftest import seed_networks
+from tests.evm import seed_networks
 from wallets.chain import Chain, ChainUnavailable, _parse_transfer_log
 from wallets.models import ChainCursor, Network, Transfer, TransferStatus
 from wallets.scanner import cursor_reset, scan_network

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.wallets.conftest import seed_networks
+from tests.evm import seed_networks
 from tests.wallets.test_addresses import ABANDON_FIRST, ABANDON_XPUB
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.ledger import Leg, fx_account, ledger_post, merchant_account
