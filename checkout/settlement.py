@@ -11,7 +11,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus
@@ -42,11 +42,24 @@ def settle_report(report: ScanReport) -> None:
         settle_transfer(transfer_id)
 
 
+def settle_pending(*, network_id: int | None = None) -> int:
+    """Settle every transfer whose current status was not handled yet, whatever the scan
+    reports said: the safety net for a worker that died between scanning and settling."""
+    pending = Transfer.objects.exclude(handled_status=F("status"))
+    if network_id is not None:
+        pending = pending.filter(network_id=network_id)
+    ids = list(pending.order_by("block_number", "log_index").values_list("pk", flat=True)[:1000])
+    for transfer_id in ids:
+        settle_transfer(transfer_id)
+    return len(ids)
+
+
 def settle_transfer(transfer_id: int) -> None:
     transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
     payment = Payment.objects.filter(deposit_address_id=transfer.deposit_address_id).first()
     if payment is None:
         logger.warning("Transfer %s reached an address no payment uses", transfer)
+        _mark_handled(transfer)
         return
     with transaction.atomic():
         payment = (
@@ -58,6 +71,14 @@ def settle_transfer(transfer_id: int) -> None:
         if transfer.status == TransferStatus.CONFIRMED:
             _post_to_ledger(payment, transfer)
         _recompute(payment)
+        _mark_handled(transfer)
+
+
+def _mark_handled(transfer: Transfer) -> None:
+    # Conditional: if the scanner moved the transfer meanwhile, it stays pending for next time.
+    Transfer.objects.filter(pk=transfer.pk, status=transfer.status).update(
+        handled_status=transfer.status
+    )
 
 
 def _event_once(invoice: Invoice, type: str, transfer: Transfer, note: str = "") -> None:

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from checkout.services import payments_cancel_ended, payments_expire, payments_fail_stuck
-from checkout.settlement import settle_report
+from checkout.settlement import settle_pending, settle_report
 from wallets.models import ChainCursor, Network
 from wallets.scanner import scan_network
 
@@ -44,6 +44,7 @@ def watch_network(network_id: int) -> None:
             len(report.revived),
         )
     settle_report(report)
+    settle_pending(network_id=network.pk)
 
 
 @shared_task(ignore_result=True)

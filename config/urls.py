@@ -42,6 +42,7 @@ urlpatterns = [
     path("customers/", include("customers.urls")),
     path("", include("invoices.urls")),
     path("", include("wallets.urls")),
+    path("", include("checkout.urls")),
 ]
 
 if settings.DEBUG:

@@ -199,6 +199,10 @@ class Transfer(models.Model):
         max_length=16, choices=TransferStatus.choices, default=TransferStatus.EXECUTED
     )
     confirmations = models.PositiveIntegerField(default=0)
+    # The status the consumer of transfers (checkout's settlement) last finished handling.
+    # Anything where it differs from `status` still has to be handled: a crash between scan
+    # and settlement delays a deposit, it never loses it.
+    handled_status = models.CharField(max_length=16, blank=True, db_index=True)
     seen_at = models.DateTimeField(auto_now_add=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     orphaned_at = models.DateTimeField(null=True, blank=True)

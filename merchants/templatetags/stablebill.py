@@ -52,3 +52,13 @@ def plain(value: Decimal | None) -> str:
         return "—"
     text = format(Decimal(value).normalize(), "f")
     return text
+
+
+@register.filter
+def timer(seconds: int | None) -> str:
+    """Seconds as m:ss (or h:mm:ss), for countdowns."""
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -215,3 +215,22 @@ def test_cancel_then_deposit_is_recorded_as_unresolved(shop, acme):
     assert invoice.status == InvoiceStatus.UNRESOLVED
     assert credited(acme) == Decimal("10.00")
     assert Invoice.objects.get(pk=invoice.pk).events.filter(type="invoice.unresolved").exists()
+
+
+def test_a_deposit_scanned_but_never_settled_is_settled_later(shop, acme):
+    from checkout.settlement import settle_pending
+    from wallets.scanner import scan_network
+
+    invoice = shop.invoice("20.00")
+    payment = shop.start(invoice)
+    shop.send(payment, 20 * USDC)
+    shop.tester.mine(shop.network.confirmations)
+    # The worker scanned, then died before settling: the report is lost.
+    scan_network(network=shop.network, chain=shop.tester.chain())
+    refreshed(payment)
+    assert payment.status == PaymentStatus.AWAITING
+    assert settle_pending(network_id=shop.network.pk) == 1
+    assert settle_pending(network_id=shop.network.pk) == 0
+    refreshed(payment, invoice)
+    assert (payment.status, invoice.status) == (PaymentStatus.PAID, InvoiceStatus.PAID)
+    assert credited(acme) == Decimal("20.00")
