@@ -98,10 +98,17 @@ class HttpTickerRates:
                 body = json.load(response)
             price = Decimal(str(body["price"]))
             time_ms = int(body["time"])
-        except (urllib.error.URLError, OSError, ValueError, KeyError, InvalidOperation) as error:
+        except (
+            urllib.error.URLError,
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,  # an answer that is not a JSON object
+            InvalidOperation,
+        ) as error:
             logger.warning("Rate ticker failed for %s: %s", asset, error)
             raise RateUnavailable(f"No {asset} price from the ticker.") from None
-        if price <= 0:
+        if not price.is_finite() or price <= 0:
             raise RateUnavailable(f"The ticker gave a {asset} price of {price}.")
         return {"price": str(price), "time": time_ms}
 

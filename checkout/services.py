@@ -16,7 +16,7 @@ from checkout.rates import Rate, RateUnavailable, provider
 from invoices.models import Invoice, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
-from merchants.money import quantize
+from merchants.money import MAX_AMOUNT, quantize
 from wallets.addresses import deposit_address_allocate
 from wallets.models import Asset, Network, Wallet
 
@@ -121,9 +121,19 @@ def payment_start(
     One-time invoices have one open attempt at a time; choosing another asset switches it.
     """
     _check_payable(invoice, asset)
-    if amount is not None and (amount <= 0 or not invoice.is_open_amount):
-        raise CheckoutError("Only open-amount invoices take an amount from the payer.")
+    if amount is not None:
+        if not invoice.is_open_amount:
+            raise CheckoutError("Only open-amount invoices take an amount from the payer.")
+        # Finite and in range before rounding: quantize refuses what does not fit.
+        if (
+            not amount.is_finite()
+            or not 0 < amount <= MAX_AMOUNT
+            or quantize(amount, invoice.currency) <= 0
+        ):
+            raise CheckoutError("Enter the amount to pay: above zero, at most a trillion.")
     _count_attempt(invoice)
+    # Free text from a public form: NUL bytes are refused by PostgreSQL, so they go here.
+    payer_note = payer_note.replace("\x00", "").strip()[:500]
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         existing = Payment.objects.filter(invoice=locked, status__in=OPEN_PAYMENT).first()
@@ -145,13 +155,13 @@ def payment_start(
             rate_source=q.rate.source,
             rate_at=q.rate.at,
             amount_due=q.amount_due,
-            payer_note=payer_note.strip()[:500],
+            payer_note=payer_note,
             expires_at=locked.expires_at,
         )
         invoice_record_event(
             invoice=locked,
             type="payment.started",
-            note=payer_note.strip()[:500],
+            note=payer_note,
             data={
                 "order": payment.order_number,
                 "asset": asset.symbol,
@@ -213,17 +223,23 @@ def payments_expire(*, now=None) -> int:
         status=InvoiceStatus.OPEN, expires_at__lte=now, kind=InvoiceKind.ONE_TIME
     ).exclude(payments__status__in=OPEN_PAYMENT)
     for invoice in stale:
-        try:
-            invoice_payment_status(
-                invoice=invoice,
-                to=InvoiceStatus.FAILED,
-                type="invoice.failed",
-                failure_reason="expired",
-                note="The timer ended before the invoice was paid.",
-            )
-            ended += 1
-        except InvoiceStateError:
-            pass  # a concurrent run, or a deposit, moved it first
+        with transaction.atomic():
+            # Re-read under the lock: a concurrent run may have failed it already, and moving
+            # an invoice to the status it has would only record the event a second time.
+            locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+            if locked.status != InvoiceStatus.OPEN:
+                continue
+            try:
+                invoice_payment_status(
+                    invoice=locked,
+                    to=InvoiceStatus.FAILED,
+                    type="invoice.failed",
+                    failure_reason="expired",
+                    note="The timer ended before the invoice was paid.",
+                )
+                ended += 1
+            except InvoiceStateError:
+                pass  # a deposit moved it first
     return ended
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus
 from checkout.rates import RateUnavailable, provider
-from checkout.services import payment_move, tolerance
+from checkout.services import PAYABLE, payment_move, tolerance
 from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
@@ -67,10 +67,18 @@ def settle_transfer(transfer_id: int) -> None:
             .select_related("asset", "invoice")
             .get(pk=payment.pk)
         )
+        # Re-read under the payment's lock: a twin worker (or the same transfer listed twice
+        # in one report, new and confirmed) may have settled this very status already.
+        transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
+        if transfer.handled_status == transfer.status:
+            return
         _announce(payment, transfer)
         if transfer.status == TransferStatus.CONFIRMED:
             _post_to_ledger(payment, transfer)
-        _recompute(payment)
+        invoice_was = payment.invoice.status
+        was = _recompute(payment)
+        if transfer.status == TransferStatus.CONFIRMED:
+            _flag_late_money(payment, transfer, was, invoice_was)
         _mark_handled(transfer)
 
 
@@ -160,7 +168,37 @@ def _sum(transfers, status=None) -> Decimal:
     return transfers.aggregate(total=Sum("amount"))["total"] or Decimal(0)
 
 
-def _recompute(payment: Payment) -> None:
+def _flag_late_money(payment: Payment, transfer: Transfer, was: str, invoice_was: str) -> None:
+    """Money is never ignored: a confirmed deposit that came after its payment or its invoice
+    had ended, or in another asset than quoted, makes the invoice Unresolved for the merchant
+    to accept or refund (it is credited like any deposit). The verdict in _recompute already
+    does so when it moves the payment; this catches what it leaves where it was: a failed or
+    overpaid payment, one still underpaid, an invoice cancelled or marked paid meanwhile.
+    A paid payment that stays paid on a live or paid invoice is a top-up within the
+    tolerance and needs no decision."""
+    other_asset = transfer.asset_id != payment.asset_id or transfer.network_id != payment.network_id
+    after_the_end = was not in OPEN_PAYMENT or invoice_was not in PAYABLE
+    within_tolerance = was == payment.status == P.PAID and invoice_was in (
+        *PAYABLE,
+        InvoiceStatus.PAID,
+    )
+    if not other_asset and (not after_the_end or within_tolerance):
+        return
+    invoice = Invoice.objects.get(pk=payment.invoice_id)
+    if invoice.status == InvoiceStatus.UNRESOLVED:
+        return  # the question is open already; the deposit's own events tell the rest
+    _invoice_to(
+        invoice,
+        InvoiceStatus.UNRESOLVED,
+        "invoice.unresolved",
+        note=f"{transfer.amount_major} {transfer.asset.symbol} arrived for order "
+        f"{payment.order_number} after it ended or in another asset; accept it or refund it.",
+    )
+
+
+def _recompute(payment: Payment) -> str:
+    """Bring the payment (and its invoice) in line with its transfers; returns the payment's
+    status before."""
     transfers = Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
         status=TransferStatus.ORPHANED
     )
@@ -181,13 +219,18 @@ def _recompute(payment: Payment) -> None:
         payment_move(payment=payment, to=P.PROCESSING, processing_since=now)
         _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.deposit_received")
     elif was == P.PROCESSING and received == 0:
+        if invoice.status not in PAYABLE:
+            # The invoice ended (cancelled, marked paid) while the deposit was confirming; with
+            # the deposit gone there is nothing left to wait for, and no address to show.
+            payment_move(payment=payment, to=P.CANCELLED, processing_since=None)
+            return was
         payment_move(payment=payment, to=P.AWAITING, processing_since=None)
         if not invoice.payments.filter(status=P.PROCESSING).exists():
             _invoice_to(invoice, InvoiceStatus.OPEN, "deposit.reverted")
-        return
+        return was
 
     if received == 0 or received != confirmed:
-        return  # nothing yet, or deposits still confirming
+        return was  # nothing yet, or deposits still confirming
     due = payment.amount_due
     expired = payment.expires_at is not None and now >= payment.expires_at
     if due is None:
@@ -196,15 +239,22 @@ def _recompute(payment: Payment) -> None:
         verdict = P.OVERPAID
     elif confirmed >= due - tolerance(due):
         verdict = P.PAID
-    elif expired or payment.status in (P.EXPIRED, P.UNDERPAID, P.CANCELLED):
+    elif (
+        expired
+        or payment.status in (P.EXPIRED, P.UNDERPAID, P.CANCELLED)
+        # The invoice ended another way (cancelled, marked paid): no top-up is coming.
+        or invoice.status not in PAYABLE
+    ):
         verdict = P.UNDERPAID
     else:
-        return  # partly paid, the timer still runs: the payer may top up
+        return was  # partly paid, the timer still runs: the payer may top up
     if verdict == payment.status:
-        return
-    late = payment.status in ENDED_BEFORE_MONEY
+        return was
+    # Late: the payment had ended, or the invoice ended another way (cancelled, marked paid,
+    # closed) while the deposit was confirming. Either way the merchant must decide.
+    late = payment.status in ENDED_BEFORE_MONEY or invoice.status not in PAYABLE
     if not payment_move(payment=payment, to=verdict):
-        return
+        return was
     if late or other_confirmed:
         _invoice_to(
             invoice,
@@ -239,6 +289,7 @@ def _recompute(payment: Payment) -> None:
             note=f"Order {payment.order_number} received less than due before the timer ended; "
             "the money is credited and refundable.",
         )
+    return was
 
 
 def _invoice_to(

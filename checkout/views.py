@@ -1,5 +1,6 @@
 """The payer's pages (no account) and the merchant's payments tab."""
 
+import re
 from decimal import Decimal, InvalidOperation
 from itertools import groupby
 
@@ -34,13 +35,20 @@ FINAL_PAYMENT = {
 }
 
 
+# What secrets.token_urlsafe makes (URL-safe base64), at most as long as the column.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _invoice_by_token(token: str) -> Invoice:
     # Always one indexed lookup, whatever the token looks like: a malformed token takes as
-    # long to refuse as a well-formed unknown one.
+    # long to refuse as a well-formed unknown one. Outside the token alphabet it is looked up
+    # as "" (no invoice has that): PostgreSQL refuses NUL bytes in a query outright.
+    if not TOKEN.fullmatch(token):
+        token = ""
     invoice = (
         Invoice.objects.select_related("merchant", "customer")
         .prefetch_related("items")
-        .filter(public_token=token[:64])
+        .filter(public_token=token)
         .exclude(status="draft")
         .first()
     )
@@ -57,7 +65,7 @@ def eip681(payment: Payment) -> str:
         uri = f"ethereum:{address}@{chain}"
         return f"{uri}?value={int(payment.outstanding or 0)}" if payment.amount_due else uri
     uri = f"ethereum:{payment.asset.contract_address}@{chain}/transfer?address={address}"
-    return f"{uri}&uint256={int(payment.outstanding)}" if payment.amount_due else uri
+    return f"{uri}&uint256={int(payment.outstanding or 0)}" if payment.amount_due else uri
 
 
 def _context(invoice: Invoice) -> dict:
@@ -72,7 +80,8 @@ def _context(invoice: Invoice) -> dict:
                 "network", "asset"
             )
         )
-        if payment.status in (PaymentStatus.AWAITING, PaymentStatus.PROCESSING):
+        # No code to scan once the whole amount is on its way: it would ask for 0 more.
+        if payment.is_open and payment.outstanding != 0:
             qr = segno.make(eip681(payment), error="m").svg_inline(
                 scale=4, dark="#0f172a", title="Payment QR code", omitsize=True
             )

@@ -1,6 +1,7 @@
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -10,5 +11,10 @@ app.autodiscover_tasks()
 # Periodic work: each network is polled at its own interval, decided by the tick.
 app.conf.beat_schedule = {
     "watch-networks": {"task": "checkout.tasks.watch_networks", "schedule": 2.0},
+    # Payment reminders, once a day in the morning (TIME_ZONE); each reminder goes out once.
+    "send-reminders": {
+        "task": "invoices.tasks.send_reminders",
+        "schedule": crontab(hour=9, minute=0),
+    },
     "end-payments": {"task": "checkout.tasks.end_payments", "schedule": 15.0},
 }

@@ -6,7 +6,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from invoices.models import Actor, Invoice, InvoiceEvent, LineItem
+from invoices.delivery import email_delivery_retry
+from invoices.models import Actor, EmailDelivery, Invoice, InvoiceEvent, LineItem, Receipt
 from invoices.services import InvoiceStateError, invoice_mark_paid
 
 
@@ -215,3 +216,49 @@ class LineItemAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by services only: admin reads them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(EmailDelivery)
+class EmailDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "invoice", "kind", "status", "attempts", "sent_at", "error"]
+    list_filter = ["status", "kind"]
+    search_fields = ["invoice__reference", "recipients", "subject", "message_id", "key"]
+    list_select_related = ["invoice"]
+    date_hierarchy = "created_at"
+    actions = ["try_again"]
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        # Read-only fields, but the "Try again" action needs the change permission.
+        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)
+
+    @admin.action(description="Try again to send (failed ones)", permissions=["change"])
+    def try_again(self, request: HttpRequest, queryset: QuerySet[EmailDelivery]) -> None:
+        done = 0
+        for delivery in queryset.order_by("pk"):
+            try:
+                email_delivery_retry(delivery=delivery, by=request.user)  # type: ignore[arg-type]
+            except InvoiceStateError:
+                continue
+            done += 1
+        self.message_user(request, f"{done} email(s) queued again.", messages.SUCCESS)
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ["reference_display", "invoice", "paid_at", "amount", "currency", "method"]
+    search_fields = ["invoice__reference", "order_number", "reference", "key"]
+    list_select_related = ["invoice"]
+    date_hierarchy = "paid_at"

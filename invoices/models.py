@@ -240,6 +240,7 @@ EVENT_TITLES = {
     "invoice.marked_paid": "Marked as paid (off-platform)",
     "email.sent": "Email sent",
     "email.failed": "Email not sent",
+    "email.skipped": "Email skipped",
     "invoice.accepted": "Unresolved payment accepted",
     "invoice.deposit_received": "Deposit seen on chain",
     "invoice.deposit_confirmed": "Deposit confirmed",
@@ -267,6 +268,8 @@ class EmailStatus(models.TextChoices):
     SENDING = "sending", "Sending"
     SENT = "sent", "Sent"
     FAILED = "failed", "Not sent"
+    # Never attempted: nobody to send to, or the invoice stopped needing it before its turn.
+    SKIPPED = "skipped", "Skipped"
 
 
 class EmailDelivery(models.Model):
@@ -282,7 +285,9 @@ class EmailDelivery(models.Model):
     kind = models.CharField(max_length=24, choices=EmailKind.choices)
     key = models.CharField(max_length=120, unique=True)
     recipients = models.JSONField(default=list)
-    status = models.CharField(max_length=12, choices=EmailStatus.choices, default="queued")
+    status = models.CharField(
+        max_length=12, choices=EmailStatus.choices, default=EmailStatus.QUEUED
+    )
     subject = models.CharField(max_length=300, blank=True)
     # What the email needs beyond the invoice, e.g. the receipt it carries or the claim link.
     context = models.JSONField(default=dict, blank=True)

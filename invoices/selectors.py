@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
-from invoices.models import Invoice, InvoiceEvent, InvoiceStatus
+from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus
 from merchants.models import Merchant
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
@@ -13,6 +13,10 @@ OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRES
 
 def invoice_scope(*, merchant: Merchant) -> QuerySet[Invoice]:
     return Invoice.objects.filter(merchant=merchant)
+
+
+def email_scope(*, merchant: Merchant) -> QuerySet[EmailDelivery]:
+    return EmailDelivery.objects.filter(invoice__merchant=merchant)
 
 
 def invoice_list(
@@ -53,10 +57,13 @@ def invoice_list(
 def invoice_detail(*, merchant: Merchant, pk: int) -> Invoice:
     """The invoice with everything its page shows, in a fixed number of queries."""
     events = InvoiceEvent.objects.select_related("actor_user").order_by("-created_at", "-pk")
+    emails = EmailDelivery.objects.select_related("requested_by").order_by("-created_at", "-pk")
     return (
         invoice_scope(merchant=merchant)
         .select_related("customer", "created_by")
-        .prefetch_related("items", Prefetch("events", queryset=events))
+        .prefetch_related(
+            "items", "receipts", Prefetch("events", queryset=events), Prefetch("emails", emails)
+        )
         .get(pk=pk)
     )
 

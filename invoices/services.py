@@ -250,15 +250,32 @@ def invoice_mark_paid(
         raise InvoiceStateError("Issue the invoice before marking it as paid.")
     if invoice.status in FINAL_STATUSES:
         raise InvoiceStateError(f"The invoice is already {invoice.get_status_display().lower()}.")
-    return _move(
-        invoice=invoice,
-        to=InvoiceStatus.PAID,
-        type="invoice.marked_paid",
-        actor=actor,
-        by=by,
-        note=reference,
-        data={"reference": reference},
-    )
+    # Imported here: delivery builds on the services in this module.
+    from invoices.delivery import ReceiptInput, invoice_paid_deliver
+
+    with transaction.atomic():
+        paid = _move(
+            invoice=invoice,
+            to=InvoiceStatus.PAID,
+            type="invoice.marked_paid",
+            actor=actor,
+            by=by,
+            note=reference,
+            data={"reference": reference},
+        )
+        # The payer gets a receipt; the merchant needs no news of what it did itself.
+        invoice_paid_deliver(
+            invoice=paid,
+            notify_merchant=False,
+            receipt=ReceiptInput(
+                key="off-platform",
+                paid_at=paid.updated_at,
+                amount=paid.total,
+                method="Paid outside Stablebill",
+                reference=reference,
+            ),
+        )
+    return paid
 
 
 def invoice_accept_unresolved(

@@ -12,6 +12,15 @@ urlpatterns = [
     path("invoices/<int:pk>/edit/", views.invoice_edit, name="invoice_edit"),
     path("invoices/<int:pk>/mark-paid/", views.invoice_mark_paid_view, name="invoice_mark_paid"),
     path("invoices/<int:pk>/integration/", views.invoice_integration, name="invoice_integration"),
+    path("invoices/preview/", views.invoice_preview, name="invoice_preview"),
+    path("invoices/<int:pk>/pdf/", views.invoice_pdf_download, name="invoice_pdf"),
+    path("invoices/<int:pk>/receipt/", views.invoice_receipt_download, name="invoice_receipt"),
+    path("invoices/<int:pk>/email/", views.invoice_email_preview, name="invoice_email_preview"),
+    path("invoices/<int:pk>/send/", views.invoice_send_view, name="invoice_send"),
+    path("invoices/emails/<int:pk>/retry/", views.email_retry, name="email_retry"),
+    # The payer's downloads, by the invoice's unguessable token (the payment page links here).
+    path("invoice/<slug:token>.pdf", views.public_invoice_pdf, name="public_invoice_pdf"),
+    path("invoice/<slug:token>/receipt.pdf", views.public_receipt_pdf, name="public_receipt_pdf"),
     path(
         "invoices/<int:pk>/<str:action>/",
         views.invoice_action,

@@ -1,15 +1,33 @@
+import hmac
+import re
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.csp import CSP
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from customers.forms import InlineCustomerForm
+from invoices.delivery import (
+    NO_CUSTOMER_FOR_SENDING,
+    SENDING_STALE,
+    customer_email,
+    email_delivery_retry,
+    invoice_create_and_send,
+    invoice_issue_and_send,
+    invoice_send,
+)
+from invoices.emails import PAYER_REQUESTS, invoice_email
 from invoices.forms import (
     IntegrationForm,
     InvoiceFilterForm,
@@ -19,9 +37,23 @@ from invoices.forms import (
     bound_item_forms,
     initial_item_forms,
 )
-from invoices.models import Invoice, InvoiceKind, InvoiceStatus
+from invoices.models import (
+    EmailKind,
+    EmailStatus,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    LineItem,
+)
+from invoices.pdf import Pdf, PdfError, invoice_pdf, receipt_pdf
 from invoices.rules import LineItemInput, invoice_totals, line_amount
-from invoices.selectors import dashboard_summary, invoice_detail, invoice_list, invoice_scope
+from invoices.selectors import (
+    dashboard_summary,
+    email_scope,
+    invoice_detail,
+    invoice_list,
+    invoice_scope,
+)
 from invoices.services import (
     InvoiceInput,
     InvoiceStateError,
@@ -35,7 +67,8 @@ from invoices.services import (
     invoice_void,
 )
 from merchants.access import MerchantRequest, merchant_view
-from merchants.models import Role
+from merchants.models import Merchant, Role
+from merchants.money import Currency, get_currency
 
 PAGE_SIZE = 25
 
@@ -116,15 +149,26 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
         items_valid = all([item.is_valid() for item in item_forms])
         if form.is_valid() and items_valid:
             data = _invoice_input(form, item_forms)
-            issue = request.POST.get("action") == "issue"
+            action = request.POST.get("action")
+            send = action == "send"
+            issue = send or action == "issue"
             try:
-                if invoice is None:
+                if send and data.customer is None:
+                    # Refused before anything is saved: sending needs someone to send to.
+                    raise ValidationError({"customer": NO_CUSTOMER_FOR_SENDING})
+                if invoice is None and send:
+                    invoice, _ = invoice_create_and_send(
+                        merchant=merchant, data=data, by=request.user
+                    )
+                elif invoice is None:
                     invoice = invoice_create(
                         merchant=merchant, data=data, by=request.user, issue=issue
                     )
                 else:
                     invoice = invoice_update_draft(invoice=invoice, data=data, by=request.user)
-                    if issue:
+                    if send:
+                        invoice, _ = invoice_issue_and_send(invoice=invoice, by=request.user)
+                    elif issue:
                         invoice = invoice_issue(invoice=invoice, by=request.user)
             except ValidationError as error:
                 _spread_errors(error, form, item_forms)
@@ -136,8 +180,11 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
                     else redirect("invoice_list")
                 )
             else:
-                verb = "issued" if issue else "saved as a draft"
-                messages.success(request, f"Invoice {invoice.reference} {verb}.")
+                if send:
+                    done = f"issued and on its way to {customer_email(invoice)}"
+                else:
+                    done = "issued" if issue else "saved as a draft"
+                messages.success(request, f"Invoice {invoice.reference} {done}.")
                 return redirect("invoice_detail", pk=invoice.pk)
         if not item_forms:
             item_forms = [LineItemForm(currency=form.currency_obj, index=0)]
@@ -254,11 +301,15 @@ def invoice_totals_preview(request: MerchantRequest) -> HttpResponse:
 
 
 @merchant_view()
+@vary_on_headers("HX-Request")
 def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
     try:
         invoice = invoice_detail(merchant=request.merchant, pk=pk)
     except Invoice.DoesNotExist:
         raise Http404("No such invoice.") from None
+    emails = list(invoice.emails.all())
+    invoice_emails = [email for email in emails if email.kind == EmailKind.INVOICE]
+    tab = request.GET.get("tab", "timeline")
     context = {
         "invoice": invoice,
         "integration_form": IntegrationForm(instance=invoice),
@@ -266,8 +317,19 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
         "can_mark_paid": invoice.kind == InvoiceKind.ONE_TIME
         and invoice.status
         in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED),
-        "tab": request.GET.get("tab", "timeline"),
+        "tab": tab,
+        "emails": emails,
+        "last_invoice_email": invoice_emails[0] if invoice_emails else None,
+        "emails_pending": any(
+            email.status in (EmailStatus.QUEUED, EmailStatus.SENDING) for email in emails
+        ),
+        "can_send": invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING),
+        "customer_email": customer_email(invoice),
+        "receipts": list(invoice.receipts.all()),
+        "stale_before": timezone.now() - SENDING_STALE,
     }
+    if request.htmx and tab == "emails":
+        return render(request, "invoices/detail.html#emails", context)
     return render(request, "invoices/detail.html", context)
 
 
@@ -342,3 +404,255 @@ def invoice_integration(request: MerchantRequest, pk: int) -> HttpResponse:
             ),
         )
     return redirect(reverse("invoice_detail", kwargs={"pk": invoice.pk}) + "?tab=settings")
+
+
+# Delivery: PDFs, previews, sending ----------------------------------------------------------------
+
+# The preview frames: our own origin may frame them, nothing else. The email preview is the
+# customer's email, whose HTML needs inline styles; it is sandboxed and may load nothing.
+PREVIEW_FRAME_CSP = {
+    "default-src": [CSP.NONE],
+    "object-src": [CSP.SELF],
+    "frame-ancestors": [CSP.SELF],
+}
+# `sandbox` has no value, which django-stubs' CSP types do not foresee.
+EMAIL_PREVIEW_CSP: dict[str, Any] = {
+    "default-src": [CSP.NONE],
+    "style-src": [CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "frame-ancestors": [CSP.SELF],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.NONE],
+    "sandbox": True,
+}
+PUBLIC_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+
+
+def _pdf_response(request: HttpRequest, pdf: Pdf, *, inline: bool = False) -> HttpResponse:
+    etag = f'"{pdf.digest}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(pdf.content, content_type="application/pdf")
+        disposition = "inline" if inline else "attachment"
+        response["Content-Disposition"] = f'{disposition}; filename="{pdf.filename}"'
+    response["ETag"] = etag
+    # Always ask again: the same URL shows a new document once the invoice changes.
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def _pdf_or_error(
+    request: HttpRequest, make: Callable[[], Pdf], *, inline: bool = False
+) -> HttpResponse:
+    try:
+        return _pdf_response(request, make(), inline=inline)
+    except PdfError as error:
+        return HttpResponse(
+            f"The PDF could not be made: {error}", status=503, content_type="text/plain"
+        )
+
+
+@merchant_view()
+@xframe_options_sameorigin
+@csp_override(PREVIEW_FRAME_CSP)
+def invoice_pdf_download(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(
+        invoice_scope(merchant=request.merchant)
+        .select_related("merchant", "customer")
+        .prefetch_related("items"),
+        pk=pk,
+    )
+    return _pdf_or_error(
+        request, lambda: invoice_pdf(invoice), inline=request.GET.get("inline") == "1"
+    )
+
+
+@merchant_view()
+def invoice_receipt_download(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
+    return _receipt_response(request, invoice)
+
+
+def _receipt_response(request: HttpRequest, invoice: Invoice) -> HttpResponse:
+    receipts = invoice.receipts.select_related("invoice__merchant", "invoice__customer")
+    number = request.GET.get("n", "")
+    receipt = (
+        receipts.filter(number=int(number)).first()
+        if number.isdigit() and len(number) < 6
+        else receipts.order_by("-number").first()
+    )
+    if receipt is None:
+        raise Http404("No receipt.")
+    return _pdf_or_error(request, lambda: receipt_pdf(receipt))
+
+
+@merchant_view()
+@xframe_options_sameorigin
+@csp_override(EMAIL_PREVIEW_CSP)
+def invoice_email_preview(request: MerchantRequest, pk: int) -> HttpResponse:
+    """The invoice email (or a reminder) as the customer will see it."""
+    invoice = get_object_or_404(
+        invoice_scope(merchant=request.merchant)
+        .select_related("merchant", "customer")
+        .prefetch_related("items"),
+        pk=pk,
+    )
+    kind = request.GET.get("kind", EmailKind.INVOICE)
+    if kind not in PAYER_REQUESTS:
+        kind = EmailKind.INVOICE
+    recipients = [customer_email(invoice)] if customer_email(invoice) else []
+    email = invoice_email(invoice, kind=kind, to=recipients, attach=False, preview=True)
+    return HttpResponse(email.html)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+@xframe_options_sameorigin
+def invoice_preview(request: MerchantRequest) -> HttpResponse:
+    """The editor's preview: the unsaved form as the customer would get it, PDF or email."""
+    merchant = request.merchant
+    draft = None
+    if request.GET.get("draft", "").isdigit():
+        draft = get_object_or_404(
+            invoice_scope(merchant=merchant),
+            pk=int(request.GET["draft"]),
+            status=InvoiceStatus.DRAFT,
+        )
+    form = InvoiceForm(request.POST, merchant=merchant, invoice=draft)
+    form.is_valid()  # what parses is previewed; the rest waits for the real save
+    currency = form.currency_obj or get_currency(merchant.default_currency)
+    invoice, items = _preview_invoice(
+        merchant, form, bound_item_forms(request.POST, currency), draft, currency
+    )
+    # One view, two documents with different policies: set what csp_override would set.
+    if request.POST.get("preview") == "email":
+        recipients = [customer_email(invoice)] if customer_email(invoice) else []
+        email = invoice_email(invoice, to=recipients, items=items, attach=False, preview=True)
+        response = HttpResponse(email.html)
+        response._csp_config = EMAIL_PREVIEW_CSP  # type: ignore[attr-defined]
+        return response
+    response = _pdf_or_error(request, lambda: invoice_pdf(invoice, items=items), inline=True)
+    response._csp_config = PREVIEW_FRAME_CSP  # type: ignore[attr-defined]
+    return response
+
+
+def _preview_invoice(
+    merchant: Merchant,
+    form: InvoiceForm,
+    item_forms: list[LineItemForm],
+    draft: Invoice | None,
+    currency: Currency,
+) -> tuple[Invoice, list[LineItem]]:
+    """Unsaved objects shaped like the invoice the form would make; nothing is written."""
+    data = getattr(form, "cleaned_data", {})
+    items = []
+    for position, row in enumerate((row for row in item_forms if row.is_valid()), start=1):
+        line = row.to_input()
+        items.append(
+            LineItem(
+                position=position,
+                name=line.name,
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                amount=line_amount(line, currency),
+            )
+        )
+    subtotal, total = invoice_totals(
+        [LineItemInput(name="", quantity=Decimal(1), unit_price=item.amount) for item in items],
+        currency,
+    )
+    reference = (
+        draft.reference if draft else f"{merchant.invoice_prefix}{merchant.next_invoice_number:05d}"
+    )
+    invoice = Invoice(
+        merchant=merchant,
+        reference=reference,
+        # A fixed token: the real link exists once the invoice is created.
+        public_token=draft.public_token if draft else "preview",
+        customer=data.get("customer"),
+        status=InvoiceStatus.OPEN,
+        currency=currency.code,
+        description=(data.get("description") or "").strip(),
+        due_date=data.get("due_date"),
+        kind=data.get("kind") or InvoiceKind.ONE_TIME,
+        pricing_mode=data.get("pricing_mode") or "no_timer",
+        accepted_assets=list(data.get("accepted_assets") or []),
+        foreign_id=(data.get("foreign_id") or "").strip(),
+        subtotal=subtotal,
+        total=total,
+        issued_at=timezone.now(),
+    )
+    return invoice, items
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def invoice_send_view(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
+    try:
+        delivery = invoice_send(invoice=invoice, by=request.user)
+    except (InvoiceStateError, ValidationError) as error:
+        messages.error(
+            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        )
+    else:
+        messages.success(
+            request, f"Sending {invoice.reference} to {', '.join(delivery.recipients)}."
+        )
+    return redirect(reverse("invoice_detail", kwargs={"pk": invoice.pk}) + "?tab=emails")
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def email_retry(request: MerchantRequest, pk: int) -> HttpResponse:
+    delivery = get_object_or_404(email_scope(merchant=request.merchant), pk=pk)
+    try:
+        email_delivery_retry(delivery=delivery, by=request.user)
+    except InvoiceStateError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Trying again to send it to {', '.join(delivery.recipients)}.")
+    return redirect(reverse("invoice_detail", kwargs={"pk": delivery.invoice_id}) + "?tab=emails")
+
+
+# The payer's downloads, by the invoice's unguessable token ----------------------------------------
+
+
+def _public_invoice(token: str) -> Invoice:
+    """The invoice behind a payer's link. Drafts and void invoices were never sent: their
+    tokens, wrong tokens and malformed ones all get the same 404 from the same code path."""
+    invoice = None
+    if PUBLIC_TOKEN.fullmatch(token):
+        invoice = (
+            Invoice.objects.select_related("merchant", "customer")
+            .prefetch_related("items")
+            .exclude(status__in=(InvoiceStatus.DRAFT, InvoiceStatus.VOID))
+            .filter(public_token=token)
+            .first()
+        )
+    # Compared again in constant time: a case-insensitive database collation must not let a
+    # token that differs in case through.
+    if invoice is None or not hmac.compare_digest(invoice.public_token, token):
+        raise Http404("No such invoice.")
+    return invoice
+
+
+def _public_headers(response: HttpResponse) -> HttpResponse:
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def public_invoice_pdf(request: HttpRequest, token: str) -> HttpResponse:
+    invoice = _public_invoice(token)
+    return _public_headers(
+        _pdf_or_error(
+            request, lambda: invoice_pdf(invoice), inline=request.GET.get("inline") == "1"
+        )
+    )
+
+
+def public_receipt_pdf(request: HttpRequest, token: str) -> HttpResponse:
+    return _public_headers(_receipt_response(request, _public_invoice(token)))

@@ -58,6 +58,8 @@ class MerchantSettingsForm(forms.ModelForm):
             "invoice_prefix",
             "brand_colour",
             "logo",
+            "paper_size",
+            "send_reminders",
         ]
         labels = {"name": "Business name", "brand_colour": "Brand colour"}
         widgets = {"brand_colour": forms.TextInput(attrs={"type": "color"})}

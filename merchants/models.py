@@ -48,6 +48,11 @@ class FeePayer(models.TextChoices):
     PAYER = "payer", "Payer (added to the amount due)"
 
 
+class PaperSize(models.TextChoices):
+    A4 = "A4", "A4"
+    LETTER = "letter", "US Letter"
+
+
 hex_colour = RegexValidator(r"^#[0-9a-fA-F]{6}$", "Enter a colour as #RRGGBB, e.g. #4f46e5.")
 
 
@@ -71,6 +76,14 @@ class Merchant(models.Model):
         blank=True,
         validators=[validate_logo],
         help_text="PNG, JPEG or WebP, at most 1 MB.",
+    )
+    paper_size = models.CharField(
+        "PDF paper size", max_length=8, choices=PaperSize.choices, default=PaperSize.A4
+    )
+    send_reminders = models.BooleanField(
+        "Email payment reminders",
+        default=True,
+        help_text="Once a few days before the due date, and once when an invoice is overdue.",
     )
     # The number the next invoice will get. Incremented under a row lock in the same
     # transaction that creates the invoice, so numbers never repeat and never skip.

@@ -41,6 +41,8 @@ def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
         "invoice_prefix",
         "brand_colour",
         "logo",
+        "paper_size",
+        "send_reminders",
     }
     unknown = set(fields) - editable
     if unknown:

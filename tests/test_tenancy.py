@@ -16,15 +16,34 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from customers.models import Customer
 from invoices import views as invoice_views
-from invoices.models import Invoice, InvoiceEvent, LineItem
+from invoices.models import EmailDelivery, Invoice, InvoiceEvent, LineItem, Receipt
+from invoices.services import invoice_mark_paid
 from merchants.access import SESSION_KEY
 from merchants.models import Membership, Merchant, Role
 from tests.factories import make_invoice
 from wallets.models import Wallet
 
-TENANT_URLCONFS = ("merchants.urls", "customers.urls", "invoices.urls", "wallets.urls")
-# Pages outside the tenant door (`merchant_view`); each has its own test below.
-NOT_TENANT_SCOPED = {"signup", "merchant_create", "merchant_switch"}
+TENANT_URLCONFS = (
+    "merchants.urls",
+    "customers.urls",
+    "invoices.urls",
+    "wallets.urls",
+    "checkout.urls",
+)
+# Pages outside the tenant door (`merchant_view`); each has its own test below, the payer's
+# downloads by token in tests/invoices/test_delivery_views.py.
+NOT_TENANT_SCOPED = {
+    "signup",
+    "merchant_create",
+    "merchant_switch",
+    "public_invoice_pdf",
+    "public_receipt_pdf",
+    # The payer's payment page and its start action: public by design, reached by the
+    # invoice's unguessable token, never by a merchant's session. Tried below and in depth
+    # in tests/checkout/test_pages.py.
+    "pay",
+    "pay_start",
+}
 
 
 @dataclass
@@ -34,17 +53,32 @@ class World:
     draft: Invoice
     open: Invoice
     permanent: Invoice
+    paid: Invoice
+    failed_email: EmailDelivery
     membership: Membership
 
 
 @pytest.fixture
 def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
+    open_invoice = make_invoice(acme, customer=acme_customer, issue=True)
+    paid = invoice_mark_paid(
+        invoice=make_invoice(acme, customer=acme_customer, issue=True), reference="WIRE-1"
+    )
     return World(
         acme=acme,
         customer=acme_customer,
         draft=make_invoice(acme, customer=acme_customer, items=[("Audit", "1", "90.00")]),
-        open=make_invoice(acme, customer=acme_customer, issue=True),
+        open=open_invoice,
         permanent=make_invoice(acme, customer=acme_customer, issue=True, kind="permanent"),
+        paid=paid,
+        failed_email=EmailDelivery.objects.create(
+            invoice=open_invoice,
+            kind="invoice",
+            key="invoice:world",
+            recipients=[acme_customer.email],
+            status="failed",
+            error="The provider is down.",
+        ),
         membership=Membership.objects.get(user=bob, merchant=acme),
     )
 
@@ -70,6 +104,8 @@ def _settings_form(w: World) -> dict:
         "default_fee_payer": "payer",
         "invoice_prefix": "R-",
         "brand_colour": "#112233",
+        "paper_size": "letter",
+        "send_reminders": "on",
     }
 
 
@@ -152,6 +188,15 @@ CASES = [
     Case("invoice_action", POST, STAFF, 302, obj="open", action="cancel", writes=True),
     Case("invoice_mark_paid", POST, STAFF, 302, obj="open", data=_mark_paid_form, writes=True),
     Case("invoice_integration", POST, STAFF, 302, obj="open", data=_tracking_form, writes=True),
+    Case("invoice_preview", POST, STAFF, 200, data=INVOICE, outsider=200),
+    Case("invoice_pdf", GET, VIEWER, 200, obj="open"),
+    Case("invoice_pdf", POST, VIEWER, 200, obj="open"),
+    Case("invoice_receipt", GET, VIEWER, 200, obj="paid"),
+    Case("invoice_receipt", POST, VIEWER, 200, obj="paid"),
+    Case("invoice_email_preview", GET, VIEWER, 200, obj="open"),
+    Case("invoice_email_preview", POST, VIEWER, 200, obj="open"),
+    Case("invoice_send", POST, STAFF, 302, obj="open", writes=True),
+    Case("email_retry", POST, STAFF, 302, obj="failed_email", writes=True),
     Case("customer_list", GET, VIEWER, 200, outsider=200, shows_acme=True),
     Case("customer_new", GET, STAFF, 200, outsider=200),
     Case("customer_new", POST, STAFF, 302, data=CUSTOMER, outsider=302, writes=True),
@@ -171,6 +216,8 @@ CASES = [
     Case("balances", GET, VIEWER, 200, outsider=200),
     Case("ledger", GET, VIEWER, 200, outsider=200),
     Case("transfer_list", GET, VIEWER, 200, outsider=200),
+    Case("invoice_payments", GET, VIEWER, 200, obj="open"),
+    Case("invoice_payments", POST, VIEWER, 200, obj="open"),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -197,6 +244,10 @@ def _acme_state(acme: Merchant) -> dict:
         "events": list(
             InvoiceEvent.objects.filter(invoice__merchant=acme).order_by("pk").values_list("pk")
         ),
+        "emails": list(
+            EmailDelivery.objects.filter(invoice__merchant=acme).order_by("pk").values()
+        ),
+        "receipts": list(Receipt.objects.filter(invoice__merchant=acme).order_by("pk").values()),
         "customers": list(Customer.objects.filter(merchant=acme).order_by("pk").values()),
         "members": list(Membership.objects.filter(merchant=acme).order_by("pk").values()),
         "wallet": list(Wallet.objects.filter(merchant=acme).values()),
@@ -408,6 +459,26 @@ def test_stale_session_merchant_falls_back_to_own_business(world, client_for, ch
     dashboard = client.get(reverse("dashboard"))
     assert b"Globex" in dashboard.content
     assert b"Acme Tools" not in dashboard.content
+
+
+def test_payer_pages_need_no_sign_in_and_show_the_same_to_anyone(
+    world, client, client_for, alice, charlie
+):
+    # No session decides what the payer sees: anonymous, the owner and an outsider get the
+    # same invoice page, and none of them any merchant's navigation.
+    url = reverse("pay", args=[world.open.public_token])
+    pages = [client.get(url), client_for(alice).get(url), client_for(charlie).get(url)]
+    assert [response.status_code for response in pages] == [200, 200, 200]
+    for response in pages:
+        assert world.open.reference.encode() in response.content
+        assert b"Globex" not in response.content
+        assert f'href="{reverse("dashboard")}"'.encode() not in response.content
+    refused = client.post(reverse("pay_start", args=[world.open.public_token]), {"asset": ""})
+    assert refused.status_code == 400  # answered for the payer, not sent to a login page
+
+
+def test_payer_page_of_a_draft_is_not_found_even_for_its_owner(world, client_for, alice):
+    assert client_for(alice).get(reverse("pay", args=[world.draft.public_token])).status_code == 404
 
 
 def test_user_without_business_is_sent_to_create_one(client_for, db):

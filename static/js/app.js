@@ -66,6 +66,46 @@
     }
   });
 
+  // The editor's preview (PDF or email): its tabs submit the form into the preview frame, and
+  // typing refreshes the visible one a moment after it stops. Nothing is saved by a preview.
+  var previewTimer = null;
+  function refreshPreview() {
+    var current = document.querySelector("[data-preview][aria-selected=true]");
+    if (current) current.click();
+  }
+  function previewLater() {
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(refreshPreview, 900);
+  }
+  function schedulePreview(event) {
+    var form = document.getElementById("invoice-form");
+    if (form && document.getElementById("preview-frame") && form.contains(event.target)) previewLater();
+  }
+  document.addEventListener("click", function (event) {
+    var tab = event.target.closest("[data-preview]");
+    if (!tab) return;
+    document.querySelectorAll("[data-preview]").forEach(function (other) {
+      other.setAttribute("aria-selected", other === tab ? "true" : "false");
+    });
+  });
+  document.addEventListener("input", schedulePreview);
+  document.addEventListener("change", schedulePreview);
+  document.addEventListener("items-changed", schedulePreview);
+  // A customer made in the dialog is selected by the server's response: preview them too.
+  document.addEventListener("customer-created", function () {
+    if (document.getElementById("preview-frame")) previewLater();
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    // Phones rarely show a PDF inside a page: start them on the email, the PDF opens in a tab.
+    var email = document.querySelector("[data-preview][value=email]");
+    if (email && window.matchMedia("(max-width: 760px)").matches) {
+      document.querySelectorAll("[data-preview]").forEach(function (tab) {
+        tab.setAttribute("aria-selected", tab === email ? "true" : "false");
+      });
+    }
+    refreshPreview();
+  });
+
   // Submit a select's form when it changes (merchant switcher, list filters without htmx).
   document.addEventListener("change", function (event) {
     if (event.target.matches("[data-autosubmit]")) event.target.form.submit();

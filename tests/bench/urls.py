@@ -9,4 +9,13 @@ def minimal(request):
     return HttpResponse("ok")
 
 
-urlpatterns = [path("bench/minimal/", minimal), path("", include("config.urls"))]
+def public_minimal(request):
+    """The baseline for public pages: the whole middleware stack, no view work."""
+    return HttpResponse("ok")
+
+
+urlpatterns = [
+    path("bench/minimal/", minimal),
+    path("bench/public-minimal/", public_minimal),
+    path("", include("config.urls")),
+]

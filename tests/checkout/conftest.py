@@ -2,6 +2,7 @@ import pytest
 
 from checkout.services import payment_start
 from checkout.settlement import settle_report
+from tests.checkout import statuslog
 from tests.evm import TesterChain
 from tests.factories import make_invoice
 from tests.wallets.test_addresses import ABANDON_XPUB
@@ -42,3 +43,11 @@ class Shop:
 @pytest.fixture
 def shop(acme, tester, dev_network):
     return Shop(acme, tester, dev_network)
+
+
+@pytest.fixture
+def status_log(db):
+    """Log every payment and invoice status change by database trigger (see statuslog.py)."""
+    statuslog.install()
+    yield statuslog
+    statuslog.uninstall()

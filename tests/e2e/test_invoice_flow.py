@@ -14,7 +14,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect
 from customers.models import Customer
 from invoices.models import Invoice, InvoiceStatus
 from merchants.models import Role
-from tests.factories import PASSWORD, MembershipFactory, UserFactory
+from tests.factories import PASSWORD, CustomerFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +89,10 @@ def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, ow
     shot(page, "02-dashboard")
 
     # Open the editor from the dashboard.
-    page.get_by_role("link", name="New invoice").click()
+    # The editor loads the PDF preview as it opens; in a fresh server process that first
+    # render also imports WeasyPrint (seconds), so let it finish before typing.
+    with page.expect_response(_preview_of("pdf"), timeout=30_000):
+        page.get_by_role("link", name="New invoice").click()
     expect(page).to_have_url(re.compile(r"/invoices/new/$"))
     expect(page.get_by_role("heading", level=1)).to_have_text("New invoice")
     shot(page, "03-new-invoice")
@@ -131,7 +134,7 @@ def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, ow
     shot(page, "06-items-and-total")
 
     # Issue it: the detail page shows an open invoice with the same total.
-    page.get_by_role("button", name="Save and issue").click()
+    page.get_by_role("button", name="Create only").click()
     expect(page).to_have_url(re.compile(r"/invoices/\d+/$"))
     invoice = Invoice.objects.get(merchant__name="Acme Tools")
     assert invoice.status == InvoiceStatus.OPEN
@@ -157,5 +160,69 @@ def test_owner_writes_issues_and_finds_an_invoice(chromium_path, live_server, ow
     expect(row).to_contain_text("Marie Curie")
     expect(row.locator("td.num")).to_have_text(TOTAL)
     shot(page, "08-invoice-list")
+
+    assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]
+
+
+def _preview_of(kind: str):
+    def matches(response) -> bool:
+        request = response.request
+        return "/invoices/preview/" in request.url and f"preview={kind}" in (
+            request.post_data or ""
+        )
+
+    return matches
+
+
+def test_owner_previews_the_pdf_and_email_then_creates_and_sends(
+    chromium_path, live_server, owner, watched_page, mailoutbox
+):
+    page = watched_page
+    merchant = owner.memberships.get().merchant
+    CustomerFactory(merchant=merchant, name="Grace Hopper", email="grace@cobol.example")
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill(owner.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    # The editor loads the PDF preview of the empty form as soon as it opens.
+    with page.expect_response(_preview_of("pdf"), timeout=30_000):
+        page.goto(f"{live_server.url}/invoices/new/")
+
+    page.locator("#id_customer").select_option(label="Grace Hopper — grace@cobol.example")
+    page.locator("input[name='items-0-name']").fill("Compiler <audit>")
+    page.locator("input[name='items-0-quantity']").fill("3")
+    page.locator("input[name='items-0-unit_price']").fill("400")
+    expect(page.locator("#grand-total")).to_have_text("$1,200.00")
+
+    # The PDF preview follows the form; then the email, as Grace will get it.
+    preview = page.frame_locator("#preview-frame")
+    pdf_tab = page.get_by_role("tab", name="PDF")
+    expect(pdf_tab).to_have_attribute("aria-selected", "true")
+    with page.expect_response(_preview_of("pdf")) as pdf_preview:
+        pdf_tab.click()
+    assert pdf_preview.value.headers["content-type"] == "application/pdf"
+    page.get_by_role("tab", name="Email").click()
+    expect(preview.locator("body")).to_contain_text("Hello Grace Hopper,")
+    expect(preview.locator("body")).to_contain_text("Compiler <audit> \u00d7 3")
+    expect(preview.locator("body")).to_contain_text("Pay $1,200.00")
+    shot(page, "09-email-preview")
+
+    # Typing refreshes the visible preview on its own.
+    page.locator("input[name='items-0-unit_price']").fill("500")
+    expect(preview.locator("body")).to_contain_text("Pay $1,500.00")
+    assert Invoice.objects.count() == 0  # previews save nothing
+
+    page.get_by_role("button", name="Create and send").click()
+    expect(page).to_have_url(re.compile(r"/invoices/\d+/$"))
+    invoice = Invoice.objects.get()
+    expect(page.get_by_role("status")).to_contain_text(
+        f"Invoice {invoice.reference} issued and on its way to grace@cobol.example."
+    )
+    assert [m.to for m in mailoutbox] == [["grace@cobol.example"]]
+    assert mailoutbox[0].attachments[0][0] == f"{invoice.reference}.pdf"
+    page.get_by_role("tab", name="Emails").click()
+    expect(page.locator("#emails .badge")).to_have_text("Sent")
+    expect(page.get_by_role("button", name="Resend")).to_be_visible()
+    shot(page, "10-invoice-sent")
 
     assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]

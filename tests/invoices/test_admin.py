@@ -98,3 +98,32 @@ def test_admin_invoice_page_shows_items_and_timeline(admin_client_, acme):
     assert response.status_code == 200
     assert b"Consulting" in response.content
     assert b"invoice.issued" in response.content
+
+
+def test_admin_lists_email_deliveries_and_retries_the_failed_ones(
+    admin_client_, acme, acme_customer, mailoutbox, django_capture_on_commit_callbacks
+):
+    from invoices.models import EmailDelivery, EmailStatus
+
+    invoice = make_invoice(acme, customer=acme_customer, issue=True)
+    failed = EmailDelivery.objects.create(
+        invoice=invoice, kind="invoice", key="a", recipients=["ada@example.org"], status="failed"
+    )
+    sent = EmailDelivery.objects.create(
+        invoice=invoice, kind="invoice", key="b", recipients=["ada@example.org"], status="sent"
+    )
+    changelist = reverse("admin:invoices_emaildelivery_changelist")
+    assert admin_client_.get(changelist).status_code == 200
+    assert admin_client_.get(reverse("admin:invoices_receipt_changelist")).status_code == 200
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_.post(
+            changelist,
+            {"action": "try_again", ACTION_CHECKBOX_NAME: [failed.pk, sent.pk]},
+            follow=True,
+        )
+
+    assert b"1 email(s) queued again." in response.content
+    assert EmailDelivery.objects.get(pk=failed.pk).status == EmailStatus.SENT
+    assert EmailDelivery.objects.get(pk=sent.pk).status == EmailStatus.SENT
+    assert len(mailoutbox) == 1

@@ -216,6 +216,8 @@ def _settings_data(**overrides) -> dict:
         "default_fee_payer": "payer",
         "invoice_prefix": "AT-",
         "brand_colour": "#0f766e",
+        "paper_size": "A4",
+        "send_reminders": "on",
         **overrides,
     }
 

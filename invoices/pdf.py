@@ -1,0 +1,316 @@
+"""Invoice and receipt PDFs. The only module that imports WeasyPrint.
+
+A document is a Django template rendered to an HTML string, then laid out by WeasyPrint. The
+HTML holds everything the page shows (the CSS is inlined, the QR code is inline SVG), so a hash
+of it plus the bytes of the embedded assets names the PDF exactly: the cache is keyed by that
+hash, and any change to the invoice, its customer or the merchant's branding renders anew.
+
+Rendering never touches the network or the file system: the fetcher serves our own embedded
+assets (the logo) and refuses every other URL. A deadline stops a render that runs too long.
+"""
+
+import ctypes
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache as once
+from functools import lru_cache
+from importlib.metadata import version
+from typing import Any
+
+import segno
+from django.conf import settings
+from django.core.cache import cache
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
+
+from invoices.models import Invoice, InvoiceStatus, LineItem, PricingMode, Receipt
+from merchants.models import Merchant, PaperSize
+from merchants.money import PAYMENT_ASSETS, format_amount
+
+logger = logging.getLogger(__name__)
+# WeasyPrint reports every step of every render at INFO: noise in the web and worker logs.
+logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
+
+# Part of every cache key: a new WeasyPrint or a change of this module's output renders anew.
+RENDERER = f"weasyprint-{version('weasyprint')}/1"
+ASSET_PREFIX = "stablebill-asset:"
+LOGO_URL = ASSET_PREFIX + "logo"
+LOGO_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+DEFAULT_BRAND = "#4f46e5"
+
+STAMPS = {
+    InvoiceStatus.DRAFT: "Draft",
+    InvoiceStatus.PAID: "Paid",
+    InvoiceStatus.VOID: "Void",
+    InvoiceStatus.CLOSED: "Closed",
+    InvoiceStatus.FAILED: "Void",
+}
+# Statuses whose PDF still asks to be paid, with the link and QR code.
+PAYABLE = frozenset({InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.PROCESSING})
+
+
+class PdfError(Exception):
+    """The PDF could not be made."""
+
+
+class RenderTimeout(PdfError):
+    """The render ran past PDF_RENDER_TIMEOUT_SECONDS and was stopped."""
+
+
+class _Deadline(BaseException):
+    # A BaseException, so WeasyPrint's own `except Exception` handlers cannot swallow it.
+    pass
+
+
+@dataclass(frozen=True)
+class Pdf:
+    content: bytes
+    filename: str
+    # The content hash: the cache key, and the download's ETag.
+    digest: str
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class _Asset:
+    body: bytes
+    media_type: str
+
+
+@dataclass
+class _Document:
+    html: str
+    assets: dict[str, _Asset] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        sha = hashlib.sha256(RENDERER.encode())
+        sha.update(_stylesheet_text().encode())
+        sha.update(self.html.encode())
+        for url in sorted(self.assets):
+            sha.update(url.encode())
+            sha.update(hashlib.sha256(self.assets[url].body).digest())
+        return sha.hexdigest()
+
+
+# Public entry points --------------------------------------------------------------------------
+
+
+def invoice_pdf(
+    invoice: Invoice, *, items: Sequence[LineItem] | None = None, use_cache: bool = True
+) -> Pdf:
+    """The invoice as the customer gets it. `items` lets the editor preview an unsaved draft."""
+    document = _Document(html="")
+    context = _invoice_context(invoice, items, document)
+    document.html = render_to_string("invoices/pdf/invoice.html", context)
+    return _pdf(document, filename=f"{_safe_filename(invoice.reference)}.pdf", use_cache=use_cache)
+
+
+def receipt_pdf(receipt: Receipt, *, use_cache: bool = True) -> Pdf:
+    invoice = receipt.invoice
+    document = _Document(html="")
+    context = _invoice_context(invoice, None, document)
+    context.update(receipt=receipt, stamp="Paid", pay=None, total_label="Invoice total")
+    document.html = render_to_string("invoices/pdf/receipt.html", context)
+    filename = f"{_safe_filename(receipt.reference_display)}-receipt.pdf"
+    return _pdf(document, filename=filename, use_cache=use_cache)
+
+
+def invoice_html(invoice: Invoice, *, items: Sequence[LineItem] | None = None) -> str:
+    """The HTML the invoice PDF is made from (for tests and debugging)."""
+    document = _Document(html="")
+    return render_to_string("invoices/pdf/invoice.html", _invoice_context(invoice, items, document))
+
+
+def render_html(html: str, *, assets: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    """Lay out an HTML string with the same fetcher and deadline as every document."""
+    document = _Document(
+        html=html, assets={url: _Asset(*asset) for url, asset in (assets or {}).items()}
+    )
+    return _render(document)
+
+
+@lru_cache(maxsize=256)
+def qr_svg(data: str) -> SafeString:
+    """An inline SVG QR code. Safe to mark: segno draws modules, the data never appears as text."""
+    code = segno.make(data, error="m")
+    return mark_safe(code.svg_inline(border=0, omitsize=True, dark="#000", light=None))  # noqa: S308
+
+
+# Internals ------------------------------------------------------------------------------------
+
+
+def _pdf(document: _Document, *, filename: str, use_cache: bool) -> Pdf:
+    digest = document.digest
+    key = f"pdf:{digest}"
+    if use_cache:
+        content = cache.get(key)
+        if content is not None:
+            return Pdf(content=content, filename=filename, digest=digest, cached=True)
+    content = _render(document)
+    cache.set(key, content, timeout=settings.PDF_CACHE_SECONDS)
+    return Pdf(content=content, filename=filename, digest=digest)
+
+
+@dataclass(frozen=True)
+class _Engine:
+    html: Any  # weasyprint.HTML
+    fetcher: Any  # a weasyprint.urls.URLFetcher that serves embedded assets only
+    stylesheet: Any  # document.css, parsed once per process rather than once per render
+
+
+@once
+def _stylesheet_text() -> str:
+    # The documents' shared CSS; each document adds only its page size and brand colour.
+    return render_to_string("invoices/pdf/document.css")
+
+
+@once
+def _engine() -> _Engine:
+    """WeasyPrint, imported on first use: the import alone takes seconds, which every process
+    (migrations, beat, pages without PDFs) would otherwise pay at start-up."""
+    from urllib.request import OpenerDirector
+
+    import weasyprint
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
+
+    class EmbeddedOnly(URLFetcher):
+        """Serves the document's own assets; every other URL (http, file, data…) is refused."""
+
+        def __init__(self, assets: dict[str, _Asset]) -> None:
+            # No URL handlers at all (URLFetcher's own set up HTTP, FTP, files and an SSL
+            # context, which alone costs a tenth of a render): nothing here opens a URL.
+            OpenerDirector.__init__(self)
+            self._fail_on_errors = False
+            self._assets = assets
+
+        def fetch(self, url: str, headers: Any = None) -> URLFetcherResponse:
+            asset = self._assets.get(url)
+            if asset is None:
+                logger.warning("PDF render refused to fetch %.200s", url)
+                raise ValueError("Only embedded assets may be loaded while rendering a PDF.")
+            return URLFetcherResponse(url, asset.body, {"Content-Type": asset.media_type})
+
+    stylesheet = weasyprint.CSS(string=_stylesheet_text(), url_fetcher=EmbeddedOnly({}))
+    return _Engine(html=weasyprint.HTML, fetcher=EmbeddedOnly, stylesheet=stylesheet)
+
+
+def _render(document: _Document) -> bytes:
+    engine = _engine()  # outside the deadline: the first import is slow, not the render
+    seconds = settings.PDF_RENDER_TIMEOUT_SECONDS
+    try:
+        with _deadline(seconds):
+            html = engine.html(
+                string=document.html, base_url=None, url_fetcher=engine.fetcher(document.assets)
+            )
+            pdf = html.write_pdf(stylesheets=[engine.stylesheet])
+    except _Deadline:
+        raise RenderTimeout(f"The PDF took longer than {seconds} s to render.") from None
+    if pdf is None:  # only when writing to a target, which we never do
+        raise PdfError("WeasyPrint returned no PDF.")
+    return pdf
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise `_Deadline` in the calling thread if the block runs longer than `seconds`.
+
+    WeasyPrint has no time limit and a thread cannot be killed. An asynchronous exception is
+    delivered between two bytecodes of the rendering thread, which stops the (pure Python)
+    layout wherever it is; unlike SIGALRM it also works outside the main thread, e.g. in the
+    threaded development server. The lock makes sure it never lands after the block is done.
+    """
+    target = threading.get_ident()
+    lock = threading.Lock()
+    done = False
+
+    def expire() -> None:
+        with lock:
+            if not done:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(target), ctypes.py_object(_Deadline)
+                )
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+        with lock:
+            done = True
+    finally:
+        with lock:
+            done = True
+        timer.cancel()
+
+
+def _invoice_context(
+    invoice: Invoice, items: Sequence[LineItem] | None, document: _Document
+) -> dict[str, Any]:
+    merchant = invoice.merchant
+    logo = _logo(merchant)
+    if logo is not None:
+        document.assets[LOGO_URL] = logo
+    rows = list(invoice.items.all()) if items is None else list(items)
+    status = InvoiceStatus(invoice.status)
+    pay = None
+    if status in PAYABLE:
+        pay = {
+            "url": invoice.pay_url,
+            "qr": qr_svg(invoice.pay_url),
+            "assets": assets_phrase(invoice.accepted_assets),
+            "timed": invoice.pricing_mode != PricingMode.NO_TIMER,
+            "timer_minutes": settings.INVOICE_TIMER_MINUTES,
+        }
+    issued = invoice.issued_at or invoice.created_at or timezone.now()
+    return {
+        "invoice": invoice,
+        "merchant": merchant,
+        "customer": invoice.customer,
+        "items": rows,
+        "show_quantities": any(row.quantity != 1 for row in rows),
+        "issue_date": timezone.localtime(issued).date(),
+        "brand": merchant.brand_colour
+        if HEX_COLOUR.match(merchant.brand_colour)
+        else DEFAULT_BRAND,
+        "logo_url": LOGO_URL if logo is not None else "",
+        "page_size": "letter" if merchant.paper_size == PaperSize.LETTER else "A4",
+        "stamp": STAMPS.get(status, ""),
+        "pay": pay,
+        "total": format_amount(invoice.total, invoice.currency),
+    }
+
+
+def _logo(merchant: Merchant) -> _Asset | None:
+    if not merchant.logo:
+        return None
+    extension = (merchant.logo.name or "").rsplit(".", 1)[-1].lower()
+    media_type = LOGO_TYPES.get(extension)
+    if media_type is None:
+        return None
+    try:
+        with merchant.logo.open("rb") as file:
+            return _Asset(body=file.read(), media_type=media_type)
+    except OSError:
+        # A logo lost from storage must not stop the invoice from going out.
+        logger.warning("Logo %s of merchant %s is missing", merchant.logo.name, merchant.pk)
+        return None
+
+
+def assets_phrase(codes: list[str]) -> str:
+    """["USDT", "USDC"] → "USDT or USDC"; no codes means every asset we accept."""
+    names = list(codes or PAYMENT_ASSETS)
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _safe_filename(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "invoice"

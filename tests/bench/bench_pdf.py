@@ -1,0 +1,95 @@
+"""Invoice PDFs: render time against the number of line items, and a cached download.
+
+Figures are ratios to the warm render of a 1-item invoice measured in the same run, so they
+compare across machines. "first" is the first render of that invoice in this process (after
+WeasyPrint is imported, which is timed on its own); "warm" the median of 20 more renders with
+the cache bypassed. Run with `make bench`; nothing here asserts a time.
+"""
+
+import io
+import statistics
+import time
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+from django.urls import reverse
+from pypdf import PdfReader
+
+from invoices import pdf
+from invoices.models import Invoice
+from tests.factories import PASSWORD, CustomerFactory, MembershipFactory, make_invoice
+
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.bench.urls")]
+
+ROUNDS = 20
+SIZES = (1, 10, 100)
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_seconds(fn, rounds: int = ROUNDS) -> float:
+    return statistics.median(seconds(fn) for _ in range(rounds))
+
+
+def test_pdf_render_and_cached_download(capsys):
+    membership = MembershipFactory(merchant__name="Bench Tools")
+    merchant, user = membership.merchant, membership.user
+    customer = CustomerFactory(merchant=merchant, name="Ada Lovelace", email="ada@example.org")
+    cache.clear()
+    import_time = seconds(pdf._engine)
+
+    renders = {}
+    invoices = {}
+    for size in SIZES:
+        made = make_invoice(
+            merchant,
+            customer=customer,
+            issue=True,
+            items=[(f"Item {n}", "2", "12.50") for n in range(size)],
+        )
+        invoice = (
+            Invoice.objects.select_related("merchant", "customer")
+            .prefetch_related("items")
+            .get(pk=made.pk)
+        )
+        invoices[size] = invoice
+        first = seconds(lambda invoice=invoice: pdf.invoice_pdf(invoice, use_cache=False))
+        warm = median_seconds(lambda invoice=invoice: pdf.invoice_pdf(invoice, use_cache=False))
+        renders[size] = (first, warm)
+    baseline = renders[1][1]
+
+    # The cached path: the hash of the HTML finds the stored PDF, as every repeat download does.
+    one = invoices[1]
+    pdf.invoice_pdf(one)
+    cached_call = median_seconds(lambda: pdf.invoice_pdf(one))
+    client = Client()
+    assert client.login(email=user.email, password=PASSWORD)
+    url = reverse("invoice_pdf", kwargs={"pk": one.pk})
+    assert client.get(url).status_code == 200
+    cached_download = median_seconds(lambda: client.get(url))
+    payer_url = reverse("public_invoice_pdf", kwargs={"token": one.public_token})
+    payer_download = median_seconds(lambda: client.get(payer_url))
+
+    with capsys.disabled():
+        print(
+            f"\nbaseline: warm render of a 1-item invoice {baseline * 1000:.1f} ms (median of {ROUNDS})"
+        )
+        print(f"WeasyPrint import (once per process): {import_time / baseline:.1f} x baseline")
+        print(f"{'line items':<12}{'first':>10}{'warm':>10}{'pages':>8}")
+        for size in SIZES:
+            first, warm = renders[size]
+            pages = len(PdfReader(io.BytesIO(pdf.invoice_pdf(invoices[size]).content)).pages)
+            print(f"{size:<12}{first / baseline:>10.2f}{warm / baseline:>10.2f}{pages:>8}")
+        print(f"cached invoice_pdf() (hash + cache hit): {cached_call / baseline:.3f} x baseline")
+        print(
+            f"cached download, merchant view:          {cached_download / baseline:.3f} x baseline"
+        )
+        print(
+            f"cached download, payer link by token:    {payer_download / baseline:.3f} x baseline"
+        )
+        print(f"100 / 1 item warm render: {renders[100][1] / renders[1][1]:.2f}")
