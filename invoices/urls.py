@@ -12,6 +12,7 @@ urlpatterns = [
     path("invoices/<int:pk>/edit/", views.invoice_edit, name="invoice_edit"),
     path("invoices/<int:pk>/mark-paid/", views.invoice_mark_paid_view, name="invoice_mark_paid"),
     path("invoices/<int:pk>/integration/", views.invoice_integration, name="invoice_integration"),
+    path("invoices/<int:pk>/accept/", views.invoice_accept, name="invoice_accept"),
     path("invoices/preview/", views.invoice_preview, name="invoice_preview"),
     path("invoices/<int:pk>/pdf/", views.invoice_pdf_download, name="invoice_pdf"),
     path("invoices/<int:pk>/receipt/", views.invoice_receipt_download, name="invoice_receipt"),

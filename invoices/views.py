@@ -57,6 +57,7 @@ from invoices.selectors import (
 from invoices.services import (
     InvoiceInput,
     InvoiceStateError,
+    invoice_accept_unresolved,
     invoice_cancel,
     invoice_close,
     invoice_create,
@@ -377,6 +378,23 @@ def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
         )
     else:
         messages.success(request, "Marked as paid.")
+    return redirect("invoice_detail", pk=invoice.pk)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def invoice_accept(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
+    try:
+        invoice_accept_unresolved(
+            invoice=invoice, note=request.POST.get("note", ""), by=request.user
+        )
+    except (InvoiceStateError, ValidationError) as error:
+        messages.error(
+            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        )
+    else:
+        messages.success(request, "Payment accepted; the invoice is paid.")
     return redirect("invoice_detail", pk=invoice.pk)
 
 

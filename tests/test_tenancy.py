@@ -54,6 +54,7 @@ class World:
     open: Invoice
     permanent: Invoice
     paid: Invoice
+    unresolved: Invoice
     failed_email: EmailDelivery
     membership: Membership
 
@@ -64,8 +65,11 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
     paid = invoice_mark_paid(
         invoice=make_invoice(acme, customer=acme_customer, issue=True), reference="WIRE-1"
     )
+    unresolved = make_invoice(acme, customer=acme_customer, issue=True)
+    Invoice.objects.filter(pk=unresolved.pk).update(status="unresolved")
     return World(
         acme=acme,
+        unresolved=unresolved,
         customer=acme_customer,
         draft=make_invoice(acme, customer=acme_customer, items=[("Audit", "1", "90.00")]),
         open=open_invoice,
@@ -188,6 +192,15 @@ CASES = [
     Case("invoice_action", POST, STAFF, 302, obj="open", action="cancel", writes=True),
     Case("invoice_mark_paid", POST, STAFF, 302, obj="open", data=_mark_paid_form, writes=True),
     Case("invoice_integration", POST, STAFF, 302, obj="open", data=_tracking_form, writes=True),
+    Case(
+        "invoice_accept",
+        POST,
+        STAFF,
+        302,
+        obj="unresolved",
+        data=lambda w: {"note": "tip"},
+        writes=True,
+    ),
     Case("invoice_preview", POST, STAFF, 200, data=INVOICE, outsider=200),
     Case("invoice_pdf", GET, VIEWER, 200, obj="open"),
     Case("invoice_pdf", POST, VIEWER, 200, obj="open"),

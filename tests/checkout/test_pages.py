@@ -352,7 +352,7 @@ def _void(shop):
     "make, shown",
     [
         (_paid, "<h2>Paid</h2>"),
-        (_cancelled, "This invoice is failed</strong> and takes no payment."),
+        (_cancelled, "This invoice was cancelled</strong> and takes no payment."),
         (_expired, "The time to pay this invoice has run out."),
         (_closed, "This invoice is closed</strong> and takes no more payments."),
         (_void, "This invoice was voided."),
@@ -379,7 +379,7 @@ def test_a_cancelled_invoice_stops_showing_its_address_once_housekeeping_ran(sho
     invoice_cancel(invoice=invoice)
     payments_cancel_ended()
     html = text(page(client, invoice))
-    assert "This payment cancelled." in html
+    assert "This payment was cancelled." in html
     assert payment.deposit_address.address not in html
     assert "<svg" not in html and "hx-trigger" not in status_fragment(html)
 

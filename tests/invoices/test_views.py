@@ -828,3 +828,16 @@ def test_editing_a_draft_shows_whole_numbers_plainly(client_for, alice, acme):
     assert "E+" not in page
     detail = client_for(alice).get(f"/invoices/{invoice.pk}/").content.decode()
     assert "E+" not in detail
+
+
+def test_accepting_an_unresolved_invoice_needs_a_note_and_marks_it_paid(client_for, alice, acme):
+    invoice = make_invoice(acme, issue=True)
+    Invoice.objects.filter(pk=invoice.pk).update(status="unresolved")
+    client = client_for(alice)
+    client.post(f"/invoices/{invoice.pk}/accept/", {"note": "  "})
+    invoice.refresh_from_db()
+    assert invoice.status == "unresolved"
+    client.post(f"/invoices/{invoice.pk}/accept/", {"note": "Keep the extra as a tip"})
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+    assert invoice.events.get(type="invoice.accepted").note == "Keep the extra as a tip"
