@@ -217,7 +217,7 @@ def _recompute(payment: Payment) -> str:
 
     if was == P.AWAITING and received > 0:
         payment_move(payment=payment, to=P.PROCESSING, processing_since=now)
-        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.deposit_received")
+        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.processing")
     elif was == P.PROCESSING and received == 0:
         if invoice.status not in PAYABLE:
             # The invoice ended (cancelled, marked paid) while the deposit was confirming; with
@@ -226,7 +226,7 @@ def _recompute(payment: Payment) -> str:
             return was
         payment_move(payment=payment, to=P.AWAITING, processing_since=None)
         if not invoice.payments.filter(status=P.PROCESSING).exists():
-            _invoice_to(invoice, InvoiceStatus.OPEN, "deposit.reverted")
+            _invoice_to(invoice, InvoiceStatus.OPEN, "invoice.reopened")
         return was
 
     if received == 0 or received != confirmed:

@@ -248,6 +248,8 @@ EVENT_TITLES = {
     "invoice.unresolved": "Needs your decision",
     "invoice.failed": "Failed",
     "deposit.reverted": "Deposit reverted by a chain reorganisation",
+    "invoice.processing": "Payment processing",
+    "invoice.reopened": "Open again: its only deposit was reverted",
     "payment.started": "Payer chose how to pay",
     "payment.expired": "Payment timer ended",
 }
