@@ -17,6 +17,12 @@ from django.utils import timezone
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus
 from checkout.rates import RateUnavailable, provider
 from checkout.services import PAYABLE, payment_move, tolerance
+from invoices.delivery import (
+    ReceiptInput,
+    TransferRef,
+    invoice_paid_deliver,
+    invoice_unresolved_deliver,
+)
 from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
@@ -256,13 +262,12 @@ def _recompute(payment: Payment) -> str:
     if not payment_move(payment=payment, to=verdict):
         return was
     if late or other_confirmed:
-        _invoice_to(
-            invoice,
-            InvoiceStatus.UNRESOLVED,
-            "invoice.unresolved",
-            note="Money arrived after the payment ended; accept it or refund it.",
-        )
+        reason = "Money arrived after the payment ended; accept it or refund it."
+        _invoice_to(invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", note=reason)
+        invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
     elif verdict == P.PAID:
+        # The receipt to the payer and the notice to the merchant leave on commit, once.
+        invoice_paid_deliver(invoice=invoice, receipt=_receipt(payment))
         if invoice.kind == InvoiceKind.ONE_TIME:
             _invoice_to(
                 invoice, InvoiceStatus.PAID, "invoice.paid", note=f"Order {payment.order_number}"
@@ -273,13 +278,12 @@ def _recompute(payment: Payment) -> str:
                 invoice, InvoiceStatus.OPEN, "invoice.paid", note=f"Order {payment.order_number}"
             )
     elif verdict == P.OVERPAID:
-        _invoice_to(
-            invoice,
-            InvoiceStatus.UNRESOLVED,
-            "invoice.unresolved",
-            note=f"Order {payment.order_number} received more than due; "
-            "accept it or refund the difference.",
+        reason = (
+            f"Order {payment.order_number} received more than due; "
+            "accept it or refund the difference."
         )
+        _invoice_to(invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", note=reason)
+        invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
     elif verdict == P.UNDERPAID:
         _invoice_to(
             invoice,
@@ -290,6 +294,29 @@ def _recompute(payment: Payment) -> str:
             "the money is credited and refundable.",
         )
     return was
+
+
+def _receipt(payment: Payment) -> ReceiptInput:
+    transfers = Transfer.objects.filter(
+        deposit_address_id=payment.deposit_address_id, status=TransferStatus.CONFIRMED
+    ).select_related("network", "asset")
+    return ReceiptInput(
+        key=payment.order_number,
+        paid_at=timezone.now(),
+        amount=payment.invoice_amount,
+        method=f"{payment.asset.symbol} on {payment.network.name}",
+        order_number=payment.order_number,
+        transfers=[
+            TransferRef(
+                tx_hash=t.tx_hash,
+                network=t.network.name,
+                asset=t.asset.symbol,
+                amount=t.amount_major,
+                explorer_url=t.explorer_url,
+            )
+            for t in transfers
+        ],
+    )
 
 
 def _invoice_to(

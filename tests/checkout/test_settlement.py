@@ -234,3 +234,22 @@ def test_a_deposit_scanned_but_never_settled_is_settled_later(shop, acme):
     refreshed(payment, invoice)
     assert (payment.status, invoice.status) == (PaymentStatus.PAID, InvoiceStatus.PAID)
     assert credited(acme) == Decimal("20.00")
+
+
+def test_a_paid_payment_emails_the_payer_a_receipt_once(
+    shop, acme, mailoutbox, django_capture_on_commit_callbacks
+):
+    from customers.models import Customer
+
+    customer = Customer.objects.create(merchant=acme, name="Ada", email="ada@payer.example")
+    invoice = shop.invoice("15.00", customer=customer)
+    payment = shop.start(invoice)
+    shop.send(payment, 15 * USDC)
+    with django_capture_on_commit_callbacks(execute=True):
+        shop.watch()
+        shop.confirm()
+    with django_capture_on_commit_callbacks(execute=True):
+        shop.watch()
+    receipts = [m for m in mailoutbox if "ada@payer.example" in m.to]
+    assert len(receipts) == 1
+    assert payment.order_number in receipts[0].body
