@@ -349,12 +349,19 @@ def invoice_action(request: MerchantRequest, pk: int, action: str) -> HttpRespon
     if action not in ACTIONS:
         raise Http404("No such action.")
     service, done = ACTIONS[action]
+    return _apply(request, invoice, lambda: service(invoice=invoice, by=request.user), done)
+
+
+def _error_text(error: InvoiceStateError | ValidationError) -> str:
+    return " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+
+
+def _apply(request: MerchantRequest, invoice: Invoice, call: Callable[[], object], done: str):
+    """Run one service on the invoice, say how it went, and go back to the invoice."""
     try:
-        service(invoice=invoice, by=request.user)
+        call()
     except (InvoiceStateError, ValidationError) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
+        messages.error(request, _error_text(error))
     else:
         messages.success(request, done)
     return redirect("invoice_detail", pk=invoice.pk)
@@ -368,34 +375,26 @@ def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Enter the payment reference to mark the invoice as paid.")
         return redirect("invoice_detail", pk=invoice.pk)
-    try:
-        invoice_mark_paid(
-            invoice=invoice, reference=form.cleaned_data["reference"], by=request.user
-        )
-    except (InvoiceStateError, ValidationError) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
-    else:
-        messages.success(request, "Marked as paid.")
-    return redirect("invoice_detail", pk=invoice.pk)
+    reference = form.cleaned_data["reference"]
+    return _apply(
+        request,
+        invoice,
+        lambda: invoice_mark_paid(invoice=invoice, reference=reference, by=request.user),
+        "Marked as paid.",
+    )
 
 
 @merchant_view(Role.STAFF)
 @require_POST
 def invoice_accept(request: MerchantRequest, pk: int) -> HttpResponse:
     invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
-    try:
-        invoice_accept_unresolved(
-            invoice=invoice, note=request.POST.get("note", ""), by=request.user
-        )
-    except (InvoiceStateError, ValidationError) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
-    else:
-        messages.success(request, "Payment accepted; the invoice is paid.")
-    return redirect("invoice_detail", pk=invoice.pk)
+    note = request.POST.get("note", "")
+    return _apply(
+        request,
+        invoice,
+        lambda: invoice_accept_unresolved(invoice=invoice, note=note, by=request.user),
+        "Payment accepted; the invoice is paid.",
+    )
 
 
 @merchant_view(Role.STAFF)
@@ -612,9 +611,7 @@ def invoice_send_view(request: MerchantRequest, pk: int) -> HttpResponse:
     try:
         delivery = invoice_send(invoice=invoice, by=request.user)
     except (InvoiceStateError, ValidationError) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
+        messages.error(request, _error_text(error))
     else:
         messages.success(
             request, f"Sending {invoice.reference} to {', '.join(delivery.recipients)}."
