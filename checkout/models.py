@@ -117,3 +117,36 @@ class Payment(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_PAYMENT
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def payment_snapshot(payment: Payment) -> dict:
+    """A payment as the API and callbacks show it: amounts as strings, chain amounts both in
+    base units (exact integers) and in whole tokens."""
+    asset = payment.asset
+    return {
+        "order_number": payment.order_number,
+        "status": payment.status,
+        "asset": asset.symbol,
+        "network": payment.network.slug,
+        "address": payment.deposit_address.address,
+        "decimals": asset.decimals,
+        "amount_due": None if payment.amount_due is None else str(payment.amount_due),
+        "amount_due_major": (
+            None if payment.amount_due is None else str(asset.to_major(payment.amount_due))
+        ),
+        "received": str(payment.received),
+        "confirmed": str(payment.confirmed),
+        "invoice_amount": str(payment.invoice_amount),
+        "fee": str(payment.fee),
+        "fee_payer": payment.fee_payer,
+        "rate": str(payment.rate.normalize()),
+        "rate_source": payment.rate_source,
+        "rate_at": _iso(payment.rate_at),
+        "expires_at": _iso(payment.expires_at),
+        "created_at": _iso(payment.created_at),
+        "finalized_at": _iso(payment.finalized_at),
+    }

@@ -11,7 +11,13 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from checkout.models import OPEN_PAYMENT, PAYMENT_TRANSITIONS, Payment, PaymentStatus
+from checkout.models import (
+    OPEN_PAYMENT,
+    PAYMENT_TRANSITIONS,
+    Payment,
+    PaymentStatus,
+    payment_snapshot,
+)
 from checkout.rates import Rate, RateUnavailable, provider
 from invoices.models import Invoice, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
@@ -260,6 +266,7 @@ def payments_fail_stuck(*, now=None) -> int:
                     to=InvoiceStatus.FAILED,
                     type="invoice.failed",
                     failure_reason="processing_timeout",
+                    data={"payment": payment_snapshot(payment)},
                     note=f"Deposits stayed unconfirmed over {settings.PROCESSING_TIMEOUT_HOURS} h.",
                 )
     return failed

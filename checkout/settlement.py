@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus
+from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, payment_snapshot
 from checkout.rates import RateUnavailable, provider
 from checkout.services import PAYABLE, payment_move, tolerance
 from invoices.delivery import (
@@ -95,13 +95,16 @@ def _mark_handled(transfer: Transfer) -> None:
     )
 
 
-def _event_once(invoice: Invoice, type: str, transfer: Transfer, note: str = "") -> None:
+def _event_once(
+    invoice: Invoice, type: str, transfer: Transfer, payment: Payment, note: str = ""
+) -> None:
     data = {
         "transfer": transfer.pk,
         "tx": transfer.tx_hash,
         "amount": str(transfer.amount_major),
         "asset": transfer.asset.symbol,
         "network": transfer.network.slug,
+        "payment": payment_snapshot(payment),
     }
     if not InvoiceEvent.objects.filter(
         invoice=invoice, type=type, data__transfer=transfer.pk
@@ -113,12 +116,16 @@ def _announce(payment: Payment, transfer: Transfer) -> None:
     invoice = payment.invoice
     if transfer.status == TransferStatus.ORPHANED:
         _event_once(
-            invoice, "deposit.reverted", transfer, "A chain reorganisation removed this deposit."
+            invoice,
+            "deposit.reverted",
+            transfer,
+            payment,
+            "A chain reorganisation removed this deposit.",
         )
     else:
-        _event_once(invoice, "invoice.deposit_received", transfer)
+        _event_once(invoice, "invoice.deposit_received", transfer, payment)
     if transfer.status == TransferStatus.CONFIRMED:
-        _event_once(invoice, "invoice.deposit_confirmed", transfer)
+        _event_once(invoice, "invoice.deposit_confirmed", transfer, payment)
 
 
 def _credit_value(payment: Payment, transfer: Transfer) -> Decimal:
@@ -197,6 +204,7 @@ def _flag_late_money(payment: Payment, transfer: Transfer, was: str, invoice_was
         invoice,
         InvoiceStatus.UNRESOLVED,
         "invoice.unresolved",
+        payment=payment,
         note=f"{transfer.amount_major} {transfer.asset.symbol} arrived for order "
         f"{payment.order_number} after it ended or in another asset; accept it or refund it.",
     )
@@ -223,7 +231,7 @@ def _recompute(payment: Payment) -> str:
 
     if was == P.AWAITING and received > 0:
         payment_move(payment=payment, to=P.PROCESSING, processing_since=now)
-        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.processing")
+        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.processing", payment=payment)
     elif was == P.PROCESSING and received == 0:
         if invoice.status not in PAYABLE:
             # The invoice ended (cancelled, marked paid) while the deposit was confirming; with
@@ -232,7 +240,7 @@ def _recompute(payment: Payment) -> str:
             return was
         payment_move(payment=payment, to=P.AWAITING, processing_since=None)
         if not invoice.payments.filter(status=P.PROCESSING).exists():
-            _invoice_to(invoice, InvoiceStatus.OPEN, "invoice.reopened")
+            _invoice_to(invoice, InvoiceStatus.OPEN, "invoice.reopened", payment=payment)
         return was
 
     if received == 0 or received != confirmed:
@@ -263,32 +271,53 @@ def _recompute(payment: Payment) -> str:
         return was
     if late or other_confirmed:
         reason = "Money arrived after the payment ended; accept it or refund it."
-        _invoice_to(invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", note=reason)
+        _invoice_to(
+            invoice,
+            InvoiceStatus.UNRESOLVED,
+            "invoice.unresolved",
+            payment=payment,
+            note=reason,
+        )
         invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
     elif verdict == P.PAID:
         # The receipt to the payer and the notice to the merchant leave on commit, once.
         invoice_paid_deliver(invoice=invoice, receipt=_receipt(payment))
         if invoice.kind == InvoiceKind.ONE_TIME:
             _invoice_to(
-                invoice, InvoiceStatus.PAID, "invoice.paid", note=f"Order {payment.order_number}"
+                invoice,
+                InvoiceStatus.PAID,
+                "invoice.paid",
+                payment=payment,
+                note=f"Order {payment.order_number}",
             )
         else:
             # A permanent invoice stays open for the next payer; the order is what got paid.
             _invoice_to(
-                invoice, InvoiceStatus.OPEN, "invoice.paid", note=f"Order {payment.order_number}"
+                invoice,
+                InvoiceStatus.OPEN,
+                "invoice.paid",
+                payment=payment,
+                note=f"Order {payment.order_number}",
             )
     elif verdict == P.OVERPAID:
         reason = (
             f"Order {payment.order_number} received more than due; "
             "accept it or refund the difference."
         )
-        _invoice_to(invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", note=reason)
+        _invoice_to(
+            invoice,
+            InvoiceStatus.UNRESOLVED,
+            "invoice.unresolved",
+            payment=payment,
+            note=reason,
+        )
         invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
     elif verdict == P.UNDERPAID:
         _invoice_to(
             invoice,
             InvoiceStatus.FAILED,
             "invoice.failed",
+            payment=payment,
             failure_reason="underpaid",
             note=f"Order {payment.order_number} received less than due before the timer ended; "
             "the money is credited and refundable.",
@@ -320,16 +349,25 @@ def _receipt(payment: Payment) -> ReceiptInput:
 
 
 def _invoice_to(
-    invoice: Invoice, to: str, type: str, note: str = "", failure_reason: str = ""
+    invoice: Invoice,
+    to: str,
+    type: str,
+    *,
+    payment: Payment,
+    note: str = "",
+    failure_reason: str = "",
 ) -> None:
+    # The payment as it stands now goes into the event, so its callback can say what was paid.
+    payment.refresh_from_db()
+    data = {"payment": payment_snapshot(payment)}
     try:
         invoice_payment_status(
-            invoice=invoice, to=to, type=type, note=note, failure_reason=failure_reason
+            invoice=invoice, to=to, type=type, note=note, data=data, failure_reason=failure_reason
         )
     except InvoiceStateError as error:
         # E.g. a permanent invoice the merchant closed: record what happened, change nothing.
         logger.info("Invoice %s stays %s: %s", invoice, invoice.status, error)
-        invoice_record_event(invoice=invoice, type=type, note=note)
+        invoice_record_event(invoice=invoice, type=type, note=note, data=data)
 
 
 __all__ = ["OPEN_PAYMENT", "settle_report", "settle_transfer"]

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "ninja",
     "merchants",
     "customers",
     "invoices",
@@ -270,6 +271,17 @@ PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
 PAYMENT_ATTEMPTS_PER_MINUTE = env_int("PAYMENT_ATTEMPTS_PER_MINUTE", 10, minimum=1)
 # Deposits unconfirmed this long fail their payment; later deposits still count, as Unresolved.
 PROCESSING_TIMEOUT_HOURS = env_int("PROCESSING_TIMEOUT_HOURS", 24, minimum=1)
+
+# Merchant API and callbacks.
+# Requests one API key may make per minute; more get 429 with Retry-After.
+API_RATE_PER_MINUTE = env_int("API_RATE_PER_MINUTE", 600, minimum=1)
+# Callback URLs resolving to loopback, private, link-local, CGNAT or reserved addresses are
+# refused (SSRF); development and tests deliver to receivers on this machine, so they allow them.
+CALLBACKS_ALLOW_PRIVATE = env_bool("CALLBACKS_ALLOW_PRIVATE", DEBUG or TESTING)
+# Seconds a receiver has to answer one callback.
+CALLBACK_TIMEOUT_SECONDS = env_int("CALLBACK_TIMEOUT_SECONDS", 10, minimum=1)
+# After a secret rotation the old secret keeps signing (beside the new one) this long.
+WEBHOOK_ROTATION_GRACE_HOURS = env_int("WEBHOOK_ROTATION_GRACE_HOURS", 24, minimum=0)
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from config.api import api
 from merchants.forms import LoginForm, PasswordResetForm
 
 admin.site.site_header = "Stablebill administration"
@@ -10,6 +11,7 @@ admin.site.site_title = "Stablebill admin"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
     path(
         "login/",
         auth_views.LoginView.as_view(

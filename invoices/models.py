@@ -6,7 +6,7 @@ from django.db import models
 from django.db.models import Q
 
 from customers.models import Customer
-from merchants.models import FeePayer, Merchant
+from merchants.models import FeePayer, Merchant, WebhookEndpoint
 from merchants.money import CURRENCY_CHOICES, format_money
 
 # Money columns: 26 digits with 8 decimals hold MAX_AMOUNT at the finest currency precision.
@@ -350,3 +350,86 @@ class Receipt(models.Model):
     @property
     def amount_display(self) -> str:
         return format_money(self.amount, self.currency)
+
+
+class CallbackStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CallbackDelivery(models.Model):
+    """One callback event for one receiver: the outbox row.
+
+    Written in the transaction of the change it announces. The body is fixed then, so every
+    retry sends the same bytes under the same `webhook-id`; only the timestamp and signature
+    are made anew for each attempt.
+    """
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="+")
+    # Null for a test event sent from settings.
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.CASCADE, null=True, blank=True, related_name="callbacks"
+    )
+    event = models.ForeignKey(
+        InvoiceEvent, on_delete=models.CASCADE, null=True, blank=True, related_name="callbacks"
+    )
+    # Null when the receiver is the invoice's own callback URL.
+    endpoint = models.ForeignKey(
+        WebhookEndpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+    )
+    url = models.URLField(max_length=500)
+    event_type = models.CharField(max_length=48)
+    message_id = models.CharField(max_length=40)
+    payload = models.TextField()
+    status = models.CharField(
+        max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A worker owns the delivery until then; one that dies mid-request leaves it to the sweep.
+    leased_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="callback_due_idx"),
+            models.Index(fields=["merchant", "-created_at"], name="callback_merchant_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.url}"
+
+
+class CallbackAttempt(models.Model):
+    """Every request we made for a delivery, answered or not."""
+
+    delivery = models.ForeignKey(CallbackDelivery, on_delete=models.CASCADE, related_name="log")
+    number = models.PositiveSmallIntegerField()
+    url = models.URLField(max_length=500)
+    event_type = models.CharField(max_length=48)
+    started_at = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    response_excerpt = models.TextField(blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    manual = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["started_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} #{self.number} {self.status_code or self.error}"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300

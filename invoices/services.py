@@ -4,6 +4,7 @@ Status changes lock the invoice row, check the move against `TRANSITIONS`, and w
 `InvoiceEvent` in the same transaction, so the timeline can never disagree with the status.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from customers.models import Customer
+from invoices.callbacks import callbacks_enqueue
 from invoices.models import (
     FINAL_STATUSES,
     Actor,
@@ -36,8 +38,9 @@ from invoices.rules import (
     invoice_totals,
     line_amount,
 )
+from merchants.integrations import check_callback_url
 from merchants.models import FeePayer, Merchant, User
-from merchants.money import PAYMENT_ASSETS, UnknownCurrency, get_currency
+from merchants.money import PAYMENT_ASSETS, Currency, UnknownCurrency, get_currency
 
 DUPLICATE_FOREIGN_ID = "Another invoice of yours already uses this foreign ID."
 
@@ -98,18 +101,32 @@ def invoice_create(
                 created_by=by,
             )
             _apply(invoice=invoice, data=data, merchant=merchant)
+            if issue:
+                # Born open: the invoice.created callback then already shows what the payer
+                # can pay, instead of a draft that changes a moment later.
+                _check_issuable(invoice)
+                invoice.status = InvoiceStatus.OPEN
+                for key, value in _issue_updates(invoice).items():
+                    setattr(invoice, key, value)
             invoice.save()
             _write_items(invoice=invoice, items=data.items)
-            _record(invoice=invoice, type="invoice.created", actor=actor, by=by)
+            # The timeline still tells it as created, then issued; the callback's snapshot
+            # (read from the row) shows the invoice as it is, open.
+            _record(
+                invoice=invoice,
+                type="invoice.created",
+                actor=actor,
+                by=by,
+                to_status=InvoiceStatus.DRAFT,
+            )
             if issue:
-                _check_issuable(invoice)
-                invoice = _move(
+                _record(
                     invoice=invoice,
-                    to=InvoiceStatus.OPEN,
                     type="invoice.issued",
                     actor=actor,
                     by=by,
-                    updates=_issue_updates(invoice),
+                    from_status=InvoiceStatus.DRAFT,
+                    to_status=InvoiceStatus.OPEN,
                 )
     except IntegrityError:
         # Two requests with the same foreign ID raced past the check in _validate.
@@ -168,6 +185,52 @@ def invoice_update_integration(
             actor=actor,
             by=by,
             data={"changes": changes},
+        )
+    return locked
+
+
+def invoice_update_items(
+    *, invoice: Invoice, items: list[LineItemInput], by: User | None = None, actor: str = Actor.USER
+) -> Invoice:
+    """Change what an issued invoice asks for, while nobody has started to pay it."""
+    currency = get_currency(invoice.currency)
+    errors: dict[str, list[str]] = {}
+    _check_items(items, currency, lambda key, message: errors.setdefault(key, []).append(message))
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        # The checkout takes this same row lock before it starts a payment, so no payment can
+        # begin between the check below and the change.
+        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if locked.status == InvoiceStatus.DRAFT:
+            data = InvoiceInput(currency=locked.currency, items=items)
+            for key in (
+                "customer", "description", "due_date", "kind", "pricing_mode",
+                "accepted_assets", "fee_payer", "foreign_id", *INTEGRATION_FIELDS,
+            ):  # fmt: skip
+                setattr(data, key, getattr(locked, key))
+            return invoice_update_draft(invoice=locked, data=data, by=by, actor=actor)
+        if locked.status != InvoiceStatus.OPEN:
+            raise InvoiceStateError(
+                f"The amount of a {locked.get_status_display().lower()} invoice cannot change."
+            )
+        # `payments` is the checkout's relation; asked by name, so invoices need not import it.
+        if locked.payments.exists():  # type: ignore[attr-defined]
+            raise InvoiceStateError("A payment was started; the amount can no longer change.")
+        subtotal, total = invoice_totals(items, currency)
+        if locked.kind == InvoiceKind.ONE_TIME and total <= 0:
+            raise ValidationError({"items": "A one-time invoice needs a positive total."})
+        before = str(locked.total)
+        locked.subtotal, locked.total = subtotal, total
+        locked.save(update_fields=["subtotal", "total", "updated_at"])
+        locked.items.all().delete()
+        _write_items(invoice=locked, items=items)
+        _record(
+            invoice=locked,
+            type="invoice.amount_changed",
+            actor=actor,
+            by=by,
+            data={"from": before, "to": str(total)},
         )
     return locked
 
@@ -402,7 +465,7 @@ def _record(
     from_status: str = "",
     to_status: str = "",
 ) -> InvoiceEvent:
-    return InvoiceEvent.objects.create(
+    event = InvoiceEvent.objects.create(
         invoice=invoice,
         type=type,
         actor=actor,
@@ -412,6 +475,9 @@ def _record(
         from_status=from_status,
         to_status=to_status or invoice.status,
     )
+    # The outbox rows go in with the event: both commit with the change, or neither does.
+    callbacks_enqueue(event=event)
+    return event
 
 
 def _issue_updates(invoice: Invoice) -> dict[str, Any]:
@@ -469,8 +535,38 @@ def _check_urls(fields: dict[str, str]) -> None:
                 validate(fields[key])
             except ValidationError:
                 errors[key] = "Enter a full http(s) URL."
+    if fields.get("callback_url") and "callback_url" not in errors:
+        try:
+            check_callback_url(fields["callback_url"], field="callback_url")
+        except ValidationError as error:
+            errors["callback_url"] = error.message_dict["callback_url"][0]
     if errors:
         raise ValidationError(errors)
+
+
+def _check_items(
+    items: list[LineItemInput], currency: Currency, add: Callable[[str, str], None]
+) -> None:
+    item_errors = False
+    for index, item in enumerate(items):
+        if not item.name.strip():
+            add(f"items.{index}.name", "Name the item.")
+            item_errors = True
+        for key, check, value in (
+            ("quantity", check_quantity, item.quantity),
+            ("unit_price", lambda price: check_price(price, currency), item.unit_price),
+        ):
+            try:
+                check(value)
+            except ValidationError as error:
+                item_errors = True
+                for message in error.messages:
+                    add(f"items.{index}.{key}", message)
+    if not item_errors:
+        try:
+            check_total(invoice_totals(items, currency)[1], currency)
+        except ValidationError as error:
+            add("items", error.messages[0])
 
 
 def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None = None) -> None:
@@ -506,23 +602,7 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
     if data.due_date is not None and data.due_date < timezone.localdate() and due_date_changed:
         add("due_date", "The due date is in the past.")
 
-    for index, item in enumerate(data.items):
-        if not item.name.strip():
-            add(f"items.{index}.name", "Name the item.")
-        for key, check, value in (
-            ("quantity", check_quantity, item.quantity),
-            ("unit_price", lambda price: check_price(price, currency), item.unit_price),
-        ):
-            try:
-                check(value)
-            except ValidationError as error:
-                for message in error.messages:
-                    add(f"items.{index}.{key}", message)
-    if not any(key.startswith("items.") for key in errors):
-        try:
-            check_total(invoice_totals(data.items, currency)[1], currency)
-        except ValidationError as error:
-            add("items", error.messages[0])
+    _check_items(data.items, currency, add)
 
     try:
         _check_urls({"callback_url": data.callback_url, "payment_page_url": data.payment_page_url})

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from invoices import callbacks
 from invoices.delivery import email_delivery_send, reminders_queue
 
 
@@ -15,3 +16,17 @@ def email_send(delivery_id: int) -> None:
 def send_reminders() -> None:
     """Beat's daily tick: queue the reminders due today (each goes out at most once)."""
     reminders_queue()
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def callback_deliver(delivery_id: int, manual: bool = False) -> None:
+    """Safe to run twice: the delivery is leased before its request, and a duplicate finds
+    nothing to claim."""
+    callbacks.callback_deliver(delivery_id=delivery_id, manual=manual)
+
+
+@shared_task(ignore_result=True)
+def callbacks_sweep() -> None:
+    """Beat's tick: queue retries that are due and deliveries a dead worker left behind."""
+    for delivery_id in callbacks.callbacks_due():
+        callback_deliver.delay(delivery_id)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from invoices import views
+from invoices import views, webhook_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -19,6 +19,20 @@ urlpatterns = [
     path("invoices/<int:pk>/email/", views.invoice_email_preview, name="invoice_email_preview"),
     path("invoices/<int:pk>/send/", views.invoice_send_view, name="invoice_send"),
     path("invoices/emails/<int:pk>/retry/", views.email_retry, name="email_retry"),
+    path("settings/webhooks/", webhook_views.webhook_list, name="webhook_list"),
+    path("settings/webhooks/<int:pk>/", webhook_views.webhook_detail, name="webhook_detail"),
+    path("settings/webhooks/<int:pk>/rotate/", webhook_views.webhook_rotate, name="webhook_rotate"),
+    path("settings/webhooks/<int:pk>/test/", webhook_views.webhook_test, name="webhook_test"),
+    path(
+        "settings/webhooks/invoice-secret/rotate/",
+        webhook_views.invoice_signer_rotate,
+        name="invoice_signer_rotate",
+    ),
+    path(
+        "callbacks/<int:pk>/redeliver/",
+        webhook_views.callback_redeliver_view,
+        name="callback_redeliver",
+    ),
     # The payer's downloads, by the invoice's unguessable token (the payment page links here).
     path("invoice/<slug:token>.pdf", views.public_invoice_pdf, name="public_invoice_pdf"),
     path("invoice/<slug:token>/receipt.pdf", views.public_receipt_pdf, name="public_receipt_pdf"),

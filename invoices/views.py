@@ -329,6 +329,8 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
         "receipts": list(invoice.receipts.all()),
         "stale_before": timezone.now() - SENDING_STALE,
     }
+    if tab == "callbacks":
+        context["callbacks"] = invoice.callbacks.prefetch_related("log")
     if request.htmx and tab == "emails":
         return render(request, "invoices/detail.html#emails", context)
     return render(request, "invoices/detail.html", context)

@@ -80,3 +80,10 @@ class PasswordResetForm(auth_forms.PasswordResetForm):
 
     def get_users(self, email: str):  # type: ignore[override]
         return User.objects.filter(email__iexact=email.strip(), is_active=True)
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(
+        max_length=80,
+        help_text="Where the key is used, e.g. “Shop” or “ERP”, to know which to revoke.",
+    )

@@ -9,4 +9,6 @@ urlpatterns = [
     path("settings/", views.merchant_settings, name="merchant_settings"),
     path("settings/team/", views.member_list, name="member_list"),
     path("settings/team/<int:pk>/", views.member_update, name="member_update"),
+    path("settings/api-keys/", views.api_key_list, name="api_key_list"),
+    path("settings/api-keys/<int:pk>/revoke/", views.api_key_revoke_view, name="api_key_revoke"),
 ]

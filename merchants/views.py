@@ -1,5 +1,6 @@
 from copy import copy
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -10,13 +11,15 @@ from django.views.decorators.http import require_POST
 
 from merchants.access import SESSION_KEY, AuthedRequest, MerchantRequest, merchant_view
 from merchants.forms import (
+    ApiKeyForm,
     MemberInviteForm,
     MemberRoleForm,
     MerchantCreateForm,
     MerchantSettingsForm,
     SignupForm,
 )
-from merchants.models import Role
+from merchants.integrations import api_key_create, api_key_revoke
+from merchants.models import ApiKey, Role
 from merchants.selectors import membership_list, memberships_of_user
 from merchants.services import (
     member_invite,
@@ -136,3 +139,33 @@ def member_update(request: MerchantRequest, pk: int) -> HttpResponse:
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     return redirect("member_list")
+
+
+@merchant_view(Role.OWNER)
+def api_key_list(request: MerchantRequest) -> HttpResponse:
+    """Keys are shown in full once, in the answer to their creation, and never again."""
+    merchant = request.merchant
+    new_key = None
+    form = ApiKeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        issued = api_key_create(merchant=merchant, name=form.cleaned_data["name"], by=request.user)
+        new_key = issued.plaintext
+        form = ApiKeyForm()
+    keys = ApiKey.objects.filter(merchant=merchant).select_related("created_by")
+    response = render(
+        request,
+        "merchants/api_keys.html",
+        {"form": form, "keys": keys, "new_key": new_key, "api_base": settings.SITE_URL + "/api"},
+    )
+    # The one page that holds a secret: no cache may keep it.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@merchant_view(Role.OWNER)
+@require_POST
+def api_key_revoke_view(request: MerchantRequest, pk: int) -> HttpResponse:
+    key = get_object_or_404(ApiKey.objects.filter(merchant=request.merchant), pk=pk)
+    api_key_revoke(key=key)
+    messages.success(request, f"“{key.name}” is revoked; requests with it now get 401.")
+    return redirect("api_key_list")

@@ -16,10 +16,25 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from customers.models import Customer
 from invoices import views as invoice_views
-from invoices.models import EmailDelivery, Invoice, InvoiceEvent, LineItem, Receipt
+from invoices.models import (
+    CallbackDelivery,
+    EmailDelivery,
+    Invoice,
+    InvoiceEvent,
+    LineItem,
+    Receipt,
+)
 from invoices.services import invoice_mark_paid
 from merchants.access import SESSION_KEY
-from merchants.models import Membership, Merchant, Role
+from merchants.integrations import api_key_create, webhook_endpoint_create
+from merchants.models import (
+    ApiKey,
+    InvoiceCallbackSigner,
+    Membership,
+    Merchant,
+    Role,
+    WebhookEndpoint,
+)
 from tests.factories import make_invoice
 from wallets.models import Wallet
 
@@ -57,10 +72,14 @@ class World:
     unresolved: Invoice
     failed_email: EmailDelivery
     membership: Membership
+    api_key: ApiKey
+    endpoint: WebhookEndpoint
+    delivery: CallbackDelivery
 
 
 @pytest.fixture
 def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
+    endpoint = webhook_endpoint_create(merchant=acme, url="https://hooks.acme.example/in")
     open_invoice = make_invoice(acme, customer=acme_customer, issue=True)
     paid = invoice_mark_paid(
         invoice=make_invoice(acme, customer=acme_customer, issue=True), reference="WIRE-1"
@@ -84,6 +103,9 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
             error="The provider is down.",
         ),
         membership=Membership.objects.get(user=bob, merchant=acme),
+        api_key=api_key_create(merchant=acme, name="Shop", by=alice).key,
+        endpoint=endpoint,
+        delivery=CallbackDelivery.objects.filter(invoice=open_invoice).first(),
     )
 
 
@@ -145,6 +167,14 @@ def _xpub_form(w: World) -> dict:
 
 def _tracking_form(w: World) -> dict:
     return {"tracking_id": "trk-1", "callback_url": "https://shop.example/cb"}
+
+
+def _endpoint_form(w: World) -> dict:
+    return {"url": "https://erp.example/hooks", "events": ["invoice.paid"], "enabled": "on"}
+
+
+def _key_form(w: World) -> dict:
+    return {"name": "ERP"}
 
 
 @dataclass(frozen=True)
@@ -231,6 +261,17 @@ CASES = [
     Case("transfer_list", GET, VIEWER, 200, outsider=200),
     Case("invoice_payments", GET, VIEWER, 200, obj="open"),
     Case("invoice_payments", POST, VIEWER, 200, obj="open"),
+    Case("api_key_list", GET, OWNER, 200, outsider=200),
+    Case("api_key_list", POST, OWNER, 200, data=_key_form, outsider=200, writes=True),
+    Case("api_key_revoke", POST, OWNER, 302, obj="api_key", writes=True),
+    Case("webhook_list", GET, OWNER, 200, outsider=200),
+    Case("webhook_list", POST, OWNER, 302, data=_endpoint_form, outsider=302, writes=True),
+    Case("webhook_detail", GET, OWNER, 200, obj="endpoint"),
+    Case("webhook_detail", POST, OWNER, 302, obj="endpoint", data=_endpoint_form, writes=True),
+    Case("webhook_rotate", POST, OWNER, 302, obj="endpoint", writes=True),
+    Case("webhook_test", POST, OWNER, 302, obj="endpoint", writes=True),
+    Case("invoice_signer_rotate", POST, OWNER, 302, outsider=302, writes=True),
+    Case("callback_redeliver", POST, STAFF, 302, obj="delivery", writes=True),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -264,6 +305,10 @@ def _acme_state(acme: Merchant) -> dict:
         "customers": list(Customer.objects.filter(merchant=acme).order_by("pk").values()),
         "members": list(Membership.objects.filter(merchant=acme).order_by("pk").values()),
         "wallet": list(Wallet.objects.filter(merchant=acme).values()),
+        "api_keys": list(ApiKey.objects.filter(merchant=acme).order_by("pk").values()),
+        "endpoints": list(WebhookEndpoint.objects.filter(merchant=acme).order_by("pk").values()),
+        "signers": list(InvoiceCallbackSigner.objects.filter(merchant=acme).values()),
+        "callbacks": list(CallbackDelivery.objects.filter(merchant=acme).order_by("pk").values()),
     }
 
 

@@ -1,0 +1,100 @@
+"""The REST API: one NinjaAPI, every app's router mounted under /api/v1/.
+
+Every error is answered in one shape (see merchants.api); unknown body fields are refused,
+and amounts travel as decimal strings.
+"""
+
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, Throttled
+from ninja.errors import ValidationError as SchemaError
+
+from checkout.api import router as payments_router
+from customers.api import router as customers_router
+from invoices.api import router as invoices_router
+from merchants.api import (
+    ApiError,
+    ApiKeyAuth,
+    PerKeyThrottle,
+    error_response,
+    from_validation_error,
+)
+from wallets.api import router as wallets_router
+
+api = NinjaAPI(
+    title="Stablebill API",
+    version="1",
+    description=(
+        "Invoices, customers, payments and balances of one merchant. Authenticate with "
+        "`Authorization: Bearer <API key>` (created in Settings → API keys). Amounts are "
+        'decimal strings such as `"19.99"`, never JSON numbers. Every POST accepts an '
+        "`Idempotency-Key` header: a retry with the same key and body replays the first answer. "
+        'Errors look like `{"detail": ..., "code": ..., "fields": {name: [messages]}}`.'
+    ),
+    urls_namespace="api",
+    auth=ApiKeyAuth(),
+    throttle=PerKeyThrottle(),
+)
+api.add_router("/v1/invoices", invoices_router)
+api.add_router("/v1/invoices", payments_router)
+api.add_router("/v1/customers", customers_router)
+api.add_router("/v1", wallets_router)
+
+
+def _field_name(loc: tuple | list) -> str:
+    # ("body", "payload", "items", 0, "unit_price") → "items.0.unit_price"
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        source = parts.pop(0)
+        if source == "body" and parts:
+            parts.pop(0)  # the handler's parameter name tells a client nothing
+    return ".".join(str(part) for part in parts) or "body"
+
+
+@api.exception_handler(SchemaError)
+def schema_error(request: HttpRequest, error: SchemaError) -> HttpResponse:
+    fields: dict[str, list[str]] = {}
+    for item in error.errors:
+        message = item.get("msg", "Invalid.")
+        if item.get("type") == "extra_forbidden":
+            message = "Unknown field."
+        fields.setdefault(_field_name(item.get("loc", ())), []).append(message)
+    name, messages = next(iter(fields.items()), ("body", ["Invalid request."]))
+    return error_response(ApiError(422, f"{name}: {messages[0]}", fields=fields))
+
+
+@api.exception_handler(ApiError)
+def api_error(request: HttpRequest, error: ApiError) -> HttpResponse:
+    return error_response(error)
+
+
+@api.exception_handler(ValidationError)
+def domain_error(request: HttpRequest, error: ValidationError) -> HttpResponse:
+    return error_response(from_validation_error(error))
+
+
+@api.exception_handler(AuthenticationError)
+def unauthenticated(request: HttpRequest, error: AuthenticationError) -> HttpResponse:
+    response = error_response(
+        ApiError(401, "A valid API key is required (Authorization: Bearer …).", code="unauthorized")
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(Throttled)
+def throttled(request: HttpRequest, error: Throttled) -> HttpResponse:
+    return error_response(
+        ApiError(429, "Too many requests for this API key; retry later.", code="rate_limited")
+    )
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, error: Http404) -> HttpResponse:
+    return error_response(ApiError(404, "Not found.", code="not_found"))
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
+    return error_response(ApiError(error.status_code, str(error), code="http_error"))

@@ -1,0 +1,395 @@
+"""Invoices over the REST API. Handlers parse, call one service, and answer with the invoice
+as `invoice_snapshot` shows it, which is also what callbacks carry."""
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+from pydantic import ConfigDict
+
+from customers.models import Customer
+from customers.selectors import customer_scope
+from customers.services import customer_create
+from invoices.callbacks import invoice_snapshot
+from invoices.delivery import invoice_send
+from invoices.models import Actor, Invoice, InvoiceKind, InvoiceStatus
+from invoices.rules import LineItemInput
+from invoices.selectors import invoice_list, invoice_scope
+from invoices.services import (
+    DUPLICATE_FOREIGN_ID,
+    INTEGRATION_FIELDS,
+    InvoiceInput,
+    InvoiceStateError,
+    invoice_cancel,
+    invoice_close,
+    invoice_create,
+    invoice_update_integration,
+    invoice_update_items,
+)
+from merchants.api import (
+    DECIMAL_PATTERN,
+    ApiError,
+    from_validation_error,
+    idempotent,
+    merchant_of,
+    page,
+)
+from merchants.models import Merchant
+
+router = Router(tags=["invoices"])
+
+DecimalText = Field(pattern=DECIMAL_PATTERN, examples=["19.99"])
+
+
+class In(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemIn(In):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=500)
+    quantity: str = Field("1", pattern=DECIMAL_PATTERN, examples=["2"])
+    unit_price: str = DecimalText
+
+
+class CustomerIn(In):
+    """Found by email among your customers, or created."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=254)
+    company: str = Field("", max_length=200)
+
+
+class InvoiceCreateIn(In):
+    currency: str = Field(max_length=8, examples=["USD"])
+    items: list[ItemIn] = Field(default_factory=list, max_length=200)
+    amount: str | None = Field(
+        None,
+        pattern=DECIMAL_PATTERN,
+        description="A single amount instead of items (becomes one item named by `description`).",
+    )
+    description: str = Field("", max_length=2000)
+    due_date: date | None = None
+    kind: Literal["one_time", "permanent"] = "one_time"
+    pricing_mode: Literal["no_timer", "timer", "timer_fixed_asset"] = "no_timer"
+    accepted_assets: list[str] = Field(default_factory=list, max_length=20)
+    fee_payer: Literal["merchant", "payer"] | None = None
+    customer_id: int | None = None
+    customer: CustomerIn | None = None
+    foreign_id: str = Field("", max_length=128)
+    tracking_id: str = Field("", max_length=128)
+    callback_url: str = Field("", max_length=500)
+    payment_page_url: str = Field("", max_length=500)
+    payment_page_button: str = Field("", max_length=40)
+    issue: bool = Field(True, description="Open for payment now; false keeps a draft.")
+    send_email: bool = Field(False, description="Email the invoice to the customer.")
+
+
+class InvoiceUpdateIn(In):
+    tracking_id: str | None = Field(None, max_length=128)
+    callback_url: str | None = Field(None, max_length=500)
+    payment_page_url: str | None = Field(None, max_length=500)
+    payment_page_button: str | None = Field(None, max_length=40)
+    items: list[ItemIn] | None = Field(None, max_length=200)
+    amount: str | None = Field(None, pattern=DECIMAL_PATTERN)
+
+
+class InvoiceFilters(Schema):
+    status: Literal[tuple(InvoiceStatus.values)] | None = None  # type: ignore[valid-type]
+    customer_id: int | None = None
+    created_after: date | None = None
+    created_before: date | None = None
+    foreign_id: str | None = Field(None, max_length=128)
+    cursor: str | None = Field(None, max_length=100)
+    limit: int = Field(25, ge=1, le=100)
+
+
+class ItemOut(Schema):
+    name: str
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str
+
+
+class CustomerRef(Schema):
+    id: int
+    name: str
+    email: str
+    company: str
+
+
+class InvoiceOut(Schema):
+    id: int
+    reference: str
+    status: str
+    failure_reason: str | None
+    kind: str
+    pricing_mode: str
+    currency: str
+    subtotal: str
+    total: str
+    open_amount: bool
+    accepted_assets: list[str]
+    fee_payer: str
+    description: str
+    due_date: date | None
+    customer: CustomerRef | None
+    items: list[ItemOut]
+    foreign_id: str | None
+    tracking_id: str | None
+    callback_url: str | None
+    payment_page_url: str | None
+    payment_page_button: str | None
+    pay_url: str
+    created_at: datetime
+    issued_at: datetime | None
+    expires_at: datetime | None
+    finalized_at: datetime | None
+
+
+class InvoicePage(Schema):
+    items: list[InvoiceOut]
+    next_cursor: str | None
+
+
+class Error(Schema):
+    detail: str
+    code: str
+    fields: dict[str, list[str]]
+
+
+class DuplicateError(Error):
+    existing_id: int
+
+
+def _get(merchant: Merchant, invoice_id: int) -> Invoice:
+    invoice = invoice_scope(merchant=merchant).filter(pk=invoice_id).first()
+    if invoice is None:
+        raise ApiError(404, "No such invoice.", code="not_found")
+    return invoice
+
+
+def _snapshot(invoice_id: int) -> dict[str, Any]:
+    return invoice_snapshot(
+        Invoice.objects.select_related("customer").prefetch_related("items").get(pk=invoice_id)
+    )
+
+
+def _items(items: list[ItemIn] | None, amount: str | None, description: str) -> list[LineItemInput]:
+    if items and amount is not None:
+        raise ApiError(
+            422,
+            "Send line items or a single amount, not both.",
+            fields={"amount": ["Leave out when items are given."]},
+        )
+    if amount is not None:
+        name = description.strip().splitlines()[0][:200] if description.strip() else "Payment"
+        return [LineItemInput(name=name, quantity=Decimal(1), unit_price=Decimal(amount))]
+    return [
+        LineItemInput(
+            name=item.name,
+            description=item.description,
+            quantity=Decimal(item.quantity),
+            unit_price=Decimal(item.unit_price),
+        )
+        for item in items or []
+    ]
+
+
+def _customer(merchant: Merchant, payload: InvoiceCreateIn) -> Customer | None:
+    if payload.customer_id is not None and payload.customer is not None:
+        raise ApiError(
+            422,
+            "Give customer_id or customer, not both.",
+            fields={"customer": ["Leave out when customer_id is given."]},
+        )
+    if payload.customer_id is not None:
+        customer = customer_scope(merchant=merchant).filter(pk=payload.customer_id).first()
+        if customer is None:
+            raise ApiError(
+                422, "No such customer.", fields={"customer_id": ["No such customer of yours."]}
+            )
+        return customer
+    if payload.customer is not None:
+        inline = payload.customer
+        existing = (
+            customer_scope(merchant=merchant).filter(email__iexact=inline.email.strip()).first()
+        )
+        if existing is not None:
+            return existing
+        try:
+            return customer_create(
+                merchant=merchant, name=inline.name, email=inline.email, company=inline.company
+            )
+        except ValidationError as error:
+            raise from_validation_error(error, prefix="customer.") from None
+    return None
+
+
+def _duplicate(merchant: Merchant, foreign_id: str) -> ApiError | None:
+    existing = invoice_scope(merchant=merchant).filter(foreign_id=foreign_id).first()
+    if existing is None:
+        return None
+    return ApiError(
+        409,
+        DUPLICATE_FOREIGN_ID,
+        code="duplicate_foreign_id",
+        fields={"foreign_id": [DUPLICATE_FOREIGN_ID]},
+        extra={"existing_id": existing.pk},
+    )
+
+
+@router.post(
+    "",
+    response={201: InvoiceOut, 409: DuplicateError, 422: Error},
+    summary="Create an invoice",
+    description='Amounts are decimal strings (`"19.99"`), never JSON numbers. '
+    "Send an `Idempotency-Key` header to make retries safe.",
+)
+@idempotent
+def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
+    merchant = merchant_of(request)
+    foreign_id = payload.foreign_id.strip()
+    if foreign_id and (duplicate := _duplicate(merchant, foreign_id)):
+        raise duplicate
+    items = _items(payload.items, payload.amount, payload.description)
+    if payload.send_email and not payload.issue:
+        raise ApiError(
+            422, "A draft cannot be emailed.", fields={"send_email": ["Needs issue: true."]}
+        )
+    with transaction.atomic():
+        data = InvoiceInput(
+            currency=payload.currency,
+            items=items,
+            customer=_customer(merchant, payload),
+            description=payload.description,
+            due_date=payload.due_date,
+            kind=payload.kind,
+            pricing_mode=payload.pricing_mode,
+            accepted_assets=payload.accepted_assets,
+            fee_payer=payload.fee_payer or "",
+            foreign_id=foreign_id,
+            tracking_id=payload.tracking_id,
+            callback_url=payload.callback_url,
+            payment_page_url=payload.payment_page_url,
+            payment_page_button=payload.payment_page_button,
+        )
+        try:
+            invoice = invoice_create(
+                merchant=merchant, data=data, actor=Actor.API, issue=payload.issue
+            )
+        except ValidationError as error:
+            # Lost a race with a concurrent request carrying the same foreign ID.
+            lost_race = foreign_id and DUPLICATE_FOREIGN_ID in error.messages
+            if lost_race and (duplicate := _duplicate(merchant, foreign_id)):
+                raise duplicate from None
+            raise
+        if payload.send_email:
+            try:
+                invoice_send(invoice=invoice, actor=Actor.API)
+            except ValidationError as error:
+                raise ApiError(
+                    422, error.messages[0], fields={"send_email": error.messages}
+                ) from None
+    return 201, _snapshot(invoice.pk)
+
+
+@router.get("", response=InvoicePage, summary="List invoices, newest first")
+def list_invoices(request: HttpRequest, filters: Query[InvoiceFilters]):
+    merchant = merchant_of(request)
+    invoices = invoice_list(
+        merchant=merchant,
+        status=filters.status or "",
+        customer_id=filters.customer_id,
+        created_from=filters.created_after,
+        created_to=filters.created_before,
+    ).prefetch_related("items")
+    if filters.foreign_id:
+        invoices = invoices.filter(foreign_id=filters.foreign_id)
+    rows, next_cursor = page(invoices, cursor=filters.cursor, limit=filters.limit)
+    return {"items": [invoice_snapshot(invoice) for invoice in rows], "next_cursor": next_cursor}
+
+
+@router.get(
+    "/by-foreign-id",
+    response={200: InvoiceOut, 404: Error},
+    summary="Find an invoice by your own id for it",
+)
+def get_invoice_by_foreign_id(
+    request: HttpRequest, foreign_id: str = Query(..., min_length=1, max_length=128)
+):
+    invoice = invoice_scope(merchant=merchant_of(request)).filter(foreign_id=foreign_id).first()
+    if invoice is None:
+        raise ApiError(404, "No invoice has this foreign ID.", code="not_found")
+    return _snapshot(invoice.pk)
+
+
+@router.get("/{int:invoice_id}", response={200: InvoiceOut, 404: Error}, summary="Get an invoice")
+def get_invoice(request: HttpRequest, invoice_id: int):
+    return _snapshot(_get(merchant_of(request), invoice_id).pk)
+
+
+@router.patch(
+    "/{int:invoice_id}",
+    response={200: InvoiceOut, 404: Error, 409: Error, 422: Error},
+    summary="Change an invoice",
+    description="Tracking ID, callback URL and payment-page link and button may change any "
+    "time; the items or amount only while no payment has started.",
+)
+def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdateIn):
+    invoice = _get(merchant_of(request), invoice_id)
+    given = payload.model_fields_set
+    with transaction.atomic():
+        integration: dict[str, str] = {
+            key: getattr(payload, key) or ""
+            for key in INTEGRATION_FIELDS
+            if key in given and key in INTEGRATION_FIELDS
+        }
+        if integration:
+            invoice = invoice_update_integration(
+                invoice=invoice,
+                actor=Actor.API,
+                **integration,  # type: ignore[arg-type]
+            )
+        if "items" in given or "amount" in given:
+            items = _items(payload.items, payload.amount, invoice.description)
+            invoice = _state(invoice_update_items, invoice=invoice, items=items, actor=Actor.API)
+    return _snapshot(invoice.pk)
+
+
+def _state(service: Any, **kwargs: Any) -> Invoice:
+    try:
+        return service(**kwargs)
+    except InvoiceStateError as error:
+        raise ApiError(409, str(error), code="invalid_state") from None
+
+
+@router.post(
+    "/{int:invoice_id}/cancel",
+    response={200: InvoiceOut, 404: Error, 409: Error},
+    summary="Cancel an open or processing invoice",
+    description="The invoice fails with reason `cancelled`; the `invoice.cancelled` callback "
+    "says so.",
+)
+@idempotent
+def cancel_invoice(request: HttpRequest, invoice_id: int):
+    invoice = _get(merchant_of(request), invoice_id)
+    return _snapshot(_state(invoice_cancel, invoice=invoice, actor=Actor.API).pk)
+
+
+@router.post(
+    "/{int:invoice_id}/close",
+    response={200: InvoiceOut, 404: Error, 409: Error},
+    summary="Close a permanent invoice to further payments",
+)
+@idempotent
+def close_invoice(request: HttpRequest, invoice_id: int):
+    invoice = _get(merchant_of(request), invoice_id)
+    if invoice.kind != InvoiceKind.PERMANENT:
+        raise ApiError(409, "Only permanent invoices are closed.", code="invalid_state")
+    return _snapshot(_state(invoice_close, invoice=invoice, actor=Actor.API).pk)

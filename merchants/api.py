@@ -1,0 +1,227 @@
+"""What every API router shares: key authentication, the per-key rate limit, one error shape,
+`Idempotency-Key` handling and cursor pagination.
+
+Errors always look like `{"detail": "...", "code": "...", "fields": {"name": ["..."]}}`, so a
+client needs one parser; `fields` names the offending input (`items.0.unit_price`).
+"""
+
+import base64
+import binascii
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from ninja.security import HttpBearer
+from ninja.throttling import BaseThrottle
+
+from merchants.integrations import api_key_authenticate
+from merchants.models import ApiKey, IdempotencyRecord, Merchant
+
+# A decimal written as a JSON string: JSON numbers become floats in most clients.
+DECIMAL_PATTERN = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: str = "invalid",
+        fields: dict[str, list[str]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+        self.fields = fields or {}
+        self.extra = extra or {}
+
+
+def error_body(
+    detail: str, *, code: str, fields: dict[str, list[str]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"detail": detail, "code": code, "fields": fields or {}, **extra}
+
+
+def error_response(error: ApiError) -> JsonResponse:
+    return JsonResponse(
+        error_body(error.detail, code=error.code, fields=error.fields, **error.extra),
+        status=error.status,
+    )
+
+
+def from_validation_error(error: ValidationError, *, prefix: str = "") -> ApiError:
+    if hasattr(error, "error_dict"):
+        fields = {
+            (f"{prefix}{key}" if key != "__all__" else prefix.rstrip(".") or "body"): messages
+            for key, messages in error.message_dict.items()
+        }
+    else:
+        fields = {prefix.rstrip(".") or "body": error.messages}
+    first = next(iter(fields.values()))[0]
+    return ApiError(422, first, code="invalid", fields=fields)
+
+
+class ApiKeyAuth(HttpBearer):
+    """`Authorization: Bearer sb_…`; the request then carries `request.auth` (the ApiKey)."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        key = api_key_authenticate(token.strip())
+        if key is not None:
+            request.merchant = key.merchant  # type: ignore[attr-defined]
+        return key
+
+
+class PerKeyThrottle(BaseThrottle):
+    """A fixed one-minute window per key, counted atomically in the cache (Redis in
+    production), so concurrent requests cannot slip past the limit."""
+
+    def allow_request(self, request: HttpRequest) -> bool:
+        key = getattr(request, "auth", None)
+        if not isinstance(key, ApiKey):
+            return True
+        window = 60
+        slot = int(time.time() // window)
+        cache_key = f"api-rate:{key.pk}:{slot}"
+        cache.add(cache_key, 0, timeout=window + 5)
+        try:
+            count = cache.incr(cache_key)
+        except ValueError:  # evicted between add and incr
+            cache.set(cache_key, 1, timeout=window + 5)
+            count = 1
+        return count <= settings.API_RATE_PER_MINUTE
+
+    def wait(self) -> float | None:
+        # Stateless (one throttle serves every thread): the window ends on the minute.
+        return max(1, math.ceil(60 - time.time() % 60))
+
+
+def merchant_of(request: HttpRequest) -> Merchant:
+    return request.auth.merchant  # type: ignore[attr-defined]
+
+
+def render(result: Any) -> HttpResponse:
+    """A handler's `(status, body)` or body as the JSON response it will be."""
+    status, body = result if isinstance(result, tuple) else (200, result)
+    return JsonResponse(body, status=status, encoder=DjangoJSONEncoder, safe=False)
+
+
+def _run(view: Callable[..., Any], request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    try:
+        return render(view(request, *args, **kwargs))
+    except ApiError as error:
+        return error_response(error)
+    except ValidationError as error:
+        return error_response(from_validation_error(error))
+    except Http404:
+        return error_response(ApiError(404, "Not found.", code="not_found"))
+
+
+def idempotent(view: Callable[..., Any]) -> Callable[..., HttpResponse]:
+    """Make a POST safe to retry: with an `Idempotency-Key`, the first answer is kept and
+    replayed for the same key and body; the same key with another body is refused.
+
+    The key's row is inserted before the work, in the work's transaction. A concurrent
+    duplicate blocks on the unique index until the first commits, then replays its answer;
+    if the first rolled back, the duplicate does the work itself. Either way the work is
+    done once.
+    """
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return _run(view, request, *args, **kwargs)
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            return error_response(
+                ApiError(
+                    422,
+                    "An Idempotency-Key is 1 to 255 printable characters.",
+                    fields={IDEMPOTENCY_HEADER: ["1 to 255 printable characters."]},
+                )
+            )
+        method = request.method or "POST"
+        fingerprint = hashlib.sha256(
+            method.encode() + b" " + request.path.encode() + b"\n" + request.body
+        ).hexdigest()
+        with transaction.atomic():
+            record, created = IdempotencyRecord.objects.get_or_create(
+                merchant=merchant_of(request),
+                key=key,
+                defaults={
+                    "method": method,
+                    "path": request.path[:300],
+                    "fingerprint": fingerprint,
+                },
+            )
+            if not created:
+                return _replay(record, fingerprint)
+            response = _run(view, request, *args, **kwargs)
+            record.status_code = response.status_code
+            record.response_body = response.content.decode()
+            record.save(update_fields=["status_code", "response_body"])
+        return response
+
+    return wrapped
+
+
+def _replay(record: IdempotencyRecord, fingerprint: str) -> HttpResponse:
+    if record.fingerprint != fingerprint:
+        return error_response(
+            ApiError(
+                422,
+                "This Idempotency-Key was used with a different request; use a new key.",
+                code="idempotency_mismatch",
+                fields={IDEMPOTENCY_HEADER: ["Used before with a different request."]},
+            )
+        )
+    response = HttpResponse(
+        record.response_body, status=record.status_code, content_type="application/json"
+    )
+    response["Idempotent-Replayed"] = "true"
+    return response
+
+
+# Cursor pagination ---------------------------------------------------------------------------
+
+
+def encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The primary key to continue below; newest first, so new rows never shift a page."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        label, _, value = raw.partition(":")
+        if label != "pk" or not value.isdigit():
+            raise ValueError(raw)
+        return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(
+            422, "This cursor is not one we gave out.", fields={"cursor": ["Unknown cursor."]}
+        ) from None
+
+
+def page(queryset: Any, *, cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+    """One page of a queryset ordered by -pk, and the cursor of the next (None at the end)."""
+    if cursor:
+        queryset = queryset.filter(pk__lt=decode_cursor(cursor))
+    rows = list(queryset.order_by("-pk")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode_cursor(rows[-1].pk) if more and rows else None)
