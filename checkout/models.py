@@ -7,6 +7,7 @@ from django.db.models import Q
 
 from invoices.models import MONEY_DIGITS, MONEY_PLACES, Invoice
 from merchants.models import FeePayer
+from merchants.money import quantize
 from wallets.models import BASE_UNIT_DIGITS, Asset, DepositAddress, Network
 
 
@@ -140,10 +141,10 @@ def payment_snapshot(payment: Payment) -> dict:
         ),
         "received": str(payment.received),
         "confirmed": str(payment.confirmed),
-        "invoice_amount": str(payment.invoice_amount),
-        "fee": str(payment.fee),
+        "invoice_amount": str(quantize(payment.invoice_amount, payment.invoice.currency)),
+        "fee": str(quantize(payment.fee, payment.invoice.currency)),
         "fee_payer": payment.fee_payer,
-        "rate": str(payment.rate.normalize()),
+        "rate": format(payment.rate.normalize(), "f"),
         "rate_source": payment.rate_source,
         "rate_at": _iso(payment.rate_at),
         "expires_at": _iso(payment.expires_at),

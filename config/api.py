@@ -59,6 +59,12 @@ def schema_error(request: HttpRequest, error: SchemaError) -> HttpResponse:
         message = item.get("msg", "Invalid.")
         if item.get("type") == "extra_forbidden":
             message = "Unknown field."
+        elif item.get("type") == "string_type":
+            message = 'Send a string; amounts are decimal strings such as "19.99".'
+        elif item.get("type") == "string_pattern_mismatch":
+            message = 'Send a decimal string such as "19.99".'
+        elif item.get("type") == "missing":
+            message = "This field is required."
         fields.setdefault(_field_name(item.get("loc", ())), []).append(message)
     name, messages = next(iter(fields.items()), ("body", ["Invalid request."]))
     return error_response(ApiError(422, f"{name}: {messages[0]}", fields=fields))

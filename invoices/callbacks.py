@@ -9,8 +9,9 @@ periodic sweep instead of losing it. Retries follow `RETRY_DELAYS`, under one `w
 import json
 import logging
 import secrets
-from functools import partial
 from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -34,6 +35,7 @@ from merchants.integrations import (
     webhook_endpoint_disable,
 )
 from merchants.models import SigningSecret, WebhookEndpoint
+from merchants.money import quantize
 from merchants.outbound import BlockedURL, OutboundResponse, post
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
     """The invoice as the API and callbacks show it. Amounts are strings: JSON numbers would
     be read as floats by most clients."""
     customer = invoice.customer
+
+    def money(value: Decimal) -> str:
+        return str(quantize(value, invoice.currency))
+
     return {
         "id": invoice.pk,
         "reference": invoice.reference,
@@ -74,8 +80,8 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "kind": invoice.kind,
         "pricing_mode": invoice.pricing_mode,
         "currency": invoice.currency,
-        "subtotal": str(invoice.subtotal),
-        "total": str(invoice.total),
+        "subtotal": money(invoice.subtotal),
+        "total": money(invoice.total),
         "open_amount": invoice.is_open_amount,
         "accepted_assets": list(invoice.accepted_assets),
         "fee_payer": invoice.fee_payer,
@@ -95,9 +101,9 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
             {
                 "name": item.name,
                 "description": item.description,
-                "quantity": str(item.quantity),
-                "unit_price": str(item.unit_price),
-                "amount": str(item.amount),
+                "quantity": format(item.quantity.normalize(), "f"),
+                "unit_price": money(item.unit_price),
+                "amount": money(item.amount),
             }
             for item in invoice.items.all()
         ],

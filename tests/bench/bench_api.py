@@ -1,0 +1,266 @@
+"""What the REST API costs: invoice creations per second, and callback deliveries per second.
+
+1. POST /api/v1/invoices (one line item, issued at once) over real HTTP to the threaded live
+   server, from 1 client and from 8 concurrent clients holding the same merchant's key (so
+   their creations queue on the merchant row, as one shop's do). The merchant has no webhook
+   endpoint: this is the API path alone.
+2. Callback deliveries: invoices of a merchant with one webhook endpoint leave one outbox row
+   each, made due a minute later (as when the broker lags: the task each commit fires finds
+   nothing due yet); the sweep's `callbacks_deliver_due()` drains them, one signed POST after another, to a receiver on
+   127.0.0.1 answering 204.
+
+Every figure is a ratio to a minimal authenticated ninja endpoint (the same key auth and the
+same per-key throttle, no work) served by the same live server in the same run: at the same
+concurrency for the creations, and for the deliveries to the same number of minimal requests
+from one client, since the sweep sends one at a time. Run with `make bench` (needs
+DATABASE_URL=postgres://...). Loopback only; every loop is bounded. Figures are printed,
+never asserted; correctness (every invoice made, every callback delivered and signed) is.
+"""
+
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+from django.db import connection, transaction
+from django.http import HttpRequest
+from django.urls import include, path
+from django.utils import timezone
+from ninja import NinjaAPI
+
+from invoices import callbacks
+from invoices.models import CallbackDelivery, CallbackStatus, Invoice, InvoiceStatus
+from merchants.api import ApiKeyAuth, PerKeyThrottle
+from merchants.integrations import api_key_create, sign, webhook_endpoint_create
+from tests.factories import MerchantFactory, make_invoice
+
+# The baseline: what every API request pays (routing, key lookup, throttle, JSON), no work.
+minimal_api = NinjaAPI(
+    title="Bench minimal",
+    urls_namespace="bench-minimal-api",
+    auth=ApiKeyAuth(),
+    throttle=PerKeyThrottle(),
+    docs_url=None,
+    openapi_url=None,
+)
+
+
+@minimal_api.get("/ping")
+def ping(request: HttpRequest) -> dict:
+    return {"ok": True}
+
+
+urlpatterns = [
+    path("bench-min/", minimal_api.urls),
+    path("", include("config.urls")),
+]
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]
+
+MINIMAL = "/bench-min/ping"
+INVOICES = "/api/v1/invoices"
+BODY = json.dumps(
+    {"currency": "USD", "items": [{"name": "Widget", "quantity": "1", "unit_price": "10.00"}]}
+).encode()
+CONCURRENCY = (1, 8)
+REQUESTS = 160  # per endpoint, concurrency and round
+DELIVERIES = 200  # per round
+ROUNDS = 3
+WARMUP = 10
+
+
+class Server:
+    """Where the live server listens: its IPv4 address, and the Host header it expects."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        self.address = socket.gethostbyname(parts.hostname)
+        self.port = parts.port
+        self.host = parts.netloc
+
+    def request(self, method: str, path: str, headers: dict, body: bytes | None = None):
+        conn = http.client.HTTPConnection(self.address, self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers={"Host": self.host, **headers})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+def _rate(server: Server, method: str, path: str, headers: dict, body, clients: int) -> float:
+    """REQUESTS requests from `clients` threads, per second. Every GET must answer 200 and
+    every POST 201."""
+    expected = 201 if method == "POST" else 200
+    per_thread = REQUESTS // clients
+    failures: list[tuple[int, bytes]] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            status, content = server.request(method, path, headers, body)
+            if status != expected:
+                failures.append((status, content[:300]))
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=120)
+    elapsed = time.perf_counter() - started
+    assert not any(thread.is_alive() for thread in threads), f"{path}: clients hung"
+    assert failures == [], f"{method} {path}: {failures[:3]}"
+    return per_thread * clients / elapsed
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A merchant's webhook receiver: keeps what it was sent, answers 204."""
+
+    received: list[tuple[dict[str, str], bytes]]
+    lock: threading.Lock
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.lock:
+            self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+def test_invoice_creation_and_callback_delivery_per_second(live_server, settings, capsys):
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "API throughput is measured on PostgreSQL with concurrent clients: "
+            "set DATABASE_URL=postgres://..."
+        )
+    settings.API_RATE_PER_MINUTE = 10**9
+    server = Server(live_server.url)
+
+    shop = MerchantFactory(name="Bench Shop")
+    shop_key = api_key_create(merchant=shop, name="Bench", by=None).plaintext
+    auth = {"Authorization": f"Bearer {shop_key}"}
+    post = {**auth, "Content-Type": "application/json"}
+    endpoints = {
+        "minimal": ("GET", MINIMAL, auth, None),
+        "invoice": ("POST", INVOICES, post, BODY),
+    }
+    for method, url, headers, body in endpoints.values():  # warm the server and its imports
+        for _ in range(WARMUP):
+            status, content = server.request(method, url, headers, body)
+            assert status in (200, 201), content[:300]
+
+    # Callback deliveries: a merchant with one endpoint on a receiver on this machine.
+    Receiver.received, Receiver.lock = [], threading.Lock()
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    receiver_thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    receiver_thread.start()
+    hooked = MerchantFactory(name="Hooked Shop")
+    hooked_key = api_key_create(merchant=hooked, name="Bench", by=None).plaintext
+    hooked_auth = {"Authorization": f"Bearer {hooked_key}"}
+    endpoint = webhook_endpoint_create(
+        merchant=hooked,
+        url=f"http://127.0.0.1:{receiver.server_address[1]}/hooks",
+        events=["invoice.created"],
+    )
+
+    def outbox(count: int) -> None:
+        # Rows made due only a minute from now: the task each commit fires finds nothing due
+        # yet (as when the broker lags), and the timed sweep below delivers them all.
+        with transaction.atomic():
+            for _ in range(count):
+                make_invoice(hooked, items=[("Widget", "1", "10.00")], issue=True)
+            CallbackDelivery.objects.filter(status=CallbackStatus.PENDING).update(
+                next_attempt_at=timezone.now() + timedelta(minutes=1)
+            )
+
+    def due() -> datetime:
+        return timezone.now() + timedelta(minutes=2)
+
+    rates: dict[tuple[str, int], list[float]] = {
+        (name, clients): [] for name in endpoints for clients in CONCURRENCY
+    }
+    minimal_sequential: list[float] = []
+    deliveries: list[float] = []
+    try:
+        outbox(WARMUP)
+        assert callbacks.callbacks_deliver_due(now=due()) == WARMUP
+        for _ in range(ROUNDS):  # interleaved, so load from elsewhere hits all alike
+            for clients in CONCURRENCY:
+                for name, (method, url, headers, body) in endpoints.items():
+                    rates[name, clients].append(_rate(server, method, url, headers, body, clients))
+            outbox(DELIVERIES)
+            started = time.perf_counter()
+            sent = callbacks.callbacks_deliver_due(now=due())
+            deliveries.append(DELIVERIES / (time.perf_counter() - started))
+            assert sent == DELIVERIES
+            started = time.perf_counter()
+            for _ in range(DELIVERIES):
+                status, content = server.request("GET", MINIMAL, hooked_auth)
+                assert status == 200, content[:300]
+            minimal_sequential.append(DELIVERIES / (time.perf_counter() - started))
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        receiver_thread.join(timeout=10)
+
+    # Every creation made one invoice, numbered without gaps or repeats, open for payment.
+    created = WARMUP + ROUNDS * REQUESTS * len(CONCURRENCY)
+    made = Invoice.objects.filter(merchant=shop)
+    assert made.count() == created
+    assert set(made.values_list("number", flat=True)) == set(range(1, created + 1))
+    assert not made.exclude(status=InvoiceStatus.OPEN).exists()
+    # Every outbox row delivered once, signed with the endpoint's secret.
+    expected = WARMUP + ROUNDS * DELIVERIES
+    rows = CallbackDelivery.objects.filter(merchant=hooked)
+    assert rows.count() == expected
+    assert rows.filter(status=CallbackStatus.DELIVERED, attempts=1).count() == expected
+    assert len(Receiver.received) == expected
+    ids = set()
+    for headers, body in Receiver.received:
+        assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers.keys()
+        assert headers["webhook-signature"] == sign(
+            secret=endpoint.secret,
+            message_id=headers["webhook-id"],
+            timestamp=int(headers["webhook-timestamp"]),
+            body=body,
+        )
+        assert json.loads(body)["type"] == "invoice.created"
+        ids.add(headers["webhook-id"])
+    assert len(ids) == expected
+
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    sequential = statistics.median(minimal_sequential)
+    delivered = statistics.median(deliveries)
+    with capsys.disabled():
+        print(
+            f"\nREST API on the threaded live server, PostgreSQL; median of {ROUNDS} rounds of "
+            f"{REQUESTS} requests (a new connection each), {DELIVERIES} callbacks a round"
+        )
+        print(f"{'':<36}{'clients':>8}{'per s':>9}{'x minimal':>11}")
+        for clients in CONCURRENCY:
+            base = median["minimal", clients]
+            print(f"{'minimal authenticated endpoint':<36}{clients:>8}{base:>9.0f}{1:>11.2f}")
+            rate = median["invoice", clients]
+            print(f"{'invoice creation, POST 201':<36}{clients:>8}{rate:>9.0f}{rate / base:>11.2f}")
+        print(
+            f"{'callback deliveries (sweep, 204)':<36}{1:>8}{delivered:>9.0f}"
+            f"{delivered / sequential:>11.2f}"
+            f"   (minimal endpoint, same {DELIVERIES} sequential: {sequential:.0f}/s)"
+        )
+        print(
+            f"8 / 1 clients: minimal {median['minimal', 8] / median['minimal', 1]:.2f}, "
+            f"invoice creation {median['invoice', 8] / median['invoice', 1]:.2f}"
+        )
