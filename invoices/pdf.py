@@ -64,6 +64,10 @@ class RenderTimeout(PdfError):
     """The render ran past PDF_RENDER_TIMEOUT_SECONDS and was stopped."""
 
 
+# How long the deadline waits for a delivered stop to take effect before delivering it again.
+RETRY_SECONDS = 0.25
+
+
 class _Deadline(BaseException):
     # A BaseException, so WeasyPrint's own `except Exception` handlers cannot swallow it.
     pass
@@ -229,25 +233,30 @@ def _deadline(seconds: float) -> Iterator[None]:
     """
     target = threading.get_ident()
     lock = threading.Lock()
-    done = False
+    finished = threading.Event()
 
     def expire() -> None:
-        with lock:
-            if not done:
+        # Delivered again while the block still runs: an asynchronous exception that lands in
+        # a callback the interpreter shields (a gc callback, a C library's callback) is
+        # swallowed there. The pause is far longer than the block needs to unwind once hit.
+        while not finished.wait(0 if not delivered else RETRY_SECONDS):
+            with lock:
+                if finished.is_set():
+                    return
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(target), ctypes.py_object(_Deadline)
                 )
+                delivered.append(True)
 
+    delivered: list[bool] = []
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
     try:
         yield
-        with lock:
-            done = True
     finally:
         with lock:
-            done = True
+            finished.set()
         timer.cancel()
 
 
