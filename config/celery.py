@@ -19,4 +19,8 @@ app.conf.beat_schedule = {
     "end-payments": {"task": "checkout.tasks.end_payments", "schedule": 15.0},
     # Callback retries come due at 5 s at the earliest, so the sweep runs that often.
     "callbacks-sweep": {"task": "invoices.tasks.callbacks_sweep", "schedule": 5.0},
+    "prune-idempotency-keys": {
+        "task": "merchants.tasks.prune_idempotency_keys",
+        "schedule": crontab(minute=17),
+    },
 }

@@ -6,8 +6,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from invoices.callbacks import callback_redeliver
 from invoices.delivery import email_delivery_retry
-from invoices.models import Actor, EmailDelivery, Invoice, InvoiceEvent, LineItem, Receipt
+from invoices.models import (
+    Actor,
+    CallbackAttempt,
+    CallbackDelivery,
+    EmailDelivery,
+    Invoice,
+    InvoiceEvent,
+    LineItem,
+    Receipt,
+)
 from invoices.services import InvoiceStateError, invoice_mark_paid
 
 
@@ -262,3 +272,45 @@ class ReceiptAdmin(ReadOnlyAdmin):
     search_fields = ["invoice__reference", "order_number", "reference", "key"]
     list_select_related = ["invoice"]
     date_hierarchy = "paid_at"
+
+
+class CallbackAttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "status_code", "duration_ms", "error", "response_excerpt"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "event_type",
+        "url",
+        "invoice",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+    ]
+    list_filter = ["status", "event_type"]
+    search_fields = ["url", "message_id", "invoice__reference", "merchant__name"]
+    list_select_related = ["invoice"]
+    date_hierarchy = "created_at"
+    inlines = [CallbackAttemptInline]
+    actions = ["redeliver"]
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        # Read-only rows, but the "Redeliver" action needs the change permission.
+        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)
+
+    @admin.action(description="Redeliver now", permissions=["change"])
+    def redeliver(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> None:
+        deliveries = list(queryset.order_by("pk"))
+        for delivery in deliveries:
+            callback_redeliver(delivery=delivery)
+        self.message_user(request, f"{len(deliveries)} callback(s) queued.", messages.SUCCESS)

@@ -1,7 +1,15 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest
 
-from merchants.models import Membership, Merchant, User
+from merchants.models import (
+    ApiKey,
+    IdempotencyRecord,
+    Membership,
+    Merchant,
+    User,
+    WebhookEndpoint,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -50,3 +58,40 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "merchant__name"]
     list_select_related = ["user", "merchant"]
     autocomplete_fields = ["user", "merchant"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made on the merchant's settings page (shown once there); admin can revoke."""
+
+    list_display = ["name", "merchant", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix", "merchant__name"]
+    list_select_related = ["merchant"]
+    readonly_fields = ["merchant", "prefix", "hashed", "created_by", "created_at", "last_used_at"]
+    fields = [*readonly_fields, "name", "revoked_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    list_display = ["url", "merchant", "enabled", "disabled_reason", "created_at"]
+    list_filter = ["enabled"]
+    search_fields = ["url", "description", "merchant__name"]
+    list_select_related = ["merchant"]
+    readonly_fields = ["secret", "previous_secret", "previous_secret_until"]
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin):
+    list_display = ["key", "merchant", "method", "path", "status_code", "created_at"]
+    search_fields = ["key", "path", "merchant__name"]
+    list_select_related = ["merchant"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from merchants.models import (
     ApiKey,
+    IdempotencyRecord,
     InvoiceCallbackSigner,
     Merchant,
     Role,
@@ -248,3 +249,14 @@ def webhook_disabled_send(*, merchant_id: int, url: str, reason: str) -> None:
         from_email=None,
         recipient_list=owners,
     )
+
+
+# Idempotency keys are kept a day: long enough for any client's retries, short enough that
+# the table stays small.
+IDEMPOTENCY_KEEP = timedelta(hours=24)
+
+
+def idempotency_prune(*, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - IDEMPOTENCY_KEEP
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from merchants.integrations import webhook_disabled_send
+from merchants.integrations import idempotency_prune, webhook_disabled_send
 from merchants.models import Membership, User
 from merchants.services import invitation_send
 
@@ -20,3 +20,8 @@ def send_invitation(membership_id: int, invited_by_id: int, new_user: bool) -> N
 @shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
 def send_webhook_disabled(merchant_id: int, url: str, reason: str) -> None:
     webhook_disabled_send(merchant_id=merchant_id, url=url, reason=reason)
+
+
+@shared_task(ignore_result=True)
+def prune_idempotency_keys() -> None:
+    idempotency_prune()

@@ -82,6 +82,10 @@ def test_action_marks_open_invoices_paid_and_refuses_final_ones(admin_client_, a
         "invoices/invoice",
         "invoices/invoiceevent",
         "invoices/lineitem",
+        "invoices/callbackdelivery",
+        "merchants/apikey",
+        "merchants/webhookendpoint",
+        "merchants/idempotencyrecord",
     ],
 )
 def test_every_model_has_a_searchable_admin_changelist(admin_client_, acme, model):
@@ -127,3 +131,20 @@ def test_admin_lists_email_deliveries_and_retries_the_failed_ones(
     assert EmailDelivery.objects.get(pk=failed.pk).status == EmailStatus.SENT
     assert EmailDelivery.objects.get(pk=sent.pk).status == EmailStatus.SENT
     assert len(mailoutbox) == 1
+
+
+def test_admin_redelivers_a_failed_callback(admin_client_, acme):
+    from invoices.models import CallbackDelivery, CallbackStatus
+
+    invoice = make_invoice(acme, issue=True, callback_url="https://shop.example/cb")
+    delivery = CallbackDelivery.objects.get(invoice=invoice)
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(status=CallbackStatus.FAILED)
+    response = admin_client_.post(
+        reverse("admin:invoices_callbackdelivery_changelist"),
+        {"action": "redeliver", "_selected_action": [delivery.pk]},
+    )
+    assert response.status_code == 302
+    delivery.refresh_from_db()
+    assert delivery.status == CallbackStatus.PENDING
+    page = admin_client_.get(reverse("admin:invoices_callbackdelivery_change", args=[delivery.pk]))
+    assert page.status_code == 200
