@@ -102,6 +102,7 @@ def _event_once(
         "transfer": transfer.pk,
         "tx": transfer.tx_hash,
         "amount": str(transfer.amount_major),
+        "units": str(transfer.amount),
         "asset": transfer.asset.symbol,
         "network": transfer.network.slug,
         "payment": payment_snapshot(payment),
@@ -114,6 +115,8 @@ def _event_once(
 
 def _announce(payment: Payment, transfer: Transfer) -> None:
     invoice = payment.invoice
+    # The totals first, so the payment in the events (and their callbacks) counts this transfer.
+    _update_totals(payment)
     if transfer.status == TransferStatus.ORPHANED:
         _event_once(
             invoice,
@@ -210,21 +213,33 @@ def _flag_late_money(payment: Payment, transfer: Transfer, was: str, invoice_was
     )
 
 
+def _live_transfers(payment: Payment):
+    return Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
+        status=TransferStatus.ORPHANED
+    )
+
+
+def _update_totals(payment: Payment) -> tuple[Decimal, Decimal]:
+    """Received and confirmed totals from the transfers, written to the payment."""
+    same_asset = _live_transfers(payment).filter(
+        asset_id=payment.asset_id, network_id=payment.network_id
+    )
+    received, confirmed = _sum(same_asset), _sum(same_asset, TransferStatus.CONFIRMED)
+    Payment.objects.filter(pk=payment.pk).update(received=received, confirmed=confirmed)
+    payment.received, payment.confirmed = received, confirmed
+    return received, confirmed
+
+
 def _recompute(payment: Payment) -> str:
     """Bring the payment (and its invoice) in line with its transfers; returns the payment's
     status before."""
-    transfers = Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
-        status=TransferStatus.ORPHANED
-    )
-    same_asset = transfers.filter(asset_id=payment.asset_id, network_id=payment.network_id)
-    received, confirmed = _sum(same_asset), _sum(same_asset, TransferStatus.CONFIRMED)
+    transfers = _live_transfers(payment)
+    received, confirmed = _update_totals(payment)
     other_confirmed = (
         transfers.exclude(asset_id=payment.asset_id)
         .filter(status=TransferStatus.CONFIRMED)
         .exists()
     )
-    Payment.objects.filter(pk=payment.pk).update(received=received, confirmed=confirmed)
-    payment.received, payment.confirmed = received, confirmed
     invoice = Invoice.objects.get(pk=payment.invoice_id)
     now = timezone.now()
     was = payment.status

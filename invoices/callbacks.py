@@ -128,6 +128,7 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
             "id": data["transfer"],
             "tx_hash": data.get("tx"),
             "amount": data.get("amount"),
+            "amount_base_units": data.get("units"),
             "asset": data.get("asset"),
             "network": data.get("network"),
         }
