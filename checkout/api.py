@@ -8,7 +8,7 @@ from ninja import Router, Schema
 from checkout.models import Payment, payment_snapshot
 from invoices.models import Invoice
 from invoices.selectors import invoice_scope
-from merchants.api import ApiError, merchant_of
+from merchants.api import ApiError, Error, merchant_of
 from wallets.models import Transfer
 
 router = Router(tags=["payments"])
@@ -53,12 +53,6 @@ class TransferOut(Schema):
     explorer_url: str
     seen_at: datetime
     confirmed_at: datetime | None
-
-
-class Error(Schema):
-    detail: str
-    code: str
-    fields: dict[str, list[str]]
 
 
 def _invoice(request: HttpRequest, invoice_id: int) -> Invoice:

@@ -9,7 +9,7 @@ from pydantic import ConfigDict
 from customers.models import Customer
 from customers.selectors import customer_list, customer_scope
 from customers.services import customer_archive, customer_create, customer_update
-from merchants.api import ApiError, idempotent, merchant_of, page
+from merchants.api import IDEMPOTENT_POST, ApiError, Error, idempotent, merchant_of, page
 from merchants.models import Merchant
 
 router = Router(tags=["customers"])
@@ -61,12 +61,6 @@ class CustomerPage(Schema):
     next_cursor: str | None
 
 
-class Error(Schema):
-    detail: str
-    code: str
-    fields: dict[str, list[str]]
-
-
 def customer_out(customer: Customer) -> dict:
     return {
         "id": customer.pk,
@@ -99,7 +93,12 @@ def list_customers(request: HttpRequest, filters: Query[CustomerFilters]):
     return {"items": [customer_out(c) for c in rows], "next_cursor": next_cursor}
 
 
-@router.post("", response={201: CustomerOut, 422: Error}, summary="Create a customer")
+@router.post(
+    "",
+    response={201: CustomerOut, 422: Error},
+    summary="Create a customer",
+    openapi_extra=IDEMPOTENT_POST,
+)
 @idempotent
 def create_customer(request: HttpRequest, payload: CustomerIn):
     customer = customer_create(merchant=merchant_of(request), **payload.model_dump())

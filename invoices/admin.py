@@ -278,7 +278,7 @@ class CallbackAttemptInline(admin.TabularInline):
     model = CallbackAttempt
     extra = 0
     can_delete = False
-    fields = ["number", "started_at", "status_code", "duration_ms", "error", "response_excerpt"]
+    fields = ("number", "started_at", "status_code", "duration_ms", "error", "response_excerpt")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]

@@ -32,7 +32,9 @@ from invoices.services import (
 )
 from merchants.api import (
     DECIMAL_PATTERN,
+    IDEMPOTENT_POST,
     ApiError,
+    Error,
     from_validation_error,
     idempotent,
     merchant_of,
@@ -157,12 +159,6 @@ class InvoicePage(Schema):
     next_cursor: str | None
 
 
-class Error(Schema):
-    detail: str
-    code: str
-    fields: dict[str, list[str]]
-
-
 class DuplicateError(Error):
     existing_id: int
 
@@ -248,6 +244,7 @@ def _duplicate(merchant: Merchant, foreign_id: str) -> ApiError | None:
     "",
     response={201: InvoiceOut, 409: DuplicateError, 422: Error},
     summary="Create an invoice",
+    openapi_extra=IDEMPOTENT_POST,
     description='Amounts are decimal strings (`"19.99"`), never JSON numbers. '
     "Send an `Idempotency-Key` header to make retries safe.",
 )
@@ -373,6 +370,7 @@ def _state(service: Any, **kwargs: Any) -> Invoice:
     "/{int:invoice_id}/cancel",
     response={200: InvoiceOut, 404: Error, 409: Error},
     summary="Cancel an open or processing invoice",
+    openapi_extra=IDEMPOTENT_POST,
     description="The invoice fails with reason `cancelled`; the `invoice.cancelled` callback "
     "says so.",
 )
@@ -386,6 +384,7 @@ def cancel_invoice(request: HttpRequest, invoice_id: int):
     "/{int:invoice_id}/close",
     response={200: InvoiceOut, 404: Error, 409: Error},
     summary="Close a permanent invoice to further payments",
+    openapi_extra=IDEMPOTENT_POST,
 )
 @idempotent
 def close_invoice(request: HttpRequest, invoice_id: int):

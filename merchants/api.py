@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from ninja import Schema
 from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
 
@@ -29,6 +30,29 @@ from merchants.models import ApiKey, IdempotencyRecord, Merchant
 # A decimal written as a JSON string: JSON numbers become floats in most clients.
 DECIMAL_PATTERN = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class Error(Schema):
+    """Every error answer."""
+
+    detail: str
+    code: str
+    fields: dict[str, list[str]]
+
+
+# Documents the header on every POST (and lets schema-driven clients and fuzzers send it).
+IDEMPOTENT_POST = {
+    "parameters": [
+        {
+            "in": "header",
+            "name": IDEMPOTENCY_HEADER,
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "Any unique string per operation (e.g. your order id). A retry "
+            "with the same key and body replays the first answer for 24 hours.",
+        }
+    ]
+}
 
 
 class ApiError(Exception):
