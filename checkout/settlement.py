@@ -285,48 +285,24 @@ def _recompute(payment: Payment) -> str:
     if not payment_move(payment=payment, to=verdict):
         return was
     if late or other_confirmed:
-        reason = "Money arrived after the payment ended; accept it or refund it."
-        _invoice_to(
-            invoice,
-            InvoiceStatus.UNRESOLVED,
-            "invoice.unresolved",
-            payment=payment,
-            note=reason,
+        _needs_decision(
+            invoice, payment, "Money arrived after the payment ended; accept it or refund it."
         )
-        invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
     elif verdict == P.PAID:
         # The receipt to the payer and the notice to the merchant leave on commit, once.
         invoice_paid_deliver(invoice=invoice, receipt=_receipt(payment))
-        if invoice.kind == InvoiceKind.ONE_TIME:
-            _invoice_to(
-                invoice,
-                InvoiceStatus.PAID,
-                "invoice.paid",
-                payment=payment,
-                note=f"Order {payment.order_number}",
-            )
-        else:
-            # A permanent invoice stays open for the next payer; the order is what got paid.
-            _invoice_to(
-                invoice,
-                InvoiceStatus.OPEN,
-                "invoice.paid",
-                payment=payment,
-                note=f"Order {payment.order_number}",
-            )
-    elif verdict == P.OVERPAID:
-        reason = (
-            f"Order {payment.order_number} received more than due; "
-            "accept it or refund the difference."
-        )
+        # A permanent invoice stays open for the next payer; the order is what got paid.
+        paid = InvoiceStatus.PAID if invoice.kind == InvoiceKind.ONE_TIME else InvoiceStatus.OPEN
         _invoice_to(
-            invoice,
-            InvoiceStatus.UNRESOLVED,
-            "invoice.unresolved",
-            payment=payment,
-            note=reason,
+            invoice, paid, "invoice.paid", payment=payment, note=f"Order {payment.order_number}"
         )
-        invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
+    elif verdict == P.OVERPAID:
+        _needs_decision(
+            invoice,
+            payment,
+            f"Order {payment.order_number} received more than due; "
+            "accept it or refund the difference.",
+        )
     elif verdict == P.UNDERPAID:
         _invoice_to(
             invoice,
@@ -338,6 +314,14 @@ def _recompute(payment: Payment) -> str:
             "the money is credited and refundable.",
         )
     return was
+
+
+def _needs_decision(invoice: Invoice, payment: Payment, reason: str) -> None:
+    """Unresolved: the merchant accepts the money or refunds it, and is told so once."""
+    _invoice_to(
+        invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", payment=payment, note=reason
+    )
+    invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
 
 
 def _receipt(payment: Payment) -> ReceiptInput:
