@@ -353,7 +353,7 @@ def post(
     """POST once to a merchant's URL. Only a refused URL raises (BlockedURL), before any
     connection is made; network failures come back as a response with `status=None`."""
     target = check_url(url, allow_private=allow_private, resolve=True)
-    seconds = float(settings.CALLBACK_TIMEOUT_SECONDS if timeout is None else timeout)
+    seconds: float = settings.CALLBACK_TIMEOUT_SECONDS if timeout is None else timeout
     return _send(target, body=body, headers=headers, timeout=seconds)
 
 
