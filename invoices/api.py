@@ -102,7 +102,8 @@ class InvoiceUpdateIn(In):
 
 class InvoiceFilters(Schema):
     status: Literal[tuple(InvoiceStatus.values)] | None = None  # type: ignore[valid-type]
-    customer_id: int | None = None
+    # Bounded like a database id: beyond 64 bits SQLite cannot even compare.
+    customer_id: int | None = Field(None, ge=1, le=2**63 - 1)
     created_after: date | None = None
     created_before: date | None = None
     foreign_id: str | None = Field(None, max_length=128)

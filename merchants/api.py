@@ -8,6 +8,7 @@ client needs one parser; `fields` names the offending input (`items.0.unit_price
 import base64
 import binascii
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -100,6 +101,44 @@ def from_validation_error(error: ValidationError, *, prefix: str = "") -> ApiErr
     return ApiError(422, first, code="invalid", fields=fields)
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character hides in parsed JSON, as a field name (`items.0.name`)."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)  # type: ignore[assignment]
+    else:
+        return None
+    for key, item in items:
+        if "\x00" in str(key):
+            return f"{path}.{key}".lstrip(".")
+        found = _nul_path(item, f"{path}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
+def refuse_nul_characters(request: HttpRequest) -> None:
+    """No text we store may hold a NUL character (PostgreSQL cannot), so it is refused at the
+    door with the field's name, for query parameters and JSON bodies alike."""
+    fields = [name for name, values in request.GET.lists() if any("\x00" in v for v in values)]
+    if b"\\u0000" in request.body:
+        try:
+            found = _nul_path(json.loads(request.body))
+        except ValueError:
+            found = None  # not JSON: the body parser answers that
+        if found:
+            fields.append(found)
+    if fields:
+        raise ApiError(
+            422,
+            f"{fields[0]}: text may not contain NUL characters.",
+            fields={name: ["May not contain NUL characters."] for name in fields},
+        )
+
+
 class ApiKeyAuth(HttpBearer):
     """`Authorization: Bearer sb_…`; the request then carries `request.auth` (the ApiKey)."""
 
@@ -107,6 +146,8 @@ class ApiKeyAuth(HttpBearer):
         key = api_key_authenticate(token.strip())
         if key is not None:
             request.merchant = key.merchant  # type: ignore[attr-defined]
+            # Checked here because it runs before any handler parses input.
+            refuse_nul_characters(request)
         return key
 
 
