@@ -819,8 +819,6 @@ def test_api_docs_page_renders(client, db):
 
 # Found by fuzzing (tests/api/test_schemathesis.py) -------------------------------------------
 
-EMPTY_PAGE = {"items": [], "next_cursor": None}
-
 
 @pytest.fixture
 def app_client():
