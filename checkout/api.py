@@ -6,9 +6,8 @@ from django.http import HttpRequest
 from ninja import Router, Schema
 
 from checkout.models import Payment, payment_snapshot
-from invoices.models import Invoice
-from invoices.selectors import invoice_scope
-from merchants.api import ApiError, Error, merchant_of
+from invoices.api import invoice_or_404
+from merchants.api import Error, merchant_of
 from wallets.models import Transfer
 
 router = Router(tags=["payments"])
@@ -55,22 +54,15 @@ class TransferOut(Schema):
     confirmed_at: datetime | None
 
 
-def _invoice(request: HttpRequest, invoice_id: int) -> Invoice:
-    invoice = invoice_scope(merchant=merchant_of(request)).filter(pk=invoice_id).first()
-    if invoice is None:
-        raise ApiError(404, "No such invoice.", code="not_found")
-    return invoice
-
-
 @router.get(
     "/{int:invoice_id}/payments",
     response={200: list[PaymentOut], 404: Error},
     summary="The payments (orders) of an invoice, newest first",
 )
 def list_payments(request: HttpRequest, invoice_id: int):
-    payments = Payment.objects.filter(invoice=_invoice(request, invoice_id)).select_related(
-        "asset", "network", "deposit_address"
-    )
+    payments = Payment.objects.filter(
+        invoice=invoice_or_404(merchant_of(request), invoice_id)
+    ).select_related("asset", "network", "deposit_address")
     return [payment_snapshot(payment) for payment in payments.order_by("-number")]
 
 
@@ -80,7 +72,7 @@ def list_payments(request: HttpRequest, invoice_id: int):
     summary="On-chain transfers to the invoice's deposit addresses",
 )
 def list_transfers(request: HttpRequest, invoice_id: int):
-    invoice = _invoice(request, invoice_id)
+    invoice = invoice_or_404(merchant_of(request), invoice_id)
     orders = dict(
         Payment.objects.filter(invoice=invoice).values_list("deposit_address_id", "order_number")
     )

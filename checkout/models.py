@@ -5,6 +5,7 @@ from decimal import Decimal
 from django.db import models
 from django.db.models import Q
 
+from invoices.callbacks import iso
 from invoices.models import MONEY_DIGITS, MONEY_PLACES, Invoice
 from merchants.models import FeePayer
 from merchants.money import quantize
@@ -120,10 +121,6 @@ class Payment(models.Model):
         return self.status in OPEN_PAYMENT
 
 
-def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def payment_snapshot(payment: Payment) -> dict:
     """A payment as the API and callbacks show it: amounts as strings, chain amounts both in
     base units (exact integers) and in whole tokens."""
@@ -146,8 +143,8 @@ def payment_snapshot(payment: Payment) -> dict:
         "fee_payer": payment.fee_payer,
         "rate": format(payment.rate.normalize(), "f"),
         "rate_source": payment.rate_source,
-        "rate_at": _iso(payment.rate_at),
-        "expires_at": _iso(payment.expires_at),
-        "created_at": _iso(payment.created_at),
-        "finalized_at": _iso(payment.finalized_at),
+        "rate_at": iso(payment.rate_at),
+        "expires_at": iso(payment.expires_at),
+        "created_at": iso(payment.created_at),
+        "finalized_at": iso(payment.finalized_at),
     }

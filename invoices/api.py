@@ -164,7 +164,7 @@ class DuplicateError(Error):
     existing_id: int
 
 
-def _get(merchant: Merchant, invoice_id: int) -> Invoice:
+def invoice_or_404(merchant: Merchant, invoice_id: int) -> Invoice:
     invoice = invoice_scope(merchant=merchant).filter(pk=invoice_id).first()
     if invoice is None:
         raise ApiError(404, "No such invoice.", code="not_found")
@@ -329,7 +329,7 @@ def get_invoice_by_foreign_id(
 
 @router.get("/{int:invoice_id}", response={200: InvoiceOut, 404: Error}, summary="Get an invoice")
 def get_invoice(request: HttpRequest, invoice_id: int):
-    return _snapshot(_get(merchant_of(request), invoice_id).pk)
+    return _snapshot(invoice_or_404(merchant_of(request), invoice_id).pk)
 
 
 @router.patch(
@@ -340,7 +340,7 @@ def get_invoice(request: HttpRequest, invoice_id: int):
     "time; the items or amount only while no payment has started.",
 )
 def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdateIn):
-    invoice = _get(merchant_of(request), invoice_id)
+    invoice = invoice_or_404(merchant_of(request), invoice_id)
     given = payload.model_fields_set
     with transaction.atomic():
         integration: dict[str, str] = {
@@ -377,7 +377,7 @@ def _state(service: Any, **kwargs: Any) -> Invoice:
 )
 @idempotent
 def cancel_invoice(request: HttpRequest, invoice_id: int):
-    invoice = _get(merchant_of(request), invoice_id)
+    invoice = invoice_or_404(merchant_of(request), invoice_id)
     return _snapshot(_state(invoice_cancel, invoice=invoice, actor=Actor.API).pk)
 
 
@@ -389,7 +389,7 @@ def cancel_invoice(request: HttpRequest, invoice_id: int):
 )
 @idempotent
 def close_invoice(request: HttpRequest, invoice_id: int):
-    invoice = _get(merchant_of(request), invoice_id)
+    invoice = invoice_or_404(merchant_of(request), invoice_id)
     if invoice.kind != InvoiceKind.PERMANENT:
         raise ApiError(409, "Only permanent invoices are closed.", code="invalid_state")
     return _snapshot(_state(invoice_close, invoice=invoice, actor=Actor.API).pk)

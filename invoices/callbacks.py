@@ -60,7 +60,7 @@ CALLBACK_TYPES = {
 EXCERPT_CHARS = 1000
 
 
-def _iso(value: Any) -> str | None:
+def iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -86,7 +86,7 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "accepted_assets": list(invoice.accepted_assets),
         "fee_payer": invoice.fee_payer,
         "description": invoice.description,
-        "due_date": _iso(invoice.due_date),
+        "due_date": iso(invoice.due_date),
         "customer": (
             {
                 "id": customer.pk,
@@ -113,10 +113,10 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "payment_page_url": invoice.payment_page_url or None,
         "payment_page_button": invoice.payment_page_button or None,
         "pay_url": invoice.pay_url,
-        "created_at": _iso(invoice.created_at),
-        "issued_at": _iso(invoice.issued_at),
-        "expires_at": _iso(invoice.expires_at),
-        "finalized_at": _iso(invoice.finalized_at),
+        "created_at": iso(invoice.created_at),
+        "issued_at": iso(invoice.issued_at),
+        "expires_at": iso(invoice.expires_at),
+        "finalized_at": iso(invoice.finalized_at),
     }
 
 
@@ -134,7 +134,7 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
         }
     body = {
         "type": type,
-        "timestamp": _iso(event.created_at),
+        "timestamp": iso(event.created_at),
         "data": {
             "invoice": invoice_snapshot(invoice),
             "foreign_id": invoice.foreign_id or None,

@@ -42,6 +42,11 @@ class EndpointForm(forms.Form):
     enabled = forms.BooleanField(required=False, initial=True)
 
 
+def _show_errors(form: EndpointForm, error: ValidationError) -> None:
+    for field, errors in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, errors)
+
+
 def _endpoints(request: MerchantRequest):
     return WebhookEndpoint.objects.filter(merchant=request.merchant)
 
@@ -58,8 +63,7 @@ def webhook_list(request: MerchantRequest) -> HttpResponse:
                 events=form.cleaned_data["events"],
             )
         except ValidationError as error:
-            for field, errors in error.message_dict.items():
-                form.add_error(field if field in form.fields else None, errors)
+            _show_errors(form, error)
         else:
             messages.success(
                 request, "Endpoint added. Send it a test event to check your receiver."
@@ -93,8 +97,7 @@ def webhook_detail(request: MerchantRequest, pk: int) -> HttpResponse:
         try:
             webhook_endpoint_update(endpoint=endpoint, **form.cleaned_data)
         except ValidationError as error:
-            for field, errors in error.message_dict.items():
-                form.add_error(field if field in form.fields else None, errors)
+            _show_errors(form, error)
         else:
             messages.success(request, "Endpoint saved.")
             return redirect("webhook_detail", pk=endpoint.pk)
