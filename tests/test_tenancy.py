@@ -35,8 +35,10 @@ from merchants.models import (
     Role,
     WebhookEndpoint,
 )
+from tests.evm import seed_networks
 from tests.factories import make_invoice
-from wallets.models import Wallet
+from wallets.addresses import deposit_address_allocate, wallet_set
+from wallets.models import Asset, DepositAddress, Network, Transfer, Wallet
 
 TENANT_URLCONFS = (
     "merchants.urls",
@@ -75,6 +77,31 @@ class World:
     api_key: ApiKey
     endpoint: WebhookEndpoint
     delivery: CallbackDelivery
+    deposit: DepositAddress
+
+
+def _funded_deposit(acme: Merchant) -> DepositAddress:
+    """An Acme deposit address that received money, for the pages that list addresses."""
+    from tests.wallets.test_addresses import ABANDON_ACCOUNT_1_XPUB
+
+    seed_networks()
+    wallet_set(merchant=acme, xpub=ABANDON_ACCOUNT_1_XPUB)
+    deposit = deposit_address_allocate(merchant=acme)
+    network = Network.objects.get(slug="ethereum")
+    Transfer.objects.create(
+        network=network,
+        asset=Asset.objects.get(network=network, symbol="USDT"),
+        deposit_address=deposit,
+        tx_hash="0x" + "ab" * 32,
+        log_index=0,
+        block_number=1,
+        block_hash="0x" + "cd" * 32,
+        from_address="0x" + "1" * 40,
+        to_address=deposit.address,
+        amount=5_000_000,
+        status="confirmed",
+    )
+    return deposit
 
 
 @pytest.fixture
@@ -106,6 +133,7 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         api_key=api_key_create(merchant=acme, name="Shop", by=alice).key,
         endpoint=endpoint,
         delivery=CallbackDelivery.objects.filter(invoice=open_invoice).first(),
+        deposit=_funded_deposit(acme),
     )
 
 
@@ -188,7 +216,7 @@ class Case:
     data: Callable[[World], dict] = field(default=lambda w: {})
     outsider: int | None = None  # URLs without an object: what charlie gets in his own business
     writes: bool = False  # the member's request changes Acme's data
-    shows_acme: bool = False  # the member's page lists Acme's customer
+    shows_acme: bool = False  # the member's page lists Acme's customer or deposit address
 
     @property
     def id(self) -> str:
@@ -256,6 +284,7 @@ CASES = [
     Case("member_update", POST, OWNER, 302, obj="membership", data=_remove_form, writes=True),
     Case("wallet_settings", GET, VIEWER, 200, outsider=200),
     Case("wallet_settings", POST, OWNER, 302, data=_xpub_form, outsider=302, writes=True),
+    Case("wallet_addresses_csv", GET, VIEWER, 200, outsider=200, shows_acme=True),
     Case("balances", GET, VIEWER, 200, outsider=200),
     Case("ledger", GET, VIEWER, 200, outsider=200),
     Case("transfer_list", GET, VIEWER, 200, outsider=200),
@@ -289,6 +318,11 @@ def _send(client, case: Case, w: World, *, pk: int | None = None):
     return client.post(url, case.data(w))
 
 
+def _content(response) -> bytes:
+    """The body of a page or of a streamed download alike."""
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
 def _acme_state(acme: Merchant) -> dict:
     """Everything Acme owns, to prove a refused request changed nothing."""
     return {
@@ -305,6 +339,7 @@ def _acme_state(acme: Merchant) -> dict:
         "customers": list(Customer.objects.filter(merchant=acme).order_by("pk").values()),
         "members": list(Membership.objects.filter(merchant=acme).order_by("pk").values()),
         "wallet": list(Wallet.objects.filter(merchant=acme).values()),
+        "addresses": list(DepositAddress.objects.filter(merchant=acme).order_by("pk").values()),
         "api_keys": list(ApiKey.objects.filter(merchant=acme).order_by("pk").values()),
         "endpoints": list(WebhookEndpoint.objects.filter(merchant=acme).order_by("pk").values()),
         "signers": list(InvoiceCallbackSigner.objects.filter(merchant=acme).values()),
@@ -424,12 +459,15 @@ def test_outsider_works_in_own_business_and_never_sees_or_touches_acme(
     before = _acme_state(world.acme)
     response = _send(client_for(charlie), case, world)
     assert response.status_code == case.outsider
-    assert b"Ada Lovelace" not in response.content
-    assert b"Acme Tools" not in response.content
+    body = _content(response)
+    assert b"Ada Lovelace" not in body
+    assert b"Acme Tools" not in body
+    assert world.deposit.address.encode() not in body.lower()
     assert _acme_state(world.acme) == before
     if case.shows_acme:
-        # The same page does show Acme's customer to Acme's owner: the check above can fail.
-        assert b"Ada Lovelace" in _send(client_for(alice), case, world).content
+        # The same page does show Acme's data to Acme's owner: the checks above can fail.
+        owner_body = _content(_send(client_for(alice), case, world))
+        assert b"Ada Lovelace" in owner_body or world.deposit.address.encode() in owner_body.lower()
 
 
 def test_outsider_posting_acme_customer_on_new_invoice_gets_field_error_and_no_invoice(

@@ -4,16 +4,27 @@ The `xpub` AddressProvider: m/44'/60'/0' is given, /0/i is derived here. No priv
 reaches the server; CREATE2 forwarders can be a second provider later.
 """
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
-from bip_utils import Base58ChecksumError, Bip32KeyError, Bip32Secp256k1, EthAddrEncoder
+from bip_utils import (
+    Base58ChecksumError,
+    Bip32KeyError,
+    Bip32Secp256k1,
+    EthAddrEncoder,
+    Kekkak256,
+)
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from merchants.models import Merchant
 from wallets.models import DepositAddress, Wallet
 
 HARDENED = 0x80000000
+# Addresses looked up at once when skipping taken ones.
+LOOKAHEAD = 20
 # Version prefixes of private extended keys: such a key must be refused and never stored.
 PRIVATE_PREFIXES = ("xprv", "tprv", "yprv", "zprv", "Yprv", "Zprv", "uprv", "vprv", "Ltpv")
 # Prefixes other coins and Bitcoin address formats use for public keys.
@@ -35,6 +46,18 @@ WRONG_COIN_PREFIXES = (
 class AccountKey:
     xpub: str
     first_address: str
+    # What makes the key this key: see key_fingerprint().
+    fingerprint: str
+
+
+def key_fingerprint(key: Bip32Secp256k1) -> str:
+    """SHA-256 of chain code + compressed public key, the two things every address depends on.
+
+    Version bytes, depth, child number and parent fingerprint are labels: an xpub re-encoded
+    with other labels derives exactly the same addresses, so it must count as the same key.
+    """
+    material = key.ChainCode().ToBytes() + key.PublicKey().RawCompressed().ToBytes()
+    return hashlib.sha256(material).hexdigest()
 
 
 def parse_account_xpub(raw: str) -> AccountKey:
@@ -69,7 +92,9 @@ def parse_account_xpub(raw: str) -> AccountKey:
             "Use the account-level key (path m/44'/60'/0'), not a key from another depth.",
             code="wrong_depth",
         )
-    return AccountKey(xpub=text, first_address=derive_address(text, 0))
+    return AccountKey(
+        xpub=text, first_address=derive_address(text, 0), fingerprint=key_fingerprint(key)
+    )
 
 
 def derive_address(xpub: str, index: int) -> str:
@@ -78,41 +103,123 @@ def derive_address(xpub: str, index: int) -> str:
     return EthAddrEncoder.EncodeKey(child.PublicKey().KeyObject())
 
 
-def wallet_set(*, merchant: Merchant, xpub: str, is_demo: bool = False) -> Wallet:
-    """Attach or replace the merchant's xpub. Addresses already handed out stay valid."""
-    account = parse_account_xpub(xpub)
-    if Wallet.objects.filter(xpub=account.xpub).exclude(merchant=merchant).exists():
-        raise ValidationError("This key is already used by another business.", code="taken")
-    with transaction.atomic():
-        wallet = Wallet.objects.select_for_update().filter(merchant=merchant).first()
-        if wallet is None:
-            return Wallet.objects.create(
-                merchant=merchant,
-                xpub=account.xpub,
-                first_address=account.first_address,
-                is_demo=is_demo,
+def checksum_address(address: str) -> str:
+    """EIP-55 mixed case of a 0x address, the way wallets and explorers print it."""
+    body = address.lower().removeprefix("0x")
+    digest = Kekkak256.QuickDigest(body).hex()
+    return "0x" + "".join(
+        c.upper() if int(d, 16) >= 8 else c for c, d in zip(body, digest[:40], strict=True)
+    )
+
+
+def _derive_range(xpub: str, start: int, count: int) -> list[tuple[int, str]]:
+    """(index, lower-case address) for `count` indexes from `start`, deriving /0 once."""
+    chain = Bip32Secp256k1.FromExtendedKey(xpub).ChildKey(0)
+    return [
+        (i, EthAddrEncoder.EncodeKey(chain.ChildKey(i).PublicKey().KeyObject()).lower())
+        for i in range(start, start + count)
+    ]
+
+
+def _free_addresses(xpub: str, start: int) -> Iterator[tuple[int, str]]:
+    """The key's addresses from index `start` on, minus those already in DepositAddress.
+
+    An address can be taken although this wallet never handed it out: the same key was
+    connected to another business before, or an earlier key of this one. Looked up a batch
+    at a time, so a long run of taken addresses costs one query per batch, not per address.
+    """
+    index = start
+    while True:
+        batch = _derive_range(xpub, index, LOOKAHEAD)
+        taken = set(
+            DepositAddress.objects.filter(address__in=[a for _, a in batch]).values_list(
+                "address", flat=True
             )
-        if wallet.xpub != account.xpub:
-            # The index sequence continues across keys, so switching back to an earlier key
-            # can never hand out one of its addresses a second time.
-            wallet.xpub, wallet.first_address = account.xpub, account.first_address
-            wallet.is_demo = is_demo
-            wallet.save(update_fields=["xpub", "first_address", "is_demo"])
-        return wallet
+        )
+        yield from ((i, a) for i, a in batch if a not in taken)
+        index += LOOKAHEAD
+
+
+def wallet_next_addresses(*, wallet: Wallet, count: int = 5) -> list[tuple[int, str]]:
+    """The (index, checksummed address) pairs the next payments will really get."""
+    free = islice(_free_addresses(wallet.xpub, wallet.next_index), count)
+    return [(index, derive_address(wallet.xpub, index)) for index, _ in free]
+
+
+def wallet_set(*, merchant: Merchant, xpub: str, is_demo: bool = False) -> Wallet:
+    """Attach or replace the merchant's xpub. Addresses already handed out stay valid.
+
+    A key is refused when another business holds it, in whatever encoding: the unique
+    fingerprint decides, so two businesses racing for one key cannot both get it.
+    """
+    account = parse_account_xpub(xpub)
+    taken = ValidationError(
+        "This key is already connected to another business. Each business needs a wallet "
+        "account of its own: export the key of another account (m/44'/60'/1', …) or of "
+        "another wallet.",
+        code="taken",
+    )
+    try:
+        with transaction.atomic():
+            wallet = Wallet.objects.select_for_update().filter(merchant=merchant).first()
+            if wallet is None:
+                return Wallet.objects.create(
+                    merchant=merchant,
+                    xpub=account.xpub,
+                    key_fingerprint=account.fingerprint,
+                    first_address=account.first_address,
+                    is_demo=is_demo,
+                )
+            if wallet.key_fingerprint != account.fingerprint:
+                # A new key starts at index 0. Addresses of a key used here before are in
+                # DepositAddress and are skipped by the allocation, never handed out again.
+                wallet.xpub, wallet.key_fingerprint = account.xpub, account.fingerprint
+                wallet.first_address, wallet.is_demo = account.first_address, is_demo
+                wallet.next_index = 0
+                wallet.save(
+                    update_fields=[
+                        "xpub",
+                        "key_fingerprint",
+                        "first_address",
+                        "is_demo",
+                        "next_index",
+                    ]
+                )
+            return wallet
+    except IntegrityError:
+        others = Wallet.objects.filter(key_fingerprint=account.fingerprint).exclude(
+            merchant=merchant
+        )
+        if others.exists():
+            raise taken from None
+        # Two first saves of one merchant raced on the merchant's row; the other one won.
+        return wallet_set(merchant=merchant, xpub=xpub, is_demo=is_demo)
 
 
 def deposit_address_allocate(*, merchant: Merchant) -> DepositAddress:
-    """The next unused address of the merchant's wallet, never handed out twice.
+    """The next free address of the merchant's wallet, never handed out twice.
 
     The wallet row is locked while the index is taken and the address row inserted, so
-    concurrent payments queue here instead of sharing an address.
+    concurrent payments queue here instead of sharing an address. An address that is taken
+    already (see `_free_addresses`) is skipped: the payment gets the next one, never an error.
     """
     with transaction.atomic():
         wallet = Wallet.objects.select_for_update().get(merchant=merchant)
-        index = wallet.next_index
-        address = derive_address(wallet.xpub, index).lower()
-        wallet.next_index = index + 1
-        wallet.save(update_fields=["next_index"])
-        return DepositAddress.objects.create(
-            wallet=wallet, merchant=merchant, derivation_index=index, address=address
-        )
+        for index, address in _free_addresses(wallet.xpub, wallet.next_index):
+            try:
+                # A savepoint: should the address be taken between the look-up and here,
+                # the unique index says so and the next one is tried.
+                with transaction.atomic():
+                    deposit = DepositAddress.objects.create(
+                        wallet=wallet,
+                        merchant=merchant,
+                        key_fingerprint=wallet.key_fingerprint,
+                        derivation_index=index,
+                        address=address,
+                    )
+            except IntegrityError:
+                continue
+            wallet.next_index = index + 1
+            wallet.save(update_fields=["next_index"])
+            return deposit
+    raise AssertionError("unreachable: _free_addresses never ends")

@@ -96,10 +96,18 @@ class AssetAdmin(admin.ModelAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(admin.ModelAdmin):
-    list_display = ["merchant", "first_address", "next_index", "is_demo", "created_at"]
+    list_display = ["merchant", "first_address", "key_id", "next_index", "is_demo", "created_at"]
     list_filter = ["is_demo"]
-    search_fields = ["merchant__name", "first_address", "xpub"]
-    readonly_fields = ["merchant", "xpub", "first_address", "next_index", "is_demo", "created_at"]
+    search_fields = ["merchant__name", "first_address", "xpub", "key_fingerprint"]
+    readonly_fields = [
+        "merchant",
+        "xpub",
+        "key_fingerprint",
+        "first_address",
+        "next_index",
+        "is_demo",
+        "created_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # merchants set their key in settings, where it is validated
@@ -107,10 +115,14 @@ class WalletAdmin(admin.ModelAdmin):
 
 @admin.register(DepositAddress)
 class DepositAddressAdmin(ReadOnlyAdmin):
-    list_display = ["address", "merchant", "derivation_index", "created_at"]
+    list_display = ["address", "merchant", "derivation_path", "key_id", "created_at"]
     search_fields = ["address", "merchant__name"]
     list_filter = ["merchant"]
     list_select_related = ["merchant"]
+
+    @admin.display(description="key")
+    def key_id(self, address: DepositAddress) -> str:
+        return address.key_fingerprint[:8] or "earlier key"
 
 
 @admin.register(ChainCursor)
@@ -126,6 +138,7 @@ class TransferAdmin(ReadOnlyAdmin):
         "network",
         "asset",
         "to_address",
+        "derivation_path",
         "amount",
         "status",
         "confirmations",
@@ -133,7 +146,13 @@ class TransferAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["network", "status", "asset__symbol"]
     search_fields = ["tx_hash", "to_address", "from_address"]
-    list_select_related = ["network", "asset"]
+    list_select_related = ["network", "asset", "deposit_address"]
+    readonly_fields = ["derivation_path"]
+
+    @admin.display(description="derivation path")
+    def derivation_path(self, transfer: Transfer) -> str:
+        return transfer.deposit_address.derivation_path
+
     date_hierarchy = "seen_at"
 
 

@@ -132,8 +132,12 @@ class Wallet(models.Model):
 
     merchant = models.OneToOneField(Merchant, on_delete=models.CASCADE, related_name="wallet")
     xpub = models.CharField(max_length=120, unique=True)
+    # SHA-256 of chain code + public key: what makes two xpubs the same key, whatever their
+    # version, depth, child number or parent fingerprint say. One key, one business.
+    key_fingerprint = models.CharField(max_length=64, unique=True)
     first_address = models.CharField(max_length=42)
-    # The next derivation index; taken under a row lock, so addresses are never shared.
+    # The next derivation index of the current key; taken under a row lock, so addresses are
+    # never shared. A new key starts again at 0.
     next_index = models.PositiveIntegerField(default=0)
     is_demo = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -141,27 +145,51 @@ class Wallet(models.Model):
     def __str__(self) -> str:
         return f"{self.merchant} wallet{' (demo)' if self.is_demo else ''}"
 
+    @property
+    def key_id(self) -> str:
+        """A short name of the key for people: the start of its fingerprint."""
+        return self.key_fingerprint[:8]
+
+
+# The external (receiving) chain of the account key: m/44'/60'/0' is the merchant's, /0/i ours.
+DERIVATION_PREFIX = "m/44'/60'/0'/0/"
+
+
+def derivation_path(index: int) -> str:
+    return f"{DERIVATION_PREFIX}{index}"
+
 
 class DepositAddress(models.Model):
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="addresses")
     merchant = models.ForeignKey(
         Merchant, on_delete=models.PROTECT, related_name="deposit_addresses"
     )
+    # The key the address was derived from (Wallet.key_fingerprint at the time): a wallet may
+    # change keys, and each key's indexes start at 0. Empty for addresses made before keys were
+    # fingerprinted, whose key is no longer known.
+    key_fingerprint = models.CharField(max_length=64, blank=True)
     derivation_index = models.PositiveIntegerField()
     # Lower-case, so the scanner matches log addresses with one indexed equality lookup.
-    # Every address ever handed out stays matched: money sent late is still recorded.
+    # Every address ever handed out stays matched: money sent late is still recorded. Unique
+    # across merchants too: an address that is taken is skipped, never handed out again.
     address = models.CharField(max_length=42, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["wallet", "derivation_index"], name="deposit_unique_index"
+                fields=["key_fingerprint", "derivation_index"],
+                condition=~Q(key_fingerprint=""),
+                name="deposit_unique_key_index",
             )
         ]
 
     def __str__(self) -> str:
         return self.address
+
+    @property
+    def derivation_path(self) -> str:
+        return derivation_path(self.derivation_index)
 
 
 class ChainCursor(models.Model):

@@ -1,8 +1,9 @@
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 
 from merchants.models import Merchant
 from wallets.models import Balance, LedgerEntry, Transfer, TransferStatus
@@ -77,10 +78,68 @@ def ledger_entries(
 
 def transfer_list(*, merchant: Merchant, status: str = "", network: str = "") -> QuerySet[Transfer]:
     transfers = Transfer.objects.filter(deposit_address__merchant=merchant).select_related(
-        "network", "asset"
+        "network", "asset", "deposit_address"
     )
     if status:
         transfers = transfers.filter(status=status)
     if network:
         transfers = transfers.filter(network__slug=network)
     return transfers.order_by("-seen_at", "-pk")
+
+
+@dataclass(frozen=True)
+class FundedAddress:
+    address: str
+    key_fingerprint: str
+    derivation_index: int
+    network: str
+    symbol: str
+    confirmed: Decimal
+    unconfirmed: Decimal
+    transfers: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+def funded_addresses(*, merchant: Merchant) -> Iterator[FundedAddress]:
+    """Every deposit address of the merchant that received money, per network and asset,
+    in key and index order: what a wallet needs to find funds beyond its gap limit."""
+    rows = (
+        Transfer.objects.filter(deposit_address__merchant=merchant)
+        .exclude(status=TransferStatus.ORPHANED)
+        .values(
+            "deposit_address__address",
+            "deposit_address__key_fingerprint",
+            "deposit_address__derivation_index",
+            "network__name",
+            "asset__symbol",
+            "asset__decimals",
+        )
+        .annotate(
+            confirmed=Sum("amount", filter=Q(status=TransferStatus.CONFIRMED)),
+            unconfirmed=Sum("amount", filter=~Q(status=TransferStatus.CONFIRMED)),
+            n=Count("pk"),
+            first_seen=Min("seen_at"),
+            last_seen=Max("seen_at"),
+        )
+        .order_by(
+            "deposit_address__key_fingerprint",
+            "deposit_address__derivation_index",
+            "network__name",
+            "asset__symbol",
+        )
+    )
+    for row in rows.iterator(chunk_size=1000):
+        decimals = row["asset__decimals"]
+        yield FundedAddress(
+            address=row["deposit_address__address"],
+            key_fingerprint=row["deposit_address__key_fingerprint"],
+            derivation_index=row["deposit_address__derivation_index"],
+            network=row["network__name"],
+            symbol=row["asset__symbol"],
+            confirmed=Decimal(int(row["confirmed"] or 0)).scaleb(-decimals),
+            unconfirmed=Decimal(int(row["unconfirmed"] or 0)).scaleb(-decimals),
+            transfers=row["n"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+        )

@@ -10,12 +10,21 @@ from django.shortcuts import redirect, render
 
 from merchants.access import MerchantRequest, merchant_view
 from merchants.templatetags.stablebill import plain
-from wallets.addresses import derive_address, wallet_set
+from wallets.addresses import checksum_address, wallet_next_addresses, wallet_set
 from wallets.forms import LedgerFilterForm, TransferFilterForm, XpubForm
-from wallets.models import Wallet
-from wallets.selectors import ledger_entries, merchant_balances, merchant_holdings, transfer_list
+from wallets.models import Wallet, derivation_path
+from wallets.selectors import (
+    funded_addresses,
+    ledger_entries,
+    merchant_balances,
+    merchant_holdings,
+    transfer_list,
+)
 
 PAGE_SIZE = 50
+# How many unused addresses common wallets look ahead before they stop searching (BIP44).
+GAP_LIMIT = 20
+NEXT_ADDRESSES_SHOWN = 5
 
 
 @merchant_view()
@@ -38,14 +47,75 @@ def wallet_settings(request: MerchantRequest) -> HttpResponse:
                     f"{wallet.first_address}.",
                 )
                 return redirect("wallet_settings")
-    preview = [derive_address(wallet.xpub, i) for i in range(3)] if wallet else []
+    upcoming = (
+        [
+            {"index": index, "address": address, "path": derivation_path(index)}
+            for index, address in wallet_next_addresses(wallet=wallet, count=NEXT_ADDRESSES_SHOWN)
+        ]
+        if wallet
+        else []
+    )
     status = 422 if form.errors else 200
     return render(
         request,
         "wallets/settings.html",
-        {"wallet": wallet, "form": form, "preview": preview},
+        {"wallet": wallet, "form": form, "upcoming": upcoming, "gap_limit": GAP_LIMIT},
         status=status,
     )
+
+
+@merchant_view()
+def wallet_addresses_csv(request: MerchantRequest) -> StreamingHttpResponse:
+    """Funded deposit addresses with their paths, to find the money in a wallet whose
+    discovery stops after 20 unused addresses."""
+    merchant = request.merchant
+    wallet = Wallet.objects.filter(merchant=merchant).first()
+    current_key = wallet.key_fingerprint if wallet else None
+    writer = csv.writer(_Echo())
+    header = [
+        "address",
+        "derivation_path",
+        "derivation_index",
+        "key",
+        "network",
+        "asset",
+        "confirmed",
+        "unconfirmed",
+        "transfers",
+        "first_seen",
+        "last_seen",
+    ]
+
+    def key_label(fingerprint: str) -> str:
+        if not fingerprint:
+            return "earlier key"
+        return fingerprint[:8] + (" (current)" if fingerprint == current_key else "")
+
+    def rows():
+        yield writer.writerow(header)
+        for row in funded_addresses(merchant=merchant):
+            yield writer.writerow(
+                [
+                    _csv_cell(v)
+                    for v in (
+                        checksum_address(row.address),
+                        derivation_path(row.derivation_index),
+                        row.derivation_index,
+                        key_label(row.key_fingerprint),
+                        row.network,
+                        row.symbol,
+                        plain(row.confirmed),
+                        plain(row.unconfirmed),
+                        row.transfers,
+                        row.first_seen.isoformat(),
+                        row.last_seen.isoformat(),
+                    )
+                ]
+            )
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="stablebill-funded-addresses.csv"'
+    return response
 
 
 @merchant_view()
