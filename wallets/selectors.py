@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 
 from merchants.models import Merchant
-from wallets.models import Balance, LedgerEntry, Transfer, TransferStatus
+from wallets.models import Balance, DepositAddress, LedgerEntry, Transfer, TransferStatus, Wallet
 
 
 def merchant_balances(*, merchant: Merchant) -> list[Balance]:
@@ -143,3 +143,10 @@ def funded_addresses(*, merchant: Merchant) -> Iterator[FundedAddress]:
             first_seen=row["first_seen"],
             last_seen=row["last_seen"],
         )
+
+
+def wallet_addresses_handed_out(*, wallet: Wallet) -> int:
+    """How many addresses the wallet's current key has given to payments."""
+    return DepositAddress.objects.filter(
+        wallet=wallet, key_fingerprint=wallet.key_fingerprint
+    ).count()

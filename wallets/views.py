@@ -19,6 +19,7 @@ from wallets.selectors import (
     merchant_balances,
     merchant_holdings,
     transfer_list,
+    wallet_addresses_handed_out,
 )
 
 PAGE_SIZE = 50
@@ -59,7 +60,13 @@ def wallet_settings(request: MerchantRequest) -> HttpResponse:
     return render(
         request,
         "wallets/settings.html",
-        {"wallet": wallet, "form": form, "upcoming": upcoming, "gap_limit": GAP_LIMIT},
+        {
+            "wallet": wallet,
+            "form": form,
+            "upcoming": upcoming,
+            "handed_out": wallet_addresses_handed_out(wallet=wallet) if wallet else 0,
+            "gap_limit": GAP_LIMIT,
+        },
         status=status,
     )
 
