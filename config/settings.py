@@ -94,9 +94,14 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # WAL lets the web process read while the worker writes; the timeout rides out short locks.
+    # The embedded default, with a worker writing while the web process serves requests:
+    # - WAL: readers never wait for the writer (and the writer never waits for readers);
+    # - IMMEDIATE: a transaction takes the write lock when it begins, so the busy timeout
+    #   applies to it; a DEFERRED one that reads, then writes, fails at once with "database
+    #   is locked" when another connection wrote in between;
+    # - the timeout: how long a write waits for another one before giving up.
     DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=1),
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL;",
     }

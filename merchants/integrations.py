@@ -9,15 +9,17 @@ a rotated secret keeps working for its grace period.
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import URLValidator
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -34,7 +36,11 @@ from merchants.models import (
 )
 from merchants.outbound import BlockedURL, check_url
 
+logger = logging.getLogger(__name__)
+
 KEY_PREFIX = "sb_"
+# A key's `last_used_at` is written at most this often.
+LAST_USED_EVERY_SECONDS = 60
 # The event types a merchant can subscribe to; the callbacks module sends exactly these.
 EVENT_TYPES = (
     "invoice.created",
@@ -90,12 +96,32 @@ def api_key_authenticate(plaintext: str) -> ApiKey | None:
     key = ApiKey.objects.select_related("merchant").filter(prefix=prefix, revoked_at=None).first()
     if key is None or not hmac.compare_digest(key.hashed, _hash_key(plaintext)):
         return None
-    now = timezone.now()
-    # One write a minute at most: the timestamp is for humans, the API should not queue on it.
-    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
+    _api_key_note_use(key=key)
     return key
+
+
+def _api_key_note_use(*, key: ApiKey) -> None:
+    """Record when a key was last used, at most once a minute, and never at a request's cost.
+
+    The cache decides (an atomic add, no database write), so a busy key writes once a minute
+    however many processes serve it. The timestamp is for humans: when the database is busy
+    (SQLite's single writer held by a worker), the request goes on without it.
+    """
+    if not cache.add(f"api-key-used:{key.pk}", 1, timeout=LAST_USED_EVERY_SECONDS):
+        return
+    now = timezone.now()
+    if key.last_used_at is not None and now - key.last_used_at < timedelta(
+        seconds=LAST_USED_EVERY_SECONDS
+    ):
+        return
+    try:
+        # Its own savepoint: a failed write must not break a transaction around the request.
+        with transaction.atomic():
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    except OperationalError as error:
+        logger.warning("API key %s: last use not recorded: %s", key.prefix, error)
+        return
+    key.last_used_at = now
 
 
 # Signing -----------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 
 from customers.models import Customer
@@ -361,6 +362,28 @@ def test_a_successful_call_sets_last_used_at(client, acme, alice):
 
     assert response.status_code == 200
     assert ApiKey.objects.get(pk=issued.key.pk).last_used_at is not None
+
+
+def test_last_used_at_is_written_at_most_once_a_minute_decided_without_a_write(client, acme, alice):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    issued = api_key_create(merchant=acme, name="Shop", by=alice)
+
+    def key_writes() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert get(client, INVOICES, issued.plaintext).status_code == 200
+        return sum(
+            1 for q in queries.captured_queries if q["sql"].startswith('UPDATE "merchants_apikey"')
+        )
+
+    assert [key_writes() for _ in range(5)] == [1, 0, 0, 0, 0]
+    first = ApiKey.objects.get(pk=issued.key.pk).last_used_at
+    # A minute on, the cache entry has expired and the database value is a minute old.
+    cache.delete(f"api-key-used:{issued.key.pk}")
+    ApiKey.objects.filter(pk=issued.key.pk).update(last_used_at=first - timedelta(seconds=61))
+    assert key_writes() == 1
+    assert ApiKey.objects.get(pk=issued.key.pk).last_used_at > first
 
 
 def test_the_fourth_call_in_a_minute_is_rate_limited(client, settings, acme_key):
