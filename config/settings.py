@@ -285,6 +285,9 @@ API_RATE_PER_MINUTE = env_int("API_RATE_PER_MINUTE", 600, minimum=1)
 CALLBACKS_ALLOW_PRIVATE = env_bool("CALLBACKS_ALLOW_PRIVATE", DEBUG or TESTING)
 # Seconds a receiver has to answer one callback.
 CALLBACK_TIMEOUT_SECONDS = env_int("CALLBACK_TIMEOUT_SECONDS", 10, minimum=1)
+# A callback task waiting on the broker this long is taken as lost and queued again; until
+# then the sweep leaves it alone, so busy workers never find the queue full of duplicates.
+CALLBACK_REQUEUE_SECONDS = env_int("CALLBACK_REQUEUE_SECONDS", 300, minimum=10)
 # After a secret rotation the old secret keeps signing (beside the new one) this long.
 WEBHOOK_ROTATION_GRACE_HOURS = env_int("WEBHOOK_ROTATION_GRACE_HOURS", 24, minimum=0)
 

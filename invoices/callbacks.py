@@ -176,6 +176,7 @@ def callbacks_enqueue(*, event: InvoiceEvent) -> list[CallbackDelivery]:
             message_id=f"msg_{event.pk}",
             payload=payload,
             next_attempt_at=now,
+            queued_at=now,
         )
         for endpoint, url in targets
     )
@@ -199,6 +200,7 @@ def callback_test_send(*, endpoint: WebhookEndpoint) -> CallbackDelivery:
         message_id="msg_test_" + secrets.token_hex(8),
         payload=json.dumps(body, separators=(",", ":")),
         next_attempt_at=now,
+        queued_at=now,
     )
     _dispatch_on_commit([delivery.pk])
     return delivery
@@ -206,8 +208,9 @@ def callback_test_send(*, endpoint: WebhookEndpoint) -> CallbackDelivery:
 
 def callback_redeliver(*, delivery: CallbackDelivery) -> CallbackDelivery:
     """Send again now, whatever happened before (a merchant fixed their receiver)."""
+    now = timezone.now()
     CallbackDelivery.objects.filter(pk=delivery.pk).update(
-        status=CallbackStatus.PENDING, next_attempt_at=timezone.now(), leased_until=None
+        status=CallbackStatus.PENDING, next_attempt_at=now, leased_until=None, queued_at=now
     )
     _dispatch_on_commit([delivery.pk], manual=True)
     delivery.refresh_from_db()
@@ -240,7 +243,12 @@ def callback_deliver(
             pk=delivery_id,
             status=CallbackStatus.PENDING,
             next_attempt_at__lte=now,
-        ).update(leased_until=now + timedelta(seconds=_lease_seconds()), attempts=F("attempts") + 1)
+        ).update(
+            leased_until=now + timedelta(seconds=_lease_seconds()),
+            attempts=F("attempts") + 1,
+            # Out of the broker now: from here the lease says whether someone is on it.
+            queued_at=None,
+        )
         == 1
     )
     if not claimed:
@@ -288,6 +296,8 @@ def _record_attempt(
         )
         fields: dict[str, Any] = {
             "leased_until": None,
+            # A retry is queued by the sweep when it comes due.
+            "queued_at": None,
             "last_status_code": code,
             "last_error": error[:300],
         }
@@ -319,19 +329,47 @@ def _receiver_gone(*, delivery: CallbackDelivery, now: datetime) -> None:
     pending.update(status=CallbackStatus.CANCELLED, last_error=reason, next_attempt_at=None)
 
 
+def _due(now: datetime):
+    return CallbackDelivery.objects.filter(
+        Q(leased_until__isnull=True) | Q(leased_until__lt=now),
+        status=CallbackStatus.PENDING,
+        next_attempt_at__lte=now,
+    )
+
+
 def callbacks_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
     """Deliveries whose time has come and whose lease (if any) ran out: retries that are due,
     deliveries whose task never ran (a broker outage) and those whose worker died mid-request."""
     now = now or timezone.now()
-    return list(
-        CallbackDelivery.objects.filter(
-            Q(leased_until__isnull=True) | Q(leased_until__lt=now),
-            status=CallbackStatus.PENDING,
-            next_attempt_at__lte=now,
-        )
+    return list(_due(now).order_by("next_attempt_at").values_list("pk", flat=True)[:limit])
+
+
+def callbacks_queue_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Put a task on the broker for each due delivery that has none waiting there; the ids.
+
+    A delivery queued on commit, or by an earlier sweep, is left alone for
+    CALLBACK_REQUEUE_SECONDS: re-queueing it every sweep while the workers are busy is how
+    the broker filled with hundreds of duplicates. After that long its task is taken as lost
+    (a broker restart) and queued again. Each row is claimed by compare-and-set, so two
+    sweeps at once queue it once.
+    """
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.CALLBACK_REQUEUE_SECONDS)
+    not_queued = Q(queued_at__isnull=True) | Q(queued_at__lt=stale)
+    candidates = list(
+        _due(now)
+        .filter(not_queued)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
+    with transaction.atomic():
+        queued = [
+            pk
+            for pk in candidates
+            if _due(now).filter(not_queued, pk=pk).update(queued_at=now) == 1
+        ]
+        _dispatch_on_commit(queued)
+    return queued
 
 
 def callbacks_deliver_due(*, now: datetime | None = None) -> int:

@@ -394,6 +394,10 @@ class CallbackDelivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # A worker owns the delivery until then; one that dies mid-request leaves it to the sweep.
     leased_until = models.DateTimeField(null=True, blank=True)
+    # When a task for it was last put on the broker. The sweep leaves it there that long
+    # (CALLBACK_REQUEUE_SECONDS) instead of queueing it again every few seconds while the
+    # workers are busy; cleared when a worker takes it up.
+    queued_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

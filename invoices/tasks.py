@@ -27,6 +27,6 @@ def callback_deliver(delivery_id: int, manual: bool = False) -> None:
 
 @shared_task(ignore_result=True)
 def callbacks_sweep() -> None:
-    """Beat's tick: queue retries that are due and deliveries a dead worker left behind."""
-    for delivery_id in callbacks.callbacks_due():
-        callback_deliver.delay(delivery_id)
+    """Beat's tick: queue retries that are due and deliveries a dead worker left behind,
+    never one whose task is still waiting on the broker."""
+    callbacks.callbacks_queue_due()

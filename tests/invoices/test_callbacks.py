@@ -20,8 +20,10 @@ from invoices.callbacks import (
     RETRY_DELAYS,
     callback_deliver,
     callback_redeliver,
+    callback_test_send,
     callbacks_deliver_due,
     callbacks_due,
+    callbacks_queue_due,
 )
 from invoices.models import CallbackDelivery, CallbackStatus
 from invoices.services import invoice_cancel
@@ -400,3 +402,96 @@ def test_worker_killed_during_delivery_leads_to_redelivery_not_loss(acme, receiv
     assert delivery.status == CallbackStatus.DELIVERED
     assert len(r.requests) == 2
     assert r.webhook_ids()[0] == r.webhook_ids()[1]
+
+
+@pytest.fixture
+def broker_queue():
+    """The configured broker's queue for callback tasks, emptied; tasks are really sent to it
+    (not run inline) and no worker takes them. Yields a function that counts its messages."""
+    from config.celery import app
+    from invoices.tasks import callback_deliver as task
+
+    if os.environ.get("CI"):
+        assert app.conf.broker_url.startswith("redis://"), "CI runs the broker on Redis"
+    name = app.amqp.router.route({}, task.name)["queue"].name
+
+    def count() -> int:
+        with app.connection_for_write() as connection:
+            return connection.default_channel.queue_declare(queue=name).message_count
+
+    def purge() -> None:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_declare(queue=name)
+            connection.default_channel.queue_purge(name)
+
+    purge()
+    app.conf.task_always_eager = False
+    try:
+        yield count
+    finally:
+        app.conf.task_always_eager = True
+        purge()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_never_requeues_a_delivery_whose_task_waits_on_the_broker(
+    acme, broker_queue, settings
+):
+    from invoices.tasks import callbacks_sweep
+
+    endpoint = _endpoint(acme, "https://hooks.acme.example/in")
+    with transaction.atomic():
+        delivery = callback_test_send(endpoint=endpoint)
+    assert broker_queue() == 1  # queued on commit
+
+    for _ in range(5):
+        callbacks_sweep()  # beat's tick, while the task still waits for a worker
+    assert broker_queue() == 1
+
+    # Lost with a broker restart, say: after CALLBACK_REQUEUE_SECONDS it is queued again, once.
+    delivery.refresh_from_db()
+    later = delivery.queued_at + timedelta(seconds=settings.CALLBACK_REQUEUE_SECONDS + 1)
+    assert callbacks_queue_due(now=later) == [delivery.pk]
+    assert callbacks_queue_due(now=later) == []
+    assert broker_queue() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_leaves_a_leased_delivery_to_its_worker(acme, broker_queue):
+    endpoint = _endpoint(acme, "https://hooks.acme.example/in")
+    with transaction.atomic():
+        delivery = callback_test_send(endpoint=endpoint)
+    now = timezone.now()
+    # A worker took it up (out of the broker) and is still within its lease.
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(
+        queued_at=None, leased_until=now + timedelta(seconds=60)
+    )
+    assert callbacks_queue_due(now=now + timedelta(seconds=30)) == []
+    assert broker_queue() == 1
+    # Its worker died: once the lease has run out, the sweep queues it.
+    assert callbacks_queue_due(now=now + timedelta(seconds=61)) == [delivery.pk]
+    assert broker_queue() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_attempt_is_queued_again_once_when_its_retry_comes_due(
+    acme, receiver, broker_queue
+):
+    r = receiver((500, "down", {}, 0), (200, "ok", {}, 0))
+    endpoint = _endpoint(acme, r.url)
+    with transaction.atomic():
+        delivery = callback_test_send(endpoint=endpoint)
+    assert broker_queue() == 1
+    attempt = callback_deliver(delivery_id=delivery.pk)  # what the worker does with the task
+    assert attempt is not None and attempt.status_code == 500
+    delivery.refresh_from_db()
+    assert delivery.queued_at is None
+
+    assert callbacks_queue_due(now=delivery.next_attempt_at - timedelta(seconds=1)) == []
+    due = delivery.next_attempt_at + timedelta(seconds=1)
+    assert [callbacks_queue_due(now=due) for _ in range(3)] == [[delivery.pk], [], []]
+    assert broker_queue() == 2
+    assert callback_deliver(delivery_id=delivery.pk, now=due) is not None
+    delivery.refresh_from_db()
+    assert delivery.status == CallbackStatus.DELIVERED
+    assert len(r.requests) == 2
