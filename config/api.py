@@ -4,7 +4,7 @@ Every error is answered in one shape (see merchants.api); unknown body fields ar
 and amounts travel as decimal strings.
 """
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled
@@ -17,6 +17,7 @@ from merchants.api import (
     ApiError,
     ApiKeyAuth,
     PerKeyThrottle,
+    body_too_large,
     error_response,
     from_validation_error,
 )
@@ -104,3 +105,9 @@ def not_found(request: HttpRequest, error: Http404) -> HttpResponse:
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
     return error_response(ApiError(error.status_code, str(error), code="http_error"))
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_large(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
+    # Wherever the body is first read (the key check reads it to refuse NUL characters).
+    return error_response(body_too_large())

@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "merchants.middleware.NoStoreMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -162,8 +163,21 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-if env_bool("BEHIND_TLS_PROXY", False):
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HSTS is sent on HTTPS requests only (SecurityMiddleware checks request.is_secure()); behind
+# TLS it defaults to a year so a browser never again tries the site over plain HTTP.
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS",
+    365 * 24 * 3600 if BEHIND_TLS_PROXY or SECURE_SSL_REDIRECT else 0,
+    minimum=0,
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# A sign-in lasts this long, then asks again (Django's default of two weeks is long for a
+# dashboard that can change where money goes).
+SESSION_COOKIE_AGE = env_int("SESSION_LIFETIME_HOURS", 12, minimum=1) * 3600
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
 
 # Email: Django's email API everywhere; the mailer backend decides where it goes. MAILER_BACKEND

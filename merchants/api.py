@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -120,11 +120,30 @@ def _nul_path(value: Any, path: str = "") -> str | None:
     return None
 
 
+def body_too_large() -> ApiError:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0
+    return ApiError(
+        413,
+        f"The request body is larger than {limit // 1024} KB.",
+        code="body_too_large",
+        fields={"body": [f"At most {limit // 1024} KB."]},
+    )
+
+
+def request_body(request: HttpRequest) -> bytes:
+    """The body, or a 413 in the API's error shape: Django raises on the first read of a body
+    over DATA_UPLOAD_MAX_MEMORY_SIZE, which would otherwise surface as a 500 or an HTML 400."""
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise body_too_large() from None
+
+
 def refuse_nul_characters(request: HttpRequest) -> None:
     """No text we store may hold a NUL character (PostgreSQL cannot), so it is refused at the
     door with the field's name, for query parameters and JSON bodies alike."""
     fields = [name for name, values in request.GET.lists() if any("\x00" in v for v in values)]
-    if b"\\u0000" in request.body:
+    if b"\\u0000" in request_body(request):
         try:
             found = _nul_path(json.loads(request.body))
         except ValueError:

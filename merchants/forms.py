@@ -4,6 +4,7 @@ from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
 from merchants.models import Merchant, Role, User
+from merchants.validators import LogoField
 
 
 class LoginForm(AuthenticationForm):
@@ -49,6 +50,12 @@ class MerchantCreateForm(forms.ModelForm):
 
 
 class MerchantSettingsForm(forms.ModelForm):
+    logo = LogoField(
+        required=False,
+        widget=forms.ClearableFileInput,
+        help_text="PNG, JPEG or WebP, at most 1 MB and 4096 x 4096 pixels; stored as PNG.",
+    )
+
     class Meta:
         model = Merchant
         fields = [

@@ -47,6 +47,9 @@ def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
     unknown = set(fields) - editable
     if unknown:
         raise ValueError(f"Not editable: {', '.join(sorted(unknown))}")
+    if "logo" in fields and not fields["logo"]:
+        # The form's "Clear" box gives False; an empty name is how a FileField holds no file.
+        fields["logo"] = ""
     for key, value in fields.items():
         setattr(merchant, key, value)
     merchant.full_clean(exclude=["next_invoice_number"])
