@@ -38,7 +38,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django admin with sign-in through allauth (throttled, two-factor); see merchants.admin_site.
+    "merchants.admin_site.StablebillAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -47,6 +48,9 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "ninja",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
     "merchants",
     "customers",
     "invoices",
@@ -62,6 +66,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "merchants.middleware.NoStoreMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -109,9 +114,74 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "merchants.User"
-LOGIN_URL = "login"
+LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard"
-LOGOUT_REDIRECT_URL = "login"
+LOGOUT_REDIRECT_URL = "account_login"
+AUTHENTICATION_BACKENDS = [
+    # Sign-in, throttling, two-factor and passkeys all go through allauth; Django's backend
+    # stays for `manage.py` tools and password checks.
+    "allauth.account.auth_backends.AuthenticationBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Sign-in (django-allauth). People sign in with their email address and a password, then a
+# second factor when they set one up (TOTP with recovery codes, or a passkey).
+ACCOUNT_ADAPTER = "merchants.auth.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*"]
+ACCOUNT_SIGNUP_FORM_CLASS = "merchants.forms.SignupExtraForm"
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_PREVENT_ENUMERATION = True
+# A reset asked for an unknown address sends nothing (the page says the same either way).
+ACCOUNT_EMAIL_UNKNOWN_ACCOUNTS = False
+# "mandatory": a new account signs in only after clicking the emailed link, so nobody can open
+# a business under someone else's address; "optional" lets them in at once.
+ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
+if ACCOUNT_EMAIL_VERIFICATION not in ("mandatory", "optional"):
+    raise ImproperlyConfigured("ACCOUNT_EMAIL_VERIFICATION must be mandatory or optional.")
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_SESSION_REMEMBER = False
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "Stablebill: "
+ACCOUNT_EMAIL_NOTIFICATIONS = True
+# How long a sign-in or re-authentication counts as recent for changes that move money.
+ACCOUNT_REAUTHENTICATION_TIMEOUT = env_int("REAUTHENTICATION_MINUTES", 5, minimum=1) * 60
+# Throttling, counted in the cache (Redis in production, so every web process shares it).
+# Failed sign-ins: per client address and per account; the account's cool-down ends after
+# SIGNIN_COOLDOWN_MINUTES, at once on a password reset, or when an admin unlocks it.
+SIGNIN_FAILURES_PER_ACCOUNT = env_int("SIGNIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+SIGNIN_COOLDOWN_MINUTES = env_int("SIGNIN_COOLDOWN_MINUTES", 15, minimum=1)
+SIGNIN_FAILURES_PER_ADDRESS_PER_MINUTE = env_int(
+    "SIGNIN_FAILURES_PER_ADDRESS_PER_MINUTE", 10, minimum=1
+)
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": (
+        f"{SIGNIN_FAILURES_PER_ADDRESS_PER_MINUTE}/m/ip,"
+        f"{SIGNIN_FAILURES_PER_ACCOUNT}/{SIGNIN_COOLDOWN_MINUTES * 60}s/key"
+    ),
+    "login": "30/m/ip",
+    "signup": "20/m/ip",
+    # Reset and verification emails: per client address and per email address.
+    "reset_password": "20/m/ip,3/h/key",
+    "reset_password_from_key": "20/m/ip",
+    "confirm_email": "1/3m/key",
+    "reauthenticate": "10/m/user",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+}
+MFA_ADAPTER = "allauth.mfa.adapter.DefaultMFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Stablebill")
+MFA_RECOVERY_CODE_COUNT = 10
+# Browsers allow WebAuthn on http://localhost only; tests and `make run` use it.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool(
+    "MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG or TESTING
+)
+# Staff accounts (Django admin) must have a second factor before admin opens.
+ADMIN_REQUIRE_TWO_FACTOR = env_bool("ADMIN_REQUIRE_TWO_FACTOR", not (DEBUG or TESTING))
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -172,6 +242,12 @@ SECURE_HSTS_SECONDS = env_int(
     "SECURE_HSTS_SECONDS",
     365 * 24 * 3600 if BEHIND_TLS_PROXY or SECURE_SSL_REDIRECT else 0,
     minimum=0,
+)
+# Links in sign-in emails (verification, reset) use the scheme the site is served with.
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if BEHIND_TLS_PROXY or SECURE_SSL_REDIRECT else "http"
+# Behind a proxy, the client address is the one the proxy saw (X-Forwarded-For).
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int(
+    "TRUSTED_PROXY_COUNT", 1 if BEHIND_TLS_PROXY else 0, minimum=0
 )
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)

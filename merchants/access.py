@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from functools import wraps
 
+from allauth.mfa.utils import is_mfa_enabled
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -49,6 +51,13 @@ def merchant_view(min_role: str = Role.VIEWER) -> Callable:
                 return redirect("merchant_create")
             if not membership.has_role(min_role):
                 raise PermissionDenied("Your role does not allow this.")
+            if membership.merchant.require_two_factor and not is_mfa_enabled(request.user):
+                messages.warning(
+                    request,
+                    f"{membership.merchant.name} requires two-factor sign-in: add an "
+                    "authenticator app or a passkey to continue.",
+                )
+                return redirect("mfa_index")
             request.membership = membership  # type: ignore[attr-defined]
             request.merchant = membership.merchant  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)

@@ -1,45 +1,25 @@
 from django import forms
-from django.contrib.auth import forms as auth_forms
-from django.contrib.auth import password_validation
-from django.contrib.auth.forms import AuthenticationForm
 
 from merchants.models import Merchant, Role, User
 from merchants.validators import LogoField
 
 
-class LoginForm(AuthenticationForm):
-    username = forms.EmailField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True}))
+class SignupExtraForm(forms.Form):
+    """What our sign-up asks beyond allauth's email and password: who, and which business.
 
-    def clean_username(self) -> str:
-        # Accounts are stored with lower-case emails; the lookup behind authenticate() is exact.
-        return self.cleaned_data["username"].lower()
+    allauth builds its sign-up form on top of this one and calls `signup` once the account
+    exists, in the same request; the new person owns the new business."""
 
-
-class SignupForm(forms.Form):
     full_name = forms.CharField(label="Your name", max_length=150)
-    email = forms.EmailField(label="Work email")
     business_name = forms.CharField(label="Business name", max_length=120)
-    password = forms.CharField(
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="At least 8 characters, not only digits, not a common password.",
-    )
 
-    def clean_email(self) -> str:
-        email = self.cleaned_data["email"].strip().lower()
-        if User.objects.filter(email=email).exists():
-            raise forms.ValidationError("An account with this email already exists.")
-        return email
+    def signup(self, request, user: User) -> None:  # type: ignore[no-untyped-def]
+        from merchants.services import merchant_create
 
-    def clean(self) -> dict:
-        cleaned = super().clean() or {}
-        password = cleaned.get("password")
-        if password:
-            probe = User(email=cleaned.get("email", ""), first_name=cleaned.get("full_name", ""))
-            try:
-                password_validation.validate_password(password, probe)
-            except forms.ValidationError as error:
-                self.add_error("password", error)
-        return cleaned
+        first, _, last = self.cleaned_data["full_name"].strip().partition(" ")
+        user.first_name, user.last_name = first, last
+        user.save(update_fields=["first_name", "last_name"])
+        merchant_create(name=self.cleaned_data["business_name"], owner=user)
 
 
 class MerchantCreateForm(forms.ModelForm):
@@ -81,12 +61,10 @@ class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
-class PasswordResetForm(auth_forms.PasswordResetForm):
-    """Also reaches people invited to a team who have not chosen a password yet: Django's form
-    skips accounts without a usable password, which would lock such a person out for good."""
-
-    def get_users(self, email: str):  # type: ignore[override]
-        return User.objects.filter(email__iexact=email.strip(), is_active=True)
+class TeamSecurityForm(forms.ModelForm):
+    class Meta:
+        model = Merchant
+        fields = ["require_two_factor"]
 
 
 class ApiKeyForm(forms.Form):

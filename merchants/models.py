@@ -17,6 +17,12 @@ class UserManager(BaseUserManager["User"]):
         user = self.model(email=self.normalize_email(email).lower(), **extra)
         user.set_password(password)
         user.save(using=self._db)
+        # Accounts made with the operator's tools (createsuperuser, the demo seed) are trusted:
+        # their address counts as verified, so sign-in does not wait for a confirmation email.
+        # Sign-up through the site verifies by email instead (allauth makes that row itself).
+        from allauth.account.models import EmailAddress
+
+        EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=True)
         return user
 
     def create_user(self, email: str, password: str | None = None, **extra) -> "User":
@@ -86,6 +92,12 @@ class Merchant(models.Model):
         "Email payment reminders",
         default=True,
         help_text="Once a few days before the due date, and once when an invoice is overdue.",
+    )
+    require_two_factor = models.BooleanField(
+        "Require two-factor sign-in for the whole team",
+        default=False,
+        help_text="Members without an authenticator app or passkey must add one before they "
+        "can open this business.",
     )
     # The number the next invoice will get. Incremented under a row lock in the same
     # transaction that creates the invoice, so numbers never repeat and never skip.
@@ -241,3 +253,40 @@ class InvoiceCallbackSigner(SigningSecret):
 
     def __str__(self) -> str:
         return f"Invoice callbacks of {self.merchant_id}"
+
+
+class SecurityEventKind(models.TextChoices):
+    SIGNIN = "signin", "Signed in"
+    SIGNIN_FAILED = "signin_failed", "Failed sign-in"
+    ACCOUNT = "account", "Account security change"
+    MONEY = "money", "Change that moves money"
+    API_KEY_ADDRESS = "api_key_address", "API key used from a new address"
+
+
+class SecurityEvent(models.Model):
+    """One line of a merchant's security log, shown to its owners.
+
+    Sign-ins and account changes belong to a person, not a business (`merchant` is empty):
+    each business the person belongs to sees them. Changes inside a business name it.
+    Rows are only ever added.
+    """
+
+    merchant = models.ForeignKey(
+        Merchant, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    user = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="security_events"
+    )
+    kind = models.CharField(max_length=20, choices=SecurityEventKind.choices)
+    summary = models.CharField(max_length=200)
+    detail = models.CharField(max_length=500, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["merchant", "-created_at"], name="security_event_merchant")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.summary}"

@@ -25,3 +25,13 @@ def send_webhook_disabled(merchant_id: int, url: str, reason: str) -> None:
 @shared_task(ignore_result=True)
 def prune_idempotency_keys() -> None:
     idempotency_prune()
+
+
+@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+def send_security_notice(event_id: int) -> None:
+    from merchants.models import SecurityEvent
+    from merchants.security import security_notice_send
+
+    event = SecurityEvent.objects.select_related("merchant", "user").filter(pk=event_id).first()
+    if event is not None:
+        security_notice_send(event=event)

@@ -2,10 +2,9 @@ from copy import copy
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -16,37 +15,19 @@ from merchants.forms import (
     MemberRoleForm,
     MerchantCreateForm,
     MerchantSettingsForm,
-    SignupForm,
+    TeamSecurityForm,
 )
 from merchants.integrations import api_key_create, api_key_revoke
 from merchants.models import ApiKey, Role
+from merchants.security import money_change_record, require_recent_reauth, security_log_for
 from merchants.selectors import membership_list, memberships_of_user
 from merchants.services import (
     member_invite,
     member_remove,
     member_set_role,
     merchant_create,
-    merchant_signup,
     merchant_update,
 )
-
-
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("dashboard")
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            user = merchant_signup(**form.cleaned_data)
-        except ValidationError as error:
-            form.add_error(None, error)
-        else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(
-                request, "Welcome to Stablebill. Add a customer, then send your first invoice."
-            )
-            return redirect("dashboard")
-    return render(request, "merchants/signup.html", {"form": form})
 
 
 @login_required
@@ -94,6 +75,7 @@ def merchant_settings(request: MerchantRequest) -> HttpResponse:
 
 
 @merchant_view(Role.OWNER)
+@require_recent_reauth("Team member invited", detail_fields=("email", "role"))
 def member_list(request: MerchantRequest) -> HttpResponse:
     merchant = request.merchant
     form = MemberInviteForm(request.POST or None)
@@ -121,6 +103,7 @@ def member_list(request: MerchantRequest) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
+@require_recent_reauth("Team member's role changed or access removed", detail_fields=("role",))
 def member_update(request: MerchantRequest, pk: int) -> HttpResponse:
     membership = get_object_or_404(membership_list(merchant_id=request.merchant.pk), pk=pk)
     try:
@@ -142,6 +125,7 @@ def member_update(request: MerchantRequest, pk: int) -> HttpResponse:
 
 
 @merchant_view(Role.OWNER)
+@require_recent_reauth()
 def api_key_list(request: MerchantRequest) -> HttpResponse:
     """Keys are shown in full once, in the answer to their creation, and never again."""
     merchant = request.merchant
@@ -149,6 +133,13 @@ def api_key_list(request: MerchantRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         issued = api_key_create(merchant=merchant, name=form.cleaned_data["name"], by=request.user)
+        money_change_record(
+            request=request,
+            merchant=merchant,
+            user=request.user,
+            what="API key created",
+            detail=f"name: {issued.key.name}, sb_{issued.key.prefix}_…",
+        )
         new_key = issued.plaintext
         form = ApiKeyForm()
     keys = ApiKey.objects.filter(merchant=merchant).select_related("created_by")
@@ -164,8 +155,35 @@ def api_key_list(request: MerchantRequest) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
+@require_recent_reauth("API key revoked")
 def api_key_revoke_view(request: MerchantRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.filter(merchant=request.merchant), pk=pk)
     api_key_revoke(key=key)
     messages.success(request, f"“{key.name}” is revoked; requests with it now get 401.")
     return redirect("api_key_list")
+
+
+@merchant_view(Role.OWNER)
+@require_recent_reauth(
+    "Two-factor requirement for the team changed", detail_fields=("require_two_factor",)
+)
+def security_log(request: MerchantRequest) -> HttpResponse:
+    """Who signed in, who failed to, and every change that moves money, for the owners."""
+    merchant = request.merchant
+    form = TeamSecurityForm(request.POST or None, instance=copy(merchant))
+    if request.method == "POST" and form.is_valid():
+        merchant_update(
+            merchant=merchant, require_two_factor=form.cleaned_data["require_two_factor"]
+        )
+        messages.success(
+            request,
+            "Two-factor sign-in is now required for everyone on the team."
+            if merchant.require_two_factor
+            else "Two-factor sign-in is now each member's choice.",
+        )
+        return redirect("security_log")
+    return render(
+        request,
+        "merchants/security.html",
+        {"form": form, "events": security_log_for(merchant=merchant)},
+    )

@@ -21,6 +21,14 @@ class UserFactory(factory.django.DjangoModelFactory):
     last_name = factory.Faker("last_name")
     password = factory.django.Password(PASSWORD)
 
+    @factory.post_generation
+    def verified_email(self, create: bool, extracted: bool | None, **kwargs) -> None:
+        """Everyone made here has confirmed their address, as after sign-up (allauth's row)."""
+        if create and extracted is not False:
+            from allauth.account.models import EmailAddress
+
+            EmailAddress.objects.create(user=self, email=self.email, primary=True, verified=True)
+
 
 class MerchantFactory(factory.django.DjangoModelFactory):
     class Meta:

@@ -50,7 +50,6 @@ TENANT_URLCONFS = (
 # Pages outside the tenant door (`merchant_view`); each has its own test below, the payer's
 # downloads by token in tests/invoices/test_delivery_views.py.
 NOT_TENANT_SCOPED = {
-    "signup",
     "merchant_create",
     "merchant_switch",
     "public_invoice_pdf",
@@ -290,6 +289,16 @@ CASES = [
     Case("transfer_list", GET, VIEWER, 200, outsider=200),
     Case("invoice_payments", GET, VIEWER, 200, obj="open"),
     Case("invoice_payments", POST, VIEWER, 200, obj="open"),
+    Case("security_log", GET, OWNER, 200, outsider=200),
+    Case(
+        "security_log",
+        POST,
+        OWNER,
+        302,
+        data=lambda w: {"require_two_factor": "on"},
+        outsider=302,
+        writes=True,
+    ),
     Case("api_key_list", GET, OWNER, 200, outsider=200),
     Case("api_key_list", POST, OWNER, 200, data=_key_form, outsider=200, writes=True),
     Case("api_key_revoke", POST, OWNER, 302, obj="api_key", writes=True),
@@ -510,7 +519,7 @@ def test_anonymous_is_sent_to_login(case, world, client):
     url = _url(case, world)
     response = _send(client, case, world)
     assert response.status_code == 302
-    assert response["Location"] == f"{reverse('login')}?next={url}"
+    assert response["Location"] == f"{reverse('account_login')}?next={url}"
     assert _acme_state(world.acme) == before
 
 
@@ -518,8 +527,8 @@ def test_anonymous_is_sent_to_login(case, world, client):
 
 
 def test_signup_page_is_public_and_sends_signed_in_people_to_dashboard(client, client_for, alice):
-    assert client.get(reverse("signup")).status_code == 200
-    response = client_for(alice).get(reverse("signup"))
+    assert client.get(reverse("account_signup")).status_code == 200
+    response = client_for(alice).get(reverse("account_signup"))
     assert response.status_code == 302
     assert response["Location"] == reverse("dashboard")
 
@@ -527,13 +536,13 @@ def test_signup_page_is_public_and_sends_signed_in_people_to_dashboard(client, c
 def test_merchant_create_needs_sign_in(client):
     response = client.get(reverse("merchant_create"))
     assert response.status_code == 302
-    assert response["Location"] == f"{reverse('login')}?next={reverse('merchant_create')}"
+    assert response["Location"] == f"{reverse('account_login')}?next={reverse('merchant_create')}"
 
 
 def test_merchant_switch_needs_sign_in(client, acme):
     response = client.post(reverse("merchant_switch"), {"merchant_id": acme.pk})
     assert response.status_code == 302
-    assert response["Location"] == f"{reverse('login')}?next={reverse('merchant_switch')}"
+    assert response["Location"] == f"{reverse('account_login')}?next={reverse('merchant_switch')}"
 
 
 def test_outsider_cannot_switch_into_acme(world, client_for, charlie):
