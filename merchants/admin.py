@@ -21,6 +21,7 @@ class MembershipInline(admin.TabularInline):
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     ordering = ["email"]
+    actions = ["unlock_sign_in"]
     list_display = ["email", "first_name", "last_name", "is_staff", "is_active", "date_joined"]
     list_filter = ["is_staff", "is_superuser", "is_active"]
     search_fields = ["email", "first_name", "last_name"]
@@ -34,6 +35,18 @@ class UserAdmin(BaseUserAdmin):
         ("Important dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    @admin.action(description="Unlock sign-in (clear failed attempts)")
+    def unlock_sign_in(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        """The same unlock a password reset does: the account's failed-attempt count is gone."""
+        from allauth.account.adapter import get_adapter
+        from allauth.account.models import EmailAddress
+
+        adapter = get_adapter(request)
+        emails = EmailAddress.objects.filter(user__in=queryset).values_list("email", flat=True)
+        for email in {*emails, *queryset.values_list("email", flat=True)}:
+            adapter._delete_login_attempts_cached_email(request, email=email)
+        self.message_user(request, f"Sign-in unlocked for {queryset.count()} account(s).")
 
 
 @admin.register(Merchant)

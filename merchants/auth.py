@@ -3,12 +3,22 @@
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
+from django.conf import settings
 from django.http import HttpRequest
 
 
 class AccountAdapter(DefaultAccountAdapter):
     """Where allauth asks the project: lower-case emails, and one place that sees every
     sign-in, failed sign-in and security notice (for the security log)."""
+
+    error_messages = {
+        **DefaultAccountAdapter.error_messages,
+        "too_many_login_attempts": (
+            "Too many failed sign-ins. Try again in "
+            f"{settings.SIGNIN_COOLDOWN_MINUTES} minutes, or use “Forgot your password?” "
+            "to sign in at once."
+        ),
+    }
 
     def clean_email(self, email: str) -> str:
         # Accounts are stored with lower-case emails; lookups elsewhere are exact.
