@@ -24,6 +24,7 @@ from merchants.integrations import (
     webhook_endpoint_update,
 )
 from merchants.models import Role, WebhookEndpoint
+from merchants.security import require_recent_reauth
 
 RECENT = 25
 
@@ -52,6 +53,7 @@ def _endpoints(request: MerchantRequest):
 
 
 @merchant_view(Role.OWNER)
+@require_recent_reauth("Webhook endpoint added", detail_fields=("url",))
 def webhook_list(request: MerchantRequest) -> HttpResponse:
     form = EndpointForm(request.POST or None, initial={"enabled": True})
     if request.method == "POST" and form.is_valid():
@@ -84,6 +86,7 @@ def webhook_list(request: MerchantRequest) -> HttpResponse:
 
 
 @merchant_view(Role.OWNER)
+@require_recent_reauth("Webhook endpoint changed", detail_fields=("url",))
 def webhook_detail(request: MerchantRequest, pk: int) -> HttpResponse:
     endpoint = get_object_or_404(_endpoints(request), pk=pk)
     initial = {
@@ -116,6 +119,7 @@ def webhook_detail(request: MerchantRequest, pk: int) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
+@require_recent_reauth("Webhook signing secret rotated")
 def webhook_rotate(request: MerchantRequest, pk: int) -> HttpResponse:
     endpoint = webhook_endpoint_rotate(endpoint=get_object_or_404(_endpoints(request), pk=pk))
     messages.success(
@@ -141,6 +145,7 @@ def webhook_test(request: MerchantRequest, pk: int) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
+@require_recent_reauth("Invoice callback secret rotated")
 def invoice_signer_rotate(request: MerchantRequest) -> HttpResponse:
     invoice_callback_signer_rotate(merchant=request.merchant)
     messages.success(

@@ -9,6 +9,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 
 from merchants.access import MerchantRequest, merchant_view
+from merchants.security import require_recent_reauth
 from merchants.templatetags.stablebill import plain
 from wallets.addresses import checksum_address, wallet_next_addresses, wallet_set
 from wallets.forms import LedgerFilterForm, TransferFilterForm, XpubForm
@@ -29,6 +30,7 @@ NEXT_ADDRESSES_SHOWN = 5
 
 
 @merchant_view()
+@require_recent_reauth("Wallet key changed", detail_fields=("xpub",))
 def wallet_settings(request: MerchantRequest) -> HttpResponse:
     merchant = request.merchant
     wallet = Wallet.objects.filter(merchant=merchant).first()
