@@ -176,10 +176,9 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Stablebill")
 MFA_RECOVERY_CODE_COUNT = 10
-# Browsers allow WebAuthn on http://localhost only; tests and `make run` use it.
-MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool(
-    "MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG or TESTING
-)
+# Passkeys need HTTPS; browsers make an exception for http://localhost, which `make run`
+# (DEBUG) uses. Tests check origins for real (https://testserver).
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG)
 # Staff accounts (Django admin) must have a second factor before admin opens.
 ADMIN_REQUIRE_TWO_FACTOR = env_bool("ADMIN_REQUIRE_TWO_FACTOR", not (DEBUG or TESTING))
 AUTH_PASSWORD_VALIDATORS = [
