@@ -18,3 +18,23 @@ class NoStoreMiddleware:
         if not response.has_header("Cache-Control"):
             response["Cache-Control"] = "no-store"
         return response
+
+
+class ApiKeyAddressMiddleware:
+    """Logs the first use of each API key from each client address (security log), after
+    the API has authenticated the request. A cache entry makes repeats cost nothing; the
+    database decides on a cache miss, so a restart never logs an address twice."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        from merchants.models import ApiKey
+
+        key = getattr(request, "auth", None)
+        if isinstance(key, ApiKey):
+            from merchants.security import security_log_api_key_address
+
+            security_log_api_key_address(request=request, key=key)
+        return response

@@ -23,13 +23,21 @@ from allauth.account.internal.flows.reauthentication import suspend_request
 from allauth.mfa.utils import is_mfa_enabled
 from django.conf import settings
 from django.contrib import messages
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
-from merchants.models import Membership, Merchant, SecurityEvent, SecurityEventKind, User
+from merchants.models import (
+    ApiKey,
+    Membership,
+    Merchant,
+    SecurityEvent,
+    SecurityEventKind,
+    User,
+)
 
 # allauth's notification emails, by template, as they read in the security log.
 ACCOUNT_NOTICES = {
@@ -94,6 +102,31 @@ def security_log_account_notice(
         return None
     return SecurityEvent.objects.create(
         user=user, kind=SecurityEventKind.ACCOUNT, summary=summary, **_client(request)
+    )
+
+
+def security_log_api_key_address(*, request: HttpRequest, key: ApiKey) -> SecurityEvent | None:
+    client = _client(request)
+    if client["ip"] is None:
+        return None
+    cache_key = f"api-key-address:{key.pk}:{client['ip']}"
+    if not cache.add(cache_key, 1, timeout=30 * 24 * 3600):
+        return None
+    summary = f"API key “{key.name}” used from a new address"
+    detail = f"sb_{key.prefix}_…"
+    if SecurityEvent.objects.filter(
+        merchant_id=key.merchant_id,
+        kind=SecurityEventKind.API_KEY_ADDRESS,
+        detail=detail,
+        ip=client["ip"],
+    ).exists():
+        return None
+    return SecurityEvent.objects.create(
+        merchant_id=key.merchant_id,
+        kind=SecurityEventKind.API_KEY_ADDRESS,
+        summary=summary[:200],
+        detail=detail,
+        **client,
     )
 
 

@@ -215,3 +215,23 @@ def test_the_security_log_lists_sign_ins_failures_and_changes_for_owners_only(
     assert client_for(bob).get(reverse("security_log")).status_code == 403
     outsider = client_for(charlie).get(reverse("security_log"))
     assert all(e.user != alice for e in outsider.context["events"])
+
+
+def test_api_key_use_from_a_new_address_is_logged_once_per_address(client, client_for, acme, alice):
+    from merchants.integrations import api_key_create
+
+    issued = api_key_create(merchant=acme, name="Shop", by=alice)
+    headers = {"Authorization": f"Bearer {issued.plaintext}"}
+    for ip in ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.1"):
+        assert client.get("/api/v1/invoices", headers=headers, REMOTE_ADDR=ip).status_code == 200
+    client.get(
+        "/api/v1/invoices", headers={"Authorization": "Bearer sb_nope_x"}, REMOTE_ADDR="9.9.9.9"
+    )
+
+    events = SecurityEvent.objects.filter(kind="api_key_address").order_by("pk")
+    assert [(e.merchant_id, e.ip, e.summary) for e in events] == [
+        (acme.pk, "198.51.100.1", "API key “Shop” used from a new address"),
+        (acme.pk, "198.51.100.2", "API key “Shop” used from a new address"),
+    ]
+    page = client_for(alice).get(reverse("security_log"))
+    assert "API key “Shop” used from a new address" in page.content.decode()
