@@ -33,7 +33,7 @@ def main() -> None:
 
             page.on("console", keep_error)
             page.goto(base + "/login/")
-            page.fill("input[name=username]", email)
+            page.fill("input[name=login]", email)
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
             page.wait_for_load_state("networkidle")

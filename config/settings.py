@@ -147,6 +147,9 @@ ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_SESSION_REMEMBER = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "Stablebill: "
 ACCOUNT_EMAIL_NOTIFICATIONS = True
+# Re-authentication asks for the password or a second factor, never an emailed code: a
+# session thief who also reads the mailbox must not pass it.
+ACCOUNT_REAUTHENTICATION_METHODS = ("password", "mfa")
 # How long a sign-in or re-authentication counts as recent for changes that move money.
 ACCOUNT_REAUTHENTICATION_TIMEOUT = env_int("REAUTHENTICATION_MINUTES", 5, minimum=1) * 60
 # Throttling, counted in the cache (Redis in production, so every web process shares it).
