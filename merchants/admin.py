@@ -7,6 +7,7 @@ from merchants.models import (
     IdempotencyRecord,
     Membership,
     Merchant,
+    SecurityEvent,
     User,
     WebhookEndpoint,
 )
@@ -107,4 +108,23 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(SecurityEvent)
+class SecurityEventAdmin(admin.ModelAdmin):
+    """The security log is written by the app only; admin reads it."""
+
+    list_display = ["created_at", "kind", "summary", "user", "merchant", "ip"]
+    list_filter = ["kind"]
+    search_fields = ["summary", "detail", "user__email", "merchant__name", "ip"]
+    list_select_related = ["user", "merchant"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:  # type: ignore[override]
         return False
