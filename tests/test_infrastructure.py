@@ -48,4 +48,4 @@ def test_invitation_is_sent_by_a_worker_after_commit(real_worker, alice, acme):
     while not mail.outbox and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [m.to for m in mail.outbox] == [["newcomer@acme.test"]]
-    assert "password-reset" in mail.outbox[0].body
+    assert "/password/reset/key/" in mail.outbox[0].body
