@@ -1,16 +1,21 @@
 """Periodic chain watching and payment housekeeping. Tasks take ids, load, call services."""
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from django.db.models import Q
 from django.utils import timezone
 
+from checkout.models import OPEN_PAYMENT, Payment
 from checkout.services import payments_cancel_ended, payments_expire, payments_fail_stuck
 from checkout.settlement import settle_pending, settle_report
 from wallets.models import ChainCursor, Network
-from wallets.scanner import scan_network
+from wallets.scanner import round_queue, scan_network
 
 logger = logging.getLogger(__name__)
+# The watcher keeps watching a payment's address this long after the payment ended.
+LATE_PAYMENT_WATCH = timedelta(hours=24)
 
 
 @shared_task(ignore_result=True)
@@ -20,18 +25,23 @@ def watch_networks() -> None:
     last_scan = dict(ChainCursor.objects.values_list("network_id", "updated_at"))
     for network in Network.objects.active():
         previous = last_scan.get(network.pk)
-        if previous is None or (now - previous).total_seconds() >= network.effective_poll_seconds:
+        due = previous is None or (now - previous).total_seconds() >= network.effective_poll_seconds
+        # Never a second round in the broker, or behind a running one: a slow node makes
+        # rounds later, never more.
+        if due and round_queue(network=network):
             watch_network.delay(network.pk)
 
 
 @shared_task(ignore_result=True, acks_late=True)
 def watch_network(network_id: int) -> None:
-    """Scan one network, then settle what it found. Safe to run twice at once: the cursor
-    lock lets one scan through, and settlement is idempotent."""
+    """Scan one network, then settle what it found. Safe to run twice at once: the round
+    lease lets one round through, and settlement is idempotent."""
     network = Network.objects.filter(pk=network_id, enabled=True).first()
     if network is None:
         return
-    report = scan_network(network=network)
+    report = scan_network(network=network, native_watch=native_watch_addresses(network=network))
+    if report.skipped or report.halted:
+        return
     if report.new or report.confirmed or report.orphaned or report.revived:
         logger.info(
             "%s blocks %s-%s: %s new, %s confirmed, %s orphaned, %s revived",
@@ -45,6 +55,17 @@ def watch_network(network_id: int) -> None:
         )
     settle_report(report)
     settle_pending(network_id=network.pk)
+
+
+def native_watch_addresses(*, network: Network) -> list[str]:
+    """Deposit addresses of native-coin payments on the network that are open or ended less
+    than a day ago: their balances are reconciled each round (ETH sent by contracts)."""
+    since = timezone.now() - LATE_PAYMENT_WATCH
+    return list(
+        Payment.objects.filter(network=network, asset__contract_address="")
+        .filter(Q(status__in=OPEN_PAYMENT) | Q(finalized_at__gte=since))
+        .values_list("deposit_address__address", flat=True)
+    )
 
 
 @shared_task(ignore_result=True)

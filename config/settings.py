@@ -14,6 +14,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
+from kombu import Queue
 
 from config.env import (
     database_from_url,
@@ -307,6 +308,20 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 CELERY_TIMEZONE = TIME_ZONE
+# Separate queues, so a slow node cannot starve callbacks or emails. A worker started without
+# -Q consumes all four; production may run one worker per queue.
+CELERY_TASK_QUEUES = [Queue(name) for name in ("celery", "chain", "callbacks", "email")]
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "checkout.tasks.watch_networks": {"queue": "chain"},
+    "checkout.tasks.watch_network": {"queue": "chain"},
+    "invoices.tasks.callback_deliver": {"queue": "callbacks"},
+    "invoices.tasks.callbacks_sweep": {"queue": "callbacks"},
+    "invoices.tasks.email_send": {"queue": "email"},
+    "invoices.tasks.send_reminders": {"queue": "email"},
+    "merchants.tasks.send_invitation": {"queue": "email"},
+    "merchants.tasks.send_webhook_disabled": {"queue": "email"},
+}
 
 CACHES = {
     "default": (
@@ -336,16 +351,27 @@ REMINDER_DAYS_BEFORE_DUE = env_int("REMINDER_DAYS_BEFORE_DUE", 3, minimum=1)
 # environment overrides each network's operational knobs by its slug, e.g.
 # CHAIN_ETHEREUM_RPC_URL, CHAIN_ETHEREUM_CONFIRMATIONS, CHAIN_BASE_POLL_SECONDS,
 # CHAIN_ARBITRUM_EXPLORER_TX_URL (with {tx} where the hash goes), CHAIN_POLYGON_MAX_BLOCK_RANGE.
-_CHAIN_KNOBS = "RPC_URL|CONFIRMATIONS|POLL_SECONDS|EXPLORER_TX_URL|MAX_BLOCK_RANGE"
+_CHAIN_KNOBS = (
+    "RPC_URL|CONFIRMATIONS|POLL_SECONDS|EXPLORER_TX_URL|MAX_BLOCK_RANGE|MULTICALL_ADDRESS"
+)
 _CHAIN_KEY = re.compile(rf"^CHAIN_([A-Z0-9_]+?)_({_CHAIN_KNOBS})$")
 CHAIN_OVERRIDES: dict[str, dict[str, str | int]] = {}
 for _key in sorted(os.environ):
     if _match := _CHAIN_KEY.match(_key):
         _slug, _knob = _match.group(1).lower().replace("_", "-"), _match.group(2).lower()
-        _is_text = _knob in ("rpc_url", "explorer_tx_url")
+        _is_text = _knob in ("rpc_url", "explorer_tx_url", "multicall_address")
         CHAIN_OVERRIDES.setdefault(_slug, {})[_knob] = (
             env_str(_key) if _is_text else env_int(_key, 0, minimum=1)
         )
+# A local dev chain (Network.is_dev, anvil) is watched only under DEBUG (and in the tests):
+# its published keys would let anyone fake deposits.
+CHAIN_DEV_NETWORKS_ALLOWED = DEBUG or TESTING
+# A watch round holds its network's lease this long at most without renewing it; a killed
+# worker's round is taken over after that.
+CHAIN_ROUND_LEASE_SECONDS = env_int("CHAIN_ROUND_LEASE_SECONDS", 120, minimum=10)
+# ETH sent by contracts is found by tracing at most this many blocks per reconciliation;
+# beyond that (or on nodes without debug_traceBlockByNumber) it is recorded without its hash.
+CHAIN_TRACE_MAX_BLOCKS = env_int("CHAIN_TRACE_MAX_BLOCKS", 200, minimum=1)
 
 # Checkout.
 # Where exchange rates come from: "static" (the table below, USD-pegged stablecoins at 1) or

@@ -1,22 +1,24 @@
 #!/usr/bin/env node
-// Compile contracts/DemoToken.sol with the pinned npm `solc` (its JS API, no download) and
-// write contracts/artifacts/DemoToken.json: { abi, bytecode, solcVersion }.
+// Compile a contract of contracts/ with the pinned npm `solc` (its JS API, no download) and
+// write contracts/artifacts/<Name>.json: { abi, bytecode, solcVersion } (plus deployedBytecode,
+// the runtime code, for Multicall3, which the dev setup places with anvil_setCode).
 //
 // The output is deterministic (same source + same solc => same bytes): keys are sorted at
 // every level, two-space indent, trailing newline, and the source is named by a relative
 // path so the metadata hash inside the bytecode does not depend on where the repo lives.
 //
-// Usage: npm run build:contracts            (writes the committed artifact)
-//        node contracts/build.js --out FILE (writes elsewhere; the tests use this)
+// Usage: npm run build:contracts            (writes every committed artifact)
+//        node contracts/build.js [--contract Name] [--out FILE]
+//                                           (one contract, DemoToken by default; the tests use this)
 "use strict";
 
 const fs = require("node:fs");
 const path = require("node:path");
 const solc = require("solc");
 
-const CONTRACT = "DemoToken";
-const SOURCE_NAME = `${CONTRACT}.sol`;
 const HERE = __dirname;
+// Contracts whose artifact also carries the runtime code.
+const WITH_RUNTIME = new Set(["Multicall3"]);
 
 function sortKeys(value) {
   if (Array.isArray(value)) return value.map(sortKeys);
@@ -29,26 +31,34 @@ function sortKeys(value) {
 }
 
 function parseArgs(argv) {
-  let out = path.join(HERE, "artifacts", `${CONTRACT}.json`);
+  let contract = "DemoToken";
+  let out = null;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--out" && i + 1 < argv.length) {
       out = path.resolve(argv[++i]);
+    } else if (argv[i] === "--contract" && i + 1 < argv.length) {
+      contract = argv[++i];
     } else {
-      console.error(`usage: node contracts/build.js [--out FILE]\nunknown argument: ${argv[i]}`);
+      console.error(
+        `usage: node contracts/build.js [--contract Name] [--out FILE]\nunknown argument: ${argv[i]}`,
+      );
       process.exit(2);
     }
   }
-  return { out };
+  return { contract, out: out || path.join(HERE, "artifacts", `${contract}.json`) };
 }
 
-function compile() {
+function compile(CONTRACT) {
+  const SOURCE_NAME = `${CONTRACT}.sol`;
+  const outputs = ["abi", "evm.bytecode.object"];
+  if (WITH_RUNTIME.has(CONTRACT)) outputs.push("evm.deployedBytecode.object");
   const input = {
     language: "Solidity",
     sources: { [SOURCE_NAME]: { content: fs.readFileSync(path.join(HERE, SOURCE_NAME), "utf8") } },
     settings: {
       evmVersion: "cancun",
       optimizer: { enabled: true, runs: 200 },
-      outputSelection: { [SOURCE_NAME]: { [CONTRACT]: ["abi", "evm.bytecode.object"] } },
+      outputSelection: { [SOURCE_NAME]: { [CONTRACT]: outputs } },
     },
   };
   const output = JSON.parse(solc.compile(JSON.stringify(input)));
@@ -58,16 +68,20 @@ function compile() {
     throw new Error(`solc reported errors compiling ${SOURCE_NAME}`);
   }
   const contract = output.contracts[SOURCE_NAME][CONTRACT];
-  return {
+  const artifact = {
     abi: contract.abi,
     bytecode: `0x${contract.evm.bytecode.object}`,
     solcVersion: solc.version(),
   };
+  if (WITH_RUNTIME.has(CONTRACT)) {
+    artifact.deployedBytecode = `0x${contract.evm.deployedBytecode.object}`;
+  }
+  return artifact;
 }
 
 function main() {
-  const { out } = parseArgs(process.argv.slice(2));
-  const artifact = compile();
+  const { contract, out } = parseArgs(process.argv.slice(2));
+  const artifact = compile(contract);
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(sortKeys(artifact), null, 2)}\n`);
   const shown = path.relative(process.cwd(), out);

@@ -79,6 +79,8 @@ def dev_network(db, tester):
     network = Network.objects.get(slug="anvil")
     network.enabled = True
     network.confirmations = 3
+    # Every watch round checks the node's chain id: eth-tester has its own.
+    network.chain_id = tester.w3.eth.chain_id
     network.save()
     network.assets.filter(symbol="USDC").update(contract_address=tester.token_address)
     cursor_reset(network=network, next_block=0)

@@ -4,15 +4,23 @@ Everything leaves here as plain Python values: lower-case 0x strings and ints. C
 see web3 types or exceptions, only `ChainError` and its two kinds.
 """
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
-from web3.exceptions import BlockNotFound, ProviderConnectionError, Web3RPCError
+from web3.exceptions import (
+    BlockNotFound,
+    MethodUnavailable,
+    ProviderConnectionError,
+    Web3RPCError,
+)
 from web3.providers.base import BaseProvider
 
 logger = logging.getLogger(__name__)
@@ -49,6 +57,21 @@ RANGE_REFUSALS = (
     "10000 results",
 )
 
+# Where Multicall3 lives on most EVM chains (and where the dev setup puts it on anvil).
+MULTICALL3_ADDRESS = "0xca11bde05977b3631167028862be2a173976ca11"
+MULTICALL3_ARTIFACT = (
+    Path(__file__).resolve().parent.parent / "contracts" / "artifacts" / "Multicall3.json"
+)
+# Addresses per Multicall3 call: RPC calls grow with addresses/500, never per address.
+BALANCES_PER_CALL = 500
+# Requests per JSON-RPC batch (hosted providers cap batches; 100 passes everywhere we know),
+# and fewer for full blocks, whose answers are large.
+BATCH_SIZE = 100
+FULL_BLOCK_BATCH = 20
+# Frame types in a callTracer trace that move ETH to their `to` (DELEGATECALL and STATICCALL
+# carry no value of their own).
+VALUE_FRAMES = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
+
 T = TypeVar("T")
 
 
@@ -62,6 +85,32 @@ class ChainUnavailable(ChainError):
 
 class RangeRefused(ChainError):
     """The node refuses a getLogs range this wide (result or range cap)."""
+
+
+class Unsupported(ChainError):
+    """The node does not offer this method (tracing on most hosted nodes)."""
+
+
+class _NodeError(Exception):
+    """One answer in a batch carried a JSON-RPC error."""
+
+    def __init__(self, error: Any) -> None:
+        self.code = error.get("code") if isinstance(error, dict) else None
+        self.message = str(error.get("message", error) if isinstance(error, dict) else error)
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class InternalTransfer:
+    """ETH moved by a contract call inside a successful transaction (found by tracing)."""
+
+    tx_hash: str
+    ordinal: int  # its place among the value-moving frames of the transaction
+    block_number: int
+    block_hash: str
+    sender: str
+    recipient: str
+    amount: int
 
 
 @dataclass(frozen=True)
@@ -121,18 +170,64 @@ class Chain:
             self.calls += 1
             try:
                 return fn()
-            except Web3RPCError as error:
+            except (Web3RPCError, _NodeError) as error:
                 message = str(getattr(error, "message", error)).lower()
                 if any(phrase in message for phrase in RANGE_REFUSALS):
                     raise RangeRefused(message) from None
+                if getattr(error, "code", None) == -32601 or (
+                    "not found" in message and "method" in message
+                ):
+                    raise Unsupported(message) from None
                 failure: Exception = error
-            except (requests.RequestException, ProviderConnectionError, OSError) as error:
+            except (
+                requests.RequestException,
+                ProviderConnectionError,
+                OSError,
+                ValueError,  # an answer that is not JSON (a proxy's error page)
+            ) as error:
                 failure = error
             logger.warning("%s failed (attempt %s/%s): %s", what, attempt, self.attempts, failure)
             if attempt < self.attempts:
                 time.sleep(delay)
                 delay *= 2
         raise ChainUnavailable(f"{what} failed after {self.attempts} attempts: {failure}")
+
+    def _batch(self, what: str, requests_: list[tuple[str, list[Any]]], size: int) -> list[Any]:
+        """Many requests in few HTTP round trips (JSON-RPC batches of `size`), answers in order.
+
+        A batch that fails as a whole, or with an error in any answer, is retried as a whole.
+        Providers without batch support (eth-tester) get the requests one by one."""
+        results: list[Any] = []
+        for start in range(0, len(requests_), size):
+            part = requests_[start : start + size]
+            results += self._call(what, lambda part=part: self._send_batch(part))  # type: ignore[misc]
+        return results
+
+    def _send_batch(self, part: list[tuple[str, list[Any]]]) -> list[Any]:
+        provider: Any = self.w3.provider
+        if isinstance(provider, HTTPProvider):
+            responses: Any = provider.make_batch_request(part)  # type: ignore[arg-type]
+            if not isinstance(responses, list):
+                raise _NodeError(responses.get("error", responses))
+            if len(responses) != len(part):
+                raise _NodeError(f"{len(responses)} answers to a batch of {len(part)}")
+        else:
+            self.calls += len(part) - 1  # one request each; _call counted one
+            return [self._single(method, params) for method, params in part]
+        out = []
+        for response in responses:
+            if response.get("error") is not None:
+                raise _NodeError(response["error"])
+            out.append(response.get("result"))
+        return out
+
+    def _single(self, method: str, params: list[Any]) -> Any:
+        try:
+            return self.w3.manager.request_blocking(method, params)  # type: ignore[arg-type]
+        except (NotImplementedError, MethodUnavailable) as error:
+            raise _NodeError({"code": -32601, "message": f"method not found: {error}"}) from None
+        except BlockNotFound:
+            return None
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -152,6 +247,99 @@ class Chain:
                 return None
 
         return self._call("eth_getBlockByNumber", fetch)
+
+    def block_hashes(self, numbers: Iterable[int]) -> dict[int, str | None]:
+        """Canonical hashes of many blocks in batched requests; None where the node has no
+        block (yet): a lagging backend behind a load balancer answers null, not another hash."""
+        wanted = sorted(set(numbers))
+        answers = self._batch(
+            "eth_getBlockByNumber",
+            [("eth_getBlockByNumber", [hex(n), False]) for n in wanted],
+            BATCH_SIZE,
+        )
+        return {n: (_hex(a["hash"]) if a else None) for n, a in zip(wanted, answers, strict=True)}
+
+    def successful(self, tx_hashes: Iterable[str]) -> dict[str, bool | None]:
+        """Whether each transaction succeeded (receipt status 1), batched; None while the
+        node has no receipt for it (a lagging backend)."""
+        wanted = sorted(set(tx_hashes))
+        answers = self._batch(
+            "eth_getTransactionReceipt",
+            [("eth_getTransactionReceipt", [h]) for h in wanted],
+            BATCH_SIZE,
+        )
+        return {
+            h: (None if not a else _int(a["status"]) == 1)
+            for h, a in zip(wanted, answers, strict=True)
+        }
+
+    def native_balances(
+        self, multicall: str, addresses: list[str], *, block: int
+    ) -> dict[str, int]:
+        """ETH balances at `block`, 500 addresses per Multicall3 aggregate3 call."""
+        contract = self.w3.eth.contract(
+            address=Web3.to_checksum_address(multicall), abi=multicall3_abi()
+        )
+        balances: dict[str, int] = {}
+        for start in range(0, len(addresses), BALANCES_PER_CALL):
+            part = addresses[start : start + BALANCES_PER_CALL]
+            calls = [
+                (
+                    contract.address,
+                    False,
+                    contract.encode_abi("getEthBalance", [Web3.to_checksum_address(a)]),
+                )
+                for a in part
+            ]
+            results: Any = self._call(
+                "Multicall3.aggregate3",
+                lambda calls=calls: contract.functions.aggregate3(calls).call(  # type: ignore[misc]
+                    block_identifier=block
+                ),
+            )
+            for address, (_ok, data) in zip(part, results, strict=True):
+                balances[address] = int.from_bytes(bytes(data), "big")
+        return balances
+
+    def internal_transfers(
+        self, from_block: int, to_block: int, recipients: set[str]
+    ) -> list[InternalTransfer]:
+        """ETH sent to `recipients` by contract calls, found by tracing each block
+        (debug_traceBlockByNumber with callTracer); raises Unsupported where the node has no
+        tracing. Reverted frames, and all below them, moved nothing and are skipped."""
+        numbers = list(range(from_block, to_block + 1))
+        if not numbers:
+            return []
+        traces = self._batch(
+            "debug_traceBlockByNumber",
+            [("debug_traceBlockByNumber", [hex(n), {"tracer": "callTracer"}]) for n in numbers],
+            FULL_BLOCK_BATCH,
+        )
+        hashes = self.block_hashes(numbers)
+        found = []
+        for number, trace in zip(numbers, traces, strict=True):
+            for item in trace or []:
+                tx_hash = item.get("txHash")
+                root = item.get("result")
+                if not tx_hash or not isinstance(root, dict):
+                    continue
+                # The top frame is the transaction itself, counted from the block's transactions.
+                frames = _value_frames(root.get("calls") or [], skip=bool(root.get("error")))
+                for ordinal, frame in enumerate(frames, start=1):
+                    recipient = str(frame.get("to", "")).lower()
+                    if recipient in recipients:
+                        found.append(
+                            InternalTransfer(
+                                tx_hash=_hex(tx_hash),
+                                ordinal=ordinal,
+                                block_number=number,
+                                block_hash=hashes[number] or "",
+                                sender=str(frame.get("from", "")).lower(),
+                                recipient=recipient,
+                                amount=_int(frame["value"]),
+                            )
+                        )
+        return found
 
     def has_code(self, address: str) -> bool:
         code = self._call(
@@ -196,17 +384,24 @@ class Chain:
         return transfers
 
     def native_transfers(self, from_block: int, to_block: int) -> list[SeenTransfer]:
-        """Plain value transfers in the range (one block fetch per block)."""
+        """Top-level value transactions in the range, full blocks fetched in batches. Whether
+        each succeeded is a separate question (`successful`): a block lists reverted ones too."""
+        numbers = list(range(from_block, to_block + 1))
+        blocks = self._batch(
+            "eth_getBlockByNumber",
+            [("eth_getBlockByNumber", [hex(n), True]) for n in numbers],
+            FULL_BLOCK_BATCH,
+        )
         found = []
-        for number in range(from_block, to_block + 1):
-            block: Any = self._call(
-                "eth_getBlockByNumber",
-                lambda n=number: self.w3.eth.get_block(n, full_transactions=True),  # type: ignore[misc]
-            )
+        for number, block in zip(numbers, blocks, strict=True):
+            if not block:
+                # A lagging backend has not got this block yet: stop before it, so the range
+                # is never recorded as scanned without it.
+                raise ChainUnavailable(f"block {number} is not available yet")
             block_hash = _hex(block["hash"])
             tx: Any
             for tx in block["transactions"]:
-                value = int(tx["value"])
+                value = _int(tx["value"])
                 if value <= 0 or not tx.get("to"):
                     continue
                 found.append(
@@ -272,6 +467,28 @@ class Signer:
             "block_number": int(receipt["blockNumber"]),
             "contract_address": str(address) if address else "",
         }
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _value_frames(frames: list[Any], *, skip: bool) -> Iterable[dict[str, Any]]:
+    """Depth-first, in execution order: the frames that really moved ETH."""
+    if skip:
+        return
+    for frame in frames:
+        if frame.get("error"):
+            continue  # reverted: it and everything it called moved nothing
+        if frame.get("type", "CALL").upper() in VALUE_FRAMES and _int(frame.get("value") or 0):
+            yield frame
+        yield from _value_frames(frame.get("calls") or [], skip=False)
+
+
+@cache
+def multicall3_abi() -> list[dict[str, Any]]:
+    abi: list[dict[str, Any]] = json.loads(MULTICALL3_ARTIFACT.read_text())["abi"]
+    return abi
 
 
 def _is_address(value: Any) -> bool:

@@ -18,12 +18,21 @@ from merchants.models import Merchant
 BASE_UNIT_DIGITS = 78
 # Ledger amounts in major units: enough decimals for an 18-decimal token.
 LEDGER_DIGITS, LEDGER_PLACES = 78, 18
+# Multicall3's address on most EVM chains; the dev setup places it there on anvil too.
+MULTICALL3_ADDRESS = "0xca11bde05977b3631167028862be2a173976ca11"
+# tx_hash of a native deposit found only by balance reconciliation, on a node without tracing:
+# "balance:<block>:<address>", with log_index -2. Unique per block and address like a real hash.
+BALANCE_TX_PREFIX = "balance:"
 
 
 class NetworkQuerySet(models.QuerySet["Network"]):
     def active(self) -> "NetworkQuerySet":
-        """Networks payments can use: enabled, and a node to watch them is configured."""
-        networks = [n.pk for n in self.filter(enabled=True) if n.effective_rpc_url]
+        """Networks payments can use: enabled, and a node to watch them is configured; a dev
+        chain only where dev chains are allowed (DEBUG)."""
+        candidates = self.filter(enabled=True)
+        if not settings.CHAIN_DEV_NETWORKS_ALLOWED:
+            candidates = candidates.filter(is_dev=False)
+        networks = [n.pk for n in candidates if n.effective_rpc_url]
         return self.filter(pk__in=networks)
 
 
@@ -50,10 +59,28 @@ class Network(models.Model):
     is_dev = models.BooleanField(
         default=False, help_text="A local development chain; never enable in production."
     )
+    multicall_address = models.CharField(
+        "Multicall3 address",
+        max_length=42,
+        blank=True,
+        default=MULTICALL3_ADDRESS,
+        help_text="Used to reconcile native deposit balances in batches (ETH sent by contracts). "
+        "Empty turns that off. CHAIN_<SLUG>_MULTICALL_ADDRESS overrides this.",
+    )
     # What the last scan learned about the node, shown in admin.
     rpc_ok = models.BooleanField(null=True, editable=False)
     rpc_error = models.TextField(blank=True, editable=False)
     rpc_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Why the watcher refuses this network right now (wrong chain id, a dev chain outside
+    # DEBUG); empty while it watches. Rechecked every round.
+    watch_halted = models.CharField(max_length=300, blank=True, editable=False)
+    # One watch round per network at a time: a lease with an expiry, so a killed worker holds
+    # it for a while, never for ever. Every write of a round first renews the lease by its
+    # token, so a worker that lost it writes nothing.
+    round_token = models.CharField(max_length=32, blank=True, editable=False)
+    round_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # A round is waiting in the broker: beat queues no other until it starts (or this expires).
+    round_queued_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = NetworkQuerySet.as_manager()
 
@@ -72,7 +99,20 @@ class Network(models.Model):
 
     @property
     def effective_confirmations(self) -> int:
-        return int(self._override("confirmations") or self.confirmations)
+        # Never below 1: a transfer counts once it is in a block the node returns, not before.
+        return max(1, int(self._override("confirmations") or self.confirmations))
+
+    @property
+    def effective_multicall_address(self) -> str:
+        return str(self._override("multicall_address") or self.multicall_address).lower()
+
+    def clean(self) -> None:
+        if not self.is_dev and self.confirmations < 1:
+            raise ValidationError({"confirmations": "A real network needs at least 1."})
+        address = self.multicall_address.strip().lower()
+        if address and (len(address) != 42 or not address.startswith("0x")):
+            raise ValidationError({"multicall_address": "Enter a 0x-prefixed 20-byte address."})
+        self.multicall_address = address
 
     @property
     def effective_poll_seconds(self) -> int:
@@ -203,6 +243,27 @@ class ChainCursor(models.Model):
         return f"{self.network} @ {self.next_block}"
 
 
+class NativeBalance(models.Model):
+    """A watched native deposit address's balance at a confirmed block: the baseline against
+    which the next reconciliation finds ETH that arrived without a top-level transaction."""
+
+    network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="+")
+    deposit_address = models.ForeignKey(DepositAddress, on_delete=models.CASCADE, related_name="+")
+    block_number = models.PositiveBigIntegerField()
+    balance = models.DecimalField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["network", "deposit_address"], name="native_balance_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deposit_address} @ {self.block_number}"
+
+
 class TransferStatus(models.TextChoices):
     EXECUTED = "executed", "Executed (mined, confirming)"
     CONFIRMED = "confirmed", "Confirmed"
@@ -215,8 +276,11 @@ class Transfer(models.Model):
     deposit_address = models.ForeignKey(
         DepositAddress, on_delete=models.PROTECT, related_name="transfers"
     )
+    # A real transaction hash, except "balance:<block>:<address>" (see has_tx_hash).
     tx_hash = models.CharField(max_length=66)
-    # The log's index in its block; -1 for a native-coin transfer (a transaction, not a log).
+    # The log's index in its block; -1 for a native-coin transaction's value; -2 for native
+    # coin found by balance reconciliation alone; -3 - n for the n-th value-moving call
+    # inside a transaction (ETH sent by a contract, found by tracing).
     log_index = models.IntegerField()
     block_number = models.PositiveBigIntegerField()
     block_hash = models.CharField(max_length=66)
@@ -255,8 +319,14 @@ class Transfer(models.Model):
         return self.asset.to_major(self.amount)
 
     @property
+    def has_tx_hash(self) -> bool:
+        """False for ETH found by balance reconciliation on a node without tracing: the
+        money is real and confirmed, the transaction that brought it is unknown."""
+        return bool(self.tx_hash) and not self.tx_hash.startswith(BALANCE_TX_PREFIX)
+
+    @property
     def explorer_url(self) -> str:
-        return self.network.tx_url(self.tx_hash)
+        return self.network.tx_url(self.tx_hash) if self.has_tx_hash else ""
 
 
 # The ledger ------------------------------------------------------------------------------

@@ -1,9 +1,6 @@
 """The scanner against a real node: anvil from npm, our demo tokens, real reorgs."""
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.request import Request, urlopen
 
 import pytest
 from django.db import connection
@@ -13,6 +10,7 @@ from contracts.deploy import PAYER_KEY, deploy_demo_tokens, load_artifact
 from tests.chain import running_anvil
 from tests.conftest import require_postgres
 from tests.evm import seed_networks
+from tests.rpc_proxy import FaultProxy
 from tests.wallets.test_addresses import ABANDON_XPUB
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.chain import Chain
@@ -114,63 +112,9 @@ def test_reorg_orphans_the_unconfirmed_transfer_and_spares_the_confirmed_one(anv
     assert report.confirmed == []
 
 
-class RefusingProxy:
-    """A JSON-RPC proxy in front of anvil that refuses wide getLogs ranges, as hosted nodes do."""
-
-    def __init__(self, upstream: str, max_range: int) -> None:
-        self.refusals = 0
-        self.get_logs = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body.get("method") == "eth_getLogs":
-                    proxy.get_logs += 1
-                    query = body["params"][0]
-                    width = int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1
-                    if width > max_range:
-                        proxy.refusals += 1
-                        answer = {
-                            "jsonrpc": "2.0",
-                            "id": body["id"],
-                            "error": {
-                                "code": -32005,
-                                "message": "query returned more than 10000 results",
-                            },
-                        }
-                        return self._reply(answer)
-                request = Request(
-                    upstream,
-                    data=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                with urlopen(request, timeout=10) as response:
-                    self._reply(json.load(response))
-
-            def _reply(self, payload) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.django_db
 def test_refused_ranges_are_split_until_the_node_answers(anvil, deposit):
-    proxy = RefusingProxy(anvil.rpc_url, max_range=4)
+    proxy = FaultProxy(anvil.rpc_url, max_log_range=4)
     try:
         network = _register(anvil, confirmations=1, rpc_url=proxy.url)
         paid = [anvil.pay(deposit.address, amount) for amount in (11, 22, 33)]
@@ -179,7 +123,7 @@ def test_refused_ranges_are_split_until_the_node_answers(anvil, deposit):
     finally:
         proxy.close()
     assert report.error == ""
-    assert proxy.refusals > 0
+    assert proxy.faults["range_refused"] > 0
     assert sorted(Transfer.objects.values_list("tx_hash", flat=True)) == sorted(paid)
     assert sorted(Transfer.objects.values_list("amount", flat=True)) == [11, 22, 33]
 

@@ -87,7 +87,7 @@ def test_unreachable_node_is_recorded_and_nothing_moves(dev_network, deposit):
     assert "failed after 2 attempts" in report.error
     assert report.rpc_calls == 2
     dev_network.refresh_from_db()
-    assert dev_network.rpc_ok is False and "eth_blockNumber" in dev_network.rpc_error
+    assert dev_network.rpc_ok is False and "eth_chainId" in dev_network.rpc_error
     assert ChainCursor.objects.get(network=dev_network).next_block == before
 
 
