@@ -22,6 +22,9 @@ from typing import Any, TypedDict
 from wallets.chain import Chain, Signer
 
 ARTIFACT_PATH = Path(__file__).resolve().parent / "artifacts" / "DemoToken.json"
+MULTICALL3_ARTIFACT_PATH = ARTIFACT_PATH.with_name("Multicall3.json")
+# Where Multicall3 lives on real chains; the dev chain gets it at the same address.
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 
 # anvil default account (0): deploys the tokens and owns them (the only one allowed to mint).
 DEPLOYER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -107,6 +110,20 @@ def deploy_demo_tokens(rpc_url: str) -> DemoDeployment:
     }
 
 
+def deploy_multicall3(rpc_url: str) -> str:
+    """Put Multicall3's runtime code at its canonical address on anvil (anvil_setCode), so
+    the dev chain batches balance reads exactly where real chains do. Idempotent."""
+    chain = Chain(rpc_url, timeout=30)
+    runtime = json.loads(MULTICALL3_ARTIFACT_PATH.read_text())["deployedBytecode"]
+    answer = chain.w3.provider.make_request(
+        "anvil_setCode",  # type: ignore[arg-type]
+        [MULTICALL3_ADDRESS, runtime],
+    )
+    if answer.get("error"):
+        raise RuntimeError(f"anvil_setCode failed: {answer['error']}")
+    return MULTICALL3_ADDRESS
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m contracts.deploy",
@@ -114,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rpc-url", default="http://127.0.0.1:8545", help="anvil's JSON-RPC URL")
     args = parser.parse_args(argv)
-    print(json.dumps(deploy_demo_tokens(args.rpc_url), indent=2))
+    deployed: dict[str, Any] = dict(deploy_demo_tokens(args.rpc_url))
+    deployed["multicall3"] = deploy_multicall3(args.rpc_url)
+    print(json.dumps(deployed, indent=2))
 
 
 if __name__ == "__main__":

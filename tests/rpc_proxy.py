@@ -8,7 +8,8 @@ seeded random source so a failing run can be repeated:
 - drop: the connection closes without an answer;
 - delay: the answer comes after `delay_seconds` (past the client's timeout);
 - bad_gateway: HTTP 502 with an HTML page;
-- eth_getLogs wider than `max_log_range` blocks is refused with a provider's message.
+- eth_getLogs wider than `max_log_range` blocks is refused with a provider's message;
+- methods in `refuse_methods` answer "method not found" (tracing on most hosted nodes).
 
 Batches (JSON arrays) are forwarded as batches; lag applies to each request in them.
 
@@ -40,12 +41,15 @@ class FaultProxy:
         bad_gateway: float = 0.0,
         delay_seconds: float = 3.0,
         max_log_range: int | None = None,
+        refuse_methods: frozenset[str] = frozenset(),
         seed: int = 0,
     ) -> None:
         self.upstream = upstream
         self.rates = {"lag": lag, "drop": drop, "delay": delay, "bad_gateway": bad_gateway}
         self.delay_seconds = delay_seconds
         self.max_log_range = max_log_range
+        self.refuse_methods = refuse_methods
+        self.posts = 0  # HTTP requests (a batch is one)
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.faults: Counter[str] = Counter()
@@ -102,6 +106,8 @@ class FaultProxy:
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         payload = json.loads(body)
         items = payload if isinstance(payload, list) else [payload]
+        with self.lock:
+            self.posts += 1
         for item in items:
             self.requests[item.get("method", "?")] += 1
         if self._roll("drop"):
@@ -126,6 +132,12 @@ class FaultProxy:
     def _answer(self, item: dict[str, Any], lag: int) -> Any:
         method = item.get("method")
         params = item.get("params") or []
+        if method in self.refuse_methods:
+            return {
+                "jsonrpc": "2.0",
+                "id": item.get("id"),
+                "error": {"code": -32601, "message": f"the method {method} does not exist"},
+            }
         if method == "eth_getLogs" and self.max_log_range is not None:
             query = params[0]
             width = int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1

@@ -50,12 +50,22 @@ class NetworkAdmin(admin.ModelAdmin):
     ]
     list_filter = ["enabled", "is_dev", "rpc_ok"]
     search_fields = ["name", "slug", "chain_id"]
-    readonly_fields = ["rpc_ok", "rpc_error", "rpc_checked_at", "effective_rpc_url"]
+    readonly_fields = [
+        "watch_halted",
+        "rpc_ok",
+        "rpc_error",
+        "rpc_checked_at",
+        "effective_rpc_url",
+        "effective_multicall_address",
+        "round_lease_until",
+    ]
     inlines = [AssetInline]
     actions = ["check_rpc"]
 
     @admin.display(description="RPC")
     def rpc_status(self, network: Network) -> str:
+        if network.watch_halted:
+            return f"stopped: {network.watch_halted}"
         if not network.effective_rpc_url:
             return "not configured"
         if network.rpc_ok is None:

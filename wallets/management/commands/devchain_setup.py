@@ -1,4 +1,5 @@
-"""Prepare the local anvil chain for `make run`: demo tokens, the dev network, a demo wallet.
+"""Prepare the local anvil chain for `make run`: demo tokens, Multicall3, the dev network, a
+demo wallet.
 
 Only for local runs. It deploys our demo USDT/USDC, points the `anvil` network at the node,
 enables it, and gives the demo merchant a generated wallet whose recovery phrase is written to
@@ -12,7 +13,7 @@ from bip_utils import Bip39MnemonicGenerator, Bip39SeedGenerator, Bip39WordsNum,
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from contracts.deploy import deploy_demo_tokens
+from contracts.deploy import deploy_demo_tokens, deploy_multicall3
 from merchants.models import Membership
 from wallets.addresses import wallet_set
 from wallets.chain import Chain, ChainError
@@ -54,10 +55,13 @@ class Command(BaseCommand):
             network.assets.filter(symbol=symbol).update(
                 contract_address=deployed[symbol].lower(), enabled=True
             )
+        # Multicall3 batches the balance reads that find ETH sent by contracts.
+        network.multicall_address = deploy_multicall3(rpc_url).lower()
         network.rpc_url, network.enabled = rpc_url, True
-        network.save(update_fields=["rpc_url", "enabled"])
+        network.save(update_fields=["rpc_url", "enabled", "multicall_address"])
         self.stdout.write(
-            f"  Dev chain {rpc_url}: demo USDT {deployed['USDT']}, USDC {deployed['USDC']}"
+            f"  Dev chain {rpc_url}: demo USDT {deployed['USDT']}, USDC {deployed['USDC']},"
+            f" Multicall3 {network.multicall_address}"
         )
         self.stdout.write(
             f"  Demo payer {deployed['payer']} holds demo USDT and USDC;"
