@@ -10,16 +10,15 @@ from django.utils import timezone
 from web3 import Web3
 
 from contracts.deploy import ARTIFACT_PATH, deploy_multicall3
+from tests.chain import running_anvil
 from tests.rpc_proxy import FaultProxy
-from tests.wallets.test_scanner_anvil import Anvil, _register
 from tests.wallets.test_addresses import ABANDON_XPUB
+from tests.wallets.test_scanner_anvil import Anvil, _register
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.admin import NetworkAdmin
 from wallets.chain import Chain
 from wallets.models import NativeBalance, Network, Transfer, TransferStatus
 from wallets.scanner import round_lease_acquire, round_queue, scan_network
-
-from tests.chain import running_anvil
 
 FORWARDER = json.loads(ARTIFACT_PATH.with_name("TestForwarder.json").read_text())
 ETH = 10**18
