@@ -341,6 +341,78 @@ class Chain:
                         )
         return found
 
+    def recorded_amounts(
+        self, keys: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int | None]:
+        """What the chain says each recorded (tx hash, log index) moved, read again in
+        batches: an ERC-20 log's amount, a transaction's value, a traced call's value. 0 when
+        the transaction failed or the log is not there; None where it cannot be re-read (no
+        tracing, no receipt)."""
+        keys = list(keys)
+        hashes = sorted({tx for tx, _ in keys})
+        receipts = dict(
+            zip(
+                hashes,
+                self._batch(
+                    "eth_getTransactionReceipt",
+                    [("eth_getTransactionReceipt", [h]) for h in hashes],
+                    BATCH_SIZE,
+                ),
+                strict=True,
+            )
+        )
+        native = sorted({tx for tx, index in keys if index == -1})
+        txs = dict(
+            zip(
+                native,
+                self._batch(
+                    "eth_getTransactionByHash",
+                    [("eth_getTransactionByHash", [h]) for h in native],
+                    BATCH_SIZE,
+                ),
+                strict=True,
+            )
+        )
+        traced = sorted({tx for tx, index in keys if index <= -3})
+        frames: dict[str, list[dict[str, Any]]] = {}
+        if traced:
+            try:
+                traces = self._batch(
+                    "debug_traceTransaction",
+                    [("debug_traceTransaction", [h, {"tracer": "callTracer"}]) for h in traced],
+                    FULL_BLOCK_BATCH,
+                )
+            except Unsupported:
+                traces = [None] * len(traced)
+            for tx_hash, root in zip(traced, traces, strict=True):
+                if isinstance(root, dict):
+                    calls = root.get("calls") or []
+                    frames[tx_hash] = list(_value_frames(calls, skip=bool(root.get("error"))))
+        amounts: dict[tuple[str, int], int | None] = {}
+        for tx_hash, index in keys:
+            receipt = receipts.get(tx_hash)
+            if not receipt:
+                amounts[(tx_hash, index)] = None
+            elif _int(receipt["status"]) != 1:
+                amounts[(tx_hash, index)] = 0
+            elif index >= 0:
+                logs = [log for log in receipt["logs"] if _int(log["logIndex"]) == index]
+                parsed = _parse_transfer_log(logs[0]) if logs else None
+                amounts[(tx_hash, index)] = parsed.amount if parsed else 0
+            elif index == -1:
+                tx = txs.get(tx_hash)
+                amounts[(tx_hash, index)] = _int(tx["value"]) if tx else None
+            else:
+                found = frames.get(tx_hash)
+                ordinal = -2 - index
+                if found is None:
+                    amounts[(tx_hash, index)] = None
+                else:
+                    amounts[(tx_hash, index)] = (
+                        _int(found[ordinal - 1]["value"]) if ordinal <= len(found) else 0
+                    )
+        return amounts
+
     def has_code(self, address: str) -> bool:
         code = self._call(
             "eth_getCode", lambda: self.w3.eth.get_code(Web3.to_checksum_address(address))
@@ -512,8 +584,8 @@ def _parse_transfer_log(log: Any) -> SeenTransfer | None:
         return None
     return SeenTransfer(
         tx_hash=_hex(log["transactionHash"]),
-        log_index=int(log["logIndex"]),
-        block_number=int(log["blockNumber"]),
+        log_index=_int(log["logIndex"]),
+        block_number=_int(log["blockNumber"]),
         block_hash=_hex(log["blockHash"]),
         token=_hex(log["address"]),
         sender=_topic_address(topics[1]),

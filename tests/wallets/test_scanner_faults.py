@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from web3 import Web3
 
@@ -337,3 +338,22 @@ def test_a_faulty_node_loses_and_doubles_nothing(anvil, acme):
         for a in Transfer.objects.filter(asset__symbol="ETH").values_list("amount", flat=True)
     ] == [ETH]
     assert not Transfer.objects.exclude(status=TransferStatus.CONFIRMED).exists()
+
+
+def test_ledger_check_compares_confirmed_transfers_with_the_chain(anvil, deposit, capsys):
+    network = _register(anvil, confirmations=1)
+    anvil.pay(deposit.address, 2_500_000)
+    anvil.send_eth(deposit.address, ETH // 2)
+    anvil.forward(deposit.address, ETH // 3)
+    scan_network(network=network, chain=Chain(anvil.rpc_url), native_watch=[deposit.address])
+    assert Transfer.objects.filter(status=TransferStatus.CONFIRMED).count() == 3
+    call_command("ledger_check")
+    assert "anvil: 3 transfer(s) match the chain." in capsys.readouterr().out
+
+    token = Transfer.objects.get(log_index__gte=0)
+    Transfer.objects.filter(pk=token.pk).update(amount=2_500_001)
+    with pytest.raises(CommandError, match="1 transfer"):
+        call_command("ledger_check")
+    assert f"({token.tx_hash}:{token.log_index}): recorded 2500001, chain says 2500000" in (
+        capsys.readouterr().out
+    )
