@@ -5,7 +5,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import F, Sum
+from django.db.models import Sum
 
 from wallets.chain import Chain, ChainError
 from wallets.ledger import balances_drift, balances_rebuild
@@ -81,12 +81,12 @@ class Command(BaseCommand):
         held: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         entries = (
             LedgerEntry.objects.filter(account__code__startswith="holdings:")
-            .values(code=F("account__code"), symbol=F("currency"))
+            .values_list("account__code", "currency")
             .annotate(total=Sum("amount"))
         )
-        for row in entries:
+        for code, symbol, total in entries:
             # Holdings are debit-normal: stored negative.
-            held[(row["code"].removeprefix("holdings:"), row["symbol"])] = -row["total"]
+            held[(code.removeprefix("holdings:"), symbol)] = -total
         problems = 0
         for key in sorted(set(settled) | set(held)):
             if settled[key] != held[key]:
