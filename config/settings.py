@@ -366,9 +366,11 @@ for _key in sorted(os.environ):
 # A local dev chain (Network.is_dev, anvil) is watched only under DEBUG (and in the tests):
 # its published keys would let anyone fake deposits.
 CHAIN_DEV_NETWORKS_ALLOWED = DEBUG or TESTING
+# Seconds the watcher waits for one node answer before it retries (with backoff).
+CHAIN_RPC_TIMEOUT_SECONDS = env_int("CHAIN_RPC_TIMEOUT_SECONDS", 10, minimum=1)
 # A watch round holds its network's lease this long at most without renewing it; a killed
 # worker's round is taken over after that.
-CHAIN_ROUND_LEASE_SECONDS = env_int("CHAIN_ROUND_LEASE_SECONDS", 120, minimum=10)
+CHAIN_ROUND_LEASE_SECONDS = env_int("CHAIN_ROUND_LEASE_SECONDS", 120, minimum=2)
 # ETH sent by contracts is found by tracing at most this many blocks per reconciliation;
 # beyond that (or on nodes without debug_traceBlockByNumber) it is recorded without its hash.
 CHAIN_TRACE_MAX_BLOCKS = env_int("CHAIN_TRACE_MAX_BLOCKS", 200, minimum=1)

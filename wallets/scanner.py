@@ -80,7 +80,9 @@ def scan_network(
         report.skipped = True  # another round of this network is running
         return report
     try:
-        chain = chain or Chain(network.effective_rpc_url)
+        chain = chain or Chain(
+            network.effective_rpc_url, timeout=settings.CHAIN_RPC_TIMEOUT_SECONDS
+        )
         chain_id = chain.chain_id()
         if chain_id != network.chain_id:
             _halt(
