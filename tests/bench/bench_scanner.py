@@ -6,6 +6,9 @@
 2. The naive alternative, asking every open address's token balance each tick, at 10,000
    open addresses: RPC calls per tick, and seconds per tick extrapolated from a measured sample.
 3. Ledger postings per second on PostgreSQL, 8 concurrent writers against 1 writer.
+4. Native ETH reconciliation (Multicall3 balances at a confirmed block) at 10, 1,000 and
+   10,000 watched ETH deposit addresses: RPC calls and seconds per round, and the ratio of
+   the largest to the smallest case (calls grow with addresses/500).
 
 Run with `make bench` (with DATABASE_URL for part 3). Figures are printed, never asserted.
 """
@@ -17,8 +20,9 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from web3 import Web3
 
-from contracts.deploy import PAYER_KEY, deploy_demo_tokens, load_artifact
+from contracts.deploy import PAYER_KEY, deploy_demo_tokens, deploy_multicall3, load_artifact
 from tests.chain import running_anvil
 from tests.evm import seed_networks
 from tests.factories import MerchantFactory
@@ -33,7 +37,7 @@ from wallets.ledger import (
     ledger_post,
     merchant_account,
 )
-from wallets.models import DepositAddress, Network, Transfer, Wallet
+from wallets.models import DepositAddress, NativeBalance, Network, Transfer, Wallet
 from wallets.scanner import cursor_reset, scan_network
 
 LOGS = 2_000
@@ -194,4 +198,62 @@ def test_ledger_postings_per_second(capsys):
         print(
             f"8 writers, one merchant (same balance rows, serialized by their locks): "
             f"{hot:.0f} ({hot / single_rate:.2f} x 1 writer)"
+        )
+
+
+@pytest.mark.django_db
+def test_native_reconciliation_cost_against_watched_addresses(capsys):
+    seed_networks()
+    merchant = MerchantFactory()
+    wallet_set(merchant=merchant, xpub=ABANDON_XPUB)
+    wallet = Wallet.objects.get(merchant=merchant)
+    results = []
+    with running_anvil() as rpc_url:
+        deploy_multicall3(rpc_url)
+        network = Network.objects.get(slug="anvil")
+        network.rpc_url, network.enabled, network.confirmations = rpc_url, True, 1
+        network.save()
+        network.assets.exclude(symbol="ETH").update(enabled=False)  # the native part alone
+        chain = Chain(rpc_url)
+        payer = Signer(chain, PAYER_KEY)
+        created = 0
+        for size in (10, 1_000, 10_000):
+            rows = [_random_address() for _ in range(size - created)]
+            DepositAddress.objects.bulk_create(
+                DepositAddress(
+                    wallet=wallet, merchant=merchant, derivation_index=created + i, address=a
+                )
+                for i, a in enumerate(rows)
+            )
+            created = size
+            watched = list(DepositAddress.objects.values_list("address", flat=True))
+            # One of them got ETH since the last round: a round always has work.
+            chain.w3.provider.make_request("anvil_mine", [1])  # type: ignore[arg-type]
+            payer._send(
+                {
+                    "to": Web3.to_checksum_address(watched[-1]),
+                    "value": 10**15,
+                    "nonce": payer.next_nonce(),
+                    "gas": 21_000,
+                    "gasPrice": chain.w3.eth.gas_price,
+                    "chainId": 31337,
+                }
+            )
+            cursor_reset(network=network, next_block=chain.head())
+            counting = Chain(rpc_url)
+            start = time.perf_counter()
+            report = scan_network(network=network, chain=counting, native_watch=watched)
+            seconds = time.perf_counter() - start
+            assert report.error == ""
+            assert NativeBalance.objects.count() == size
+            results.append((size, report.rpc_calls, seconds))
+    with capsys.disabled():
+        print("\nnative reconciliation (Multicall3 getEthBalance, 500 addresses a call)")
+        print(f"{'watched ETH addresses':>22}{'RPC calls/round':>17}{'s/round':>10}")
+        for size, calls, seconds in results:
+            print(f"{size:>22,}{calls:>17}{seconds:>10.3f}")
+        small, large = results[0], results[-1]
+        print(
+            f"10,000 vs 10 addresses (x1,000): RPC calls x{large[1] / small[1]:.2f}, "
+            f"seconds x{large[2] / small[2]:.2f}"
         )

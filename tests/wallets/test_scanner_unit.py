@@ -115,3 +115,29 @@ def test_non_standard_transfer_logs_are_skipped_and_logged(caplog):
     assert "4 topics" in caplog.text
     short = dict(erc721, topics=erc721["topics"][:3], data="0x1234")
     assert _parse_transfer_log(short) is None
+
+
+def test_multicall_balance_calls_are_encoded_as_the_abi_says():
+    from eth_abi import decode, encode
+    from web3 import Web3
+
+    from wallets.chain import (
+        AGGREGATE3,
+        GET_ETH_BALANCE,
+        decode_balance_results,
+        encode_balance_calls,
+    )
+
+    multicall = "0xca11bde05977b3631167028862be2a173976ca11"
+    owners = ["0x" + f"{i:040x}" for i in (1, 2**150, 2**159 + 7)]
+    inner = [GET_ETH_BALANCE + encode(["address"], [owner]) for owner in owners]
+    expected = AGGREGATE3 + encode(
+        ["(address,bool,bytes)[]"], [[(multicall, False, data) for data in inner]]
+    )
+    assert encode_balance_calls(multicall, owners) == expected
+    assert AGGREGATE3 == Web3.keccak(text="aggregate3((address,bool,bytes)[])")[:4]
+    answer = encode(
+        ["(bool,bytes)[]"], [[(True, encode(["uint256"], [v])) for v in (0, 5, 2**200)]]
+    )
+    assert decode_balance_results(answer) == [0, 5, 2**200]
+    assert decode(["(bool,bytes)[]"], answer)[0][2][1] == encode(["uint256"], [2**200])
