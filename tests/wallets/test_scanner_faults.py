@@ -18,7 +18,7 @@ from tests.wallets.test_scanner_anvil import Anvil, _register
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.admin import NetworkAdmin
 from wallets.chain import Chain
-from wallets.models import NativeBalance, Network, Transfer, TransferStatus
+from wallets.models import ChainCursor, NativeBalance, Network, Transfer, TransferStatus
 from wallets.scanner import round_lease_acquire, round_queue, scan_network
 
 FORWARDER = json.loads(ARTIFACT_PATH.with_name("TestForwarder.json").read_text())
@@ -357,3 +357,40 @@ def test_ledger_check_compares_confirmed_transfers_with_the_chain(anvil, deposit
     assert f"({token.tx_hash}:{token.log_index}): recorded 2500001, chain says 2500000" in (
         capsys.readouterr().out
     )
+
+
+def test_beat_never_queues_a_round_behind_a_running_or_queued_one(anvil, deposit):
+    from checkout.tasks import watch_networks
+
+    network = _register(anvil, confirmations=1)
+    anvil.pay(deposit.address, 1_000_000)
+    # Its poll interval has passed.
+    ChainCursor.objects.update(updated_at=timezone.now() - timedelta(minutes=5))
+    held = round_lease_acquire(network=network)
+    watch_networks()  # a round is running: nothing is queued (tasks run inline in tests)
+    assert Transfer.objects.count() == 0
+    assert Network.objects.get(pk=network.pk).round_queued_until is None
+    Network.objects.filter(pk=network.pk, round_token=held).update(
+        round_token="", round_lease_until=None, round_queued_until=timezone.now() + timedelta(60)
+    )
+    watch_networks()  # one is waiting in the broker already
+    assert Transfer.objects.count() == 0
+    Network.objects.filter(pk=network.pk).update(round_queued_until=None)
+    watch_networks()
+    assert Transfer.objects.count() == 1
+
+
+def test_chain_watching_callbacks_and_emails_travel_on_their_own_queues():
+    from config.celery import app
+
+    def queue(task: str) -> str:
+        return app.amqp.router.route({}, task)["queue"].name
+
+    assert queue("checkout.tasks.watch_network") == "chain"
+    assert queue("checkout.tasks.watch_networks") == "chain"
+    assert queue("invoices.tasks.callback_deliver") == "callbacks"
+    assert queue("invoices.tasks.callbacks_sweep") == "callbacks"
+    assert queue("invoices.tasks.email_send") == "email"
+    assert queue("merchants.tasks.send_invitation") == "email"
+    assert queue("checkout.tasks.end_payments") == "celery"
+    assert {q.name for q in app.conf.task_queues} == {"celery", "chain", "callbacks", "email"}
