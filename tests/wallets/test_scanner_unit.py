@@ -135,7 +135,7 @@ def test_multicall_balance_calls_are_encoded_as_the_abi_says():
         ["(address,bool,bytes)[]"], [[(multicall, False, data) for data in inner]]
     )
     assert encode_balance_calls(multicall, owners) == expected
-    assert AGGREGATE3 == Web3.keccak(text="aggregate3((address,bool,bytes)[])")[:4]
+    assert Web3.keccak(text="aggregate3((address,bool,bytes)[])")[:4] == AGGREGATE3
     answer = encode(
         ["(bool,bytes)[]"], [[(True, encode(["uint256"], [v])) for v in (0, 5, 2**200)]]
     )
