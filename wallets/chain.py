@@ -188,33 +188,38 @@ class Chain:
                 delay *= 2
         raise ChainUnavailable(f"{what} failed after {self.attempts} attempts: {failure}")
 
-    def _batch(self, what: str, requests_: list[tuple[str, list[Any]]], size: int) -> list[Any]:
+    def _batch(
+        self, what: str, requests_: list[tuple[str, list[Any]]], size: int, *, required=False
+    ) -> list[Any]:
         """Many requests in few HTTP round trips (JSON-RPC batches of `size`), answers in order.
 
         A batch that fails as a whole, or with an error in any answer, is retried as a whole.
-        Providers without batch support (eth-tester) get the requests one by one."""
+        Providers without batch support (eth-tester) get the requests one by one. `required`:
+        a null answer (a lagging backend that lacks the block or receipt yet) is retried too."""
         results: list[Any] = []
         for start in range(0, len(requests_), size):
             part = requests_[start : start + size]
-            results += self._call(what, lambda part=part: self._send_batch(part))  # type: ignore[misc]
+            results += self._call(what, lambda part=part: self._send_batch(part, required))  # type: ignore[misc]
         return results
 
-    def _send_batch(self, part: list[tuple[str, list[Any]]]) -> list[Any]:
+    def _send_batch(self, part: list[tuple[str, list[Any]]], required: bool = False) -> list[Any]:
         provider: Any = self.w3.provider
-        if isinstance(provider, HTTPProvider):
+        if not isinstance(provider, HTTPProvider):
+            self.calls += len(part) - 1  # one request each; _call counted one
+            out = [self._single(method, params) for method, params in part]
+        else:
             responses: Any = provider.make_batch_request(part)  # type: ignore[arg-type]
             if not isinstance(responses, list):
                 raise _NodeError(responses.get("error", responses))
             if len(responses) != len(part):
                 raise _NodeError(f"{len(responses)} answers to a batch of {len(part)}")
-        else:
-            self.calls += len(part) - 1  # one request each; _call counted one
-            return [self._single(method, params) for method, params in part]
-        out = []
-        for response in responses:
-            if response.get("error") is not None:
-                raise _NodeError(response["error"])
-            out.append(response.get("result"))
+            out = []
+            for response in responses:
+                if response.get("error") is not None:
+                    raise _NodeError(response["error"])
+                out.append(response.get("result"))
+        if required and any(answer is None for answer in out):
+            raise _NodeError("the node has not got every requested item yet")
         return out
 
     def _single(self, method: str, params: list[Any]) -> Any:
@@ -263,6 +268,7 @@ class Chain:
             "eth_getTransactionReceipt",
             [("eth_getTransactionReceipt", [h]) for h in wanted],
             BATCH_SIZE,
+            required=True,
         )
         return {
             h: (None if not a else _int(a["status"]) == 1)
@@ -450,6 +456,7 @@ class Chain:
             "eth_getBlockByNumber",
             [("eth_getBlockByNumber", [hex(n), True]) for n in numbers],
             FULL_BLOCK_BATCH,
+            required=True,
         )
         found = []
         for number, block in zip(numbers, blocks, strict=True):

@@ -41,6 +41,9 @@ from wallets.models import (
 logger = logging.getLogger(__name__)
 # How long a queued round keeps beat from queueing another (a lost message costs this much).
 QUEUED_SECONDS = 300
+# Each round scans at least this many blocks below its cursor again: a load-balanced node's
+# stale backend may have answered the last range without its newest blocks.
+RESCAN_BLOCKS = 8
 
 
 class LeaseLost(Exception):
@@ -206,15 +209,16 @@ def _scan_chunk(
     *, network: Network, chain: Chain, head: int, first: bool, report: ScanReport, token: str
 ) -> bool:
     """Scan one chunk; True when the scan has reached the head."""
-    lookback = network.effective_confirmations
+    lookback = max(network.effective_confirmations, RESCAN_BLOCKS)
     cursor = ChainCursor.objects.filter(network=network).first()
     if cursor is None:
         # A network seen for the first time starts near the head, not at genesis.
         cursor, _ = ChainCursor.objects.get_or_create(
             network=network, defaults={"next_block": max(0, head - lookback)}
         )
-    # Blocks near the head can still be replaced by a reorg: each round looks back over the
-    # unconfirmed window once, so a transfer re-mined in another block is found again.
+    # Blocks near the head can still be replaced by a reorg, or were missing from a lagging
+    # answer: each round looks back over them once, so a transfer re-mined in another block
+    # (or not listed last time) is found again.
     start = max(0, cursor.next_block - lookback) if first else cursor.next_block
     end = min(head, cursor.next_block + network.effective_max_block_range - 1)
     if start > end:

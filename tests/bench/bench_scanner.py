@@ -47,7 +47,7 @@ OURS = 10  # of the 2,000 transfers, this many go to open deposit addresses
 
 def _fill_chain(rpc_url: str, deployed: dict, targets: list[str]) -> int:
     """Send LOGS token transfers in few blocks, then mine EMPTY_BLOCKS; return the head."""
-    chain = Chain(rpc_url)
+    chain = Chain(rpc_url, timeout=300)  # mining 1,000 blocks at once takes a while
     payer = Signer(chain, PAYER_KEY)
     abi = load_artifact()["abi"]
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
