@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from web3 import EthereumTesterProvider, Web3
+from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 
 from wallets.chain import Chain
 from wallets.models import Network
 from wallets.scanner import cursor_reset
 
+CHAIN_ID = 31337  # the seeded dev network's (anvil's)
 ARTIFACT = json.loads(
     (Path(__file__).resolve().parents[1] / "contracts" / "artifacts" / "DemoToken.json").read_text()
 )
@@ -23,7 +25,12 @@ class TesterChain:
     """An in-process chain (eth-tester) with our demo token deployed on it."""
 
     def __init__(self) -> None:
-        self.provider = EthereumTesterProvider()
+        # The dev network's chain id, which every watch round checks (eth-tester has its own):
+        # signed transactions carry it, and eth_chainId answers it.
+        endpoints = {**API_ENDPOINTS, "eth": {**API_ENDPOINTS["eth"]}}
+        endpoints["eth"]["chainId"] = static_return(CHAIN_ID)
+        self.provider = EthereumTesterProvider(api_endpoints=endpoints)
+        self.provider.ethereum_tester.backend.chain.chain_id = CHAIN_ID
         self.w3 = Web3(self.provider)
         self.owner = self.w3.eth.accounts[0]
         self.payer = self.w3.eth.accounts[1]
@@ -79,8 +86,6 @@ def dev_network(db, tester):
     network = Network.objects.get(slug="anvil")
     network.enabled = True
     network.confirmations = 3
-    # Every watch round checks the node's chain id: eth-tester has its own.
-    network.chain_id = tester.w3.eth.chain_id
     network.save()
     network.assets.filter(symbol="USDC").update(contract_address=tester.token_address)
     cursor_reset(network=network, next_block=0)
