@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wallets', '0004_transfer_handled_status'),
+        ('wallets', '0005_keys_fingerprint_and_paths'),
     ]
 
     operations = [
