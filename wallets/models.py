@@ -65,7 +65,7 @@ class Network(models.Model):
         blank=True,
         default=MULTICALL3_ADDRESS,
         help_text="Used to reconcile native deposit balances in batches (ETH sent by contracts). "
-        "Empty turns that off. CHAIN_<SLUG>_MULTICALL_ADDRESS overrides this.",
+        "Empty turns that off. The setting CHAIN_{SLUG}_MULTICALL_ADDRESS overrides this.",
     )
     # What the last scan learned about the node, shown in admin.
     rpc_ok = models.BooleanField(null=True, editable=False)

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='network',
             name='multicall_address',
-            field=models.CharField(blank=True, default='0xca11bde05977b3631167028862be2a173976ca11', help_text='Used to reconcile native deposit balances in batches (ETH sent by contracts). Empty turns that off. CHAIN_<SLUG>_MULTICALL_ADDRESS overrides this.', max_length=42, verbose_name='Multicall3 address'),
+            field=models.CharField(blank=True, default='0xca11bde05977b3631167028862be2a173976ca11', help_text='Used to reconcile native deposit balances in batches (ETH sent by contracts). Empty turns that off. The setting CHAIN_{SLUG}_MULTICALL_ADDRESS overrides this.', max_length=42, verbose_name='Multicall3 address'),
         ),
         migrations.AddField(
             model_name='network',
