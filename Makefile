@@ -5,7 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run test lint bench install migrate demo clean e2e-deps node_modules
+.PHONY: run test lint bench install migrate demo clean e2e-deps node_modules system-packages-run system-packages-test
+
+# The Debian packages beside Python and Node (bin/system-packages): checked first, installed
+# when running as root, otherwise the one command to run is printed and make stops here.
+system-packages-run:
+	bin/system-packages run
+
+system-packages-test:
+	bin/system-packages test
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.12+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 12) else None'
@@ -33,13 +41,13 @@ node_modules: node_modules/.package-lock.json
 run: export DEBUG ?= 1
 run: export PORT ?= 8000
 run: export SITE_URL ?= http://127.0.0.1:$(PORT)
-run: $(STAMP) node_modules/.package-lock.json
-	mkdir -p var/mail var/celery/queue var/celery/processed var/celery/control
+run: system-packages-run $(STAMP) node_modules/.package-lock.json
 	$(PY) manage.py migrate --no-input -v 0
 	$(PY) manage.py seed_demo
-	bin/devserver
+	exec bin/devserver
 
-test: $(STAMP) node_modules/.package-lock.json
+# Everything runs: a skip or deselection without a reason in tests/skips.py fails the run.
+test: system-packages-test $(STAMP) node_modules/.package-lock.json
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # mypy's Django plugin loads the settings, which want a SECRET_KEY outside DEBUG.

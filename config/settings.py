@@ -27,6 +27,14 @@ from config.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("STABLEBILL_VAR_DIR", str(BASE_DIR / "var")))
+# Local state (the SQLite file, the filesystem broker, mail files) lives here, so every
+# manage.py command works in a fresh clone before `make run` ever ran.
+try:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as _error:
+    raise ImproperlyConfigured(
+        f"STABLEBILL_VAR_DIR={VAR_DIR} cannot be created: {_error.strerror}."
+    ) from None
 
 DEBUG = env_bool("DEBUG", False)
 TESTING = "pytest" in sys.modules
@@ -298,9 +306,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
-    if TESTING:
-        for _folder in ("queue", "processed", "control"):
-            (_celery_dir / _folder).mkdir(parents=True, exist_ok=True)
+    for _folder in ("queue", "processed", "control"):
+        (_celery_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

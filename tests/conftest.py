@@ -14,6 +14,7 @@ from tests.factories import (
     MembershipFactory,
     MerchantFactory,
 )
+from tests.skips import disallowed, skip_reason
 
 
 def on_postgres() -> bool:
@@ -111,3 +112,36 @@ def chromium_path():
 def _fast_password_hasher(settings):
     # The production hasher takes about a second per hash; tests sign people in by the hundred.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# The skip policy (tests/skips.py): every skip needs a listed reason; CI runs everything.
+_policy_breaches: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if not report.skipped:
+        return
+    if hasattr(report, "wasxfail"):
+        _policy_breaches.append(f"{report.nodeid}: xfail ({report.wasxfail or 'no reason'})")
+        return
+    reason = skip_reason(report.longrepr)
+    breach = disallowed(reason, ci=bool(os.environ.get("CI")))
+    if breach:
+        _policy_breaches.append(f"{report.nodeid}: skipped '{reason}': {breach}")
+
+
+def pytest_deselected(items):
+    if os.environ.get("CI"):
+        _policy_breaches.extend(f"{item.nodeid}: deselected, CI runs everything" for item in items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _policy_breaches and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _policy_breaches:
+        terminalreporter.section("skip policy (tests/skips.py)", red=True)
+        for line in _policy_breaches:
+            terminalreporter.line(line, red=True)

@@ -1,0 +1,90 @@
+"""The skip policy: a pytest run with a skip that tests/skips.py does not list fails."""
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.skips import disallowed
+
+REPO = Path(__file__).resolve().parents[2]
+
+CASES = """
+import pytest
+
+def test_runs():
+    assert True
+
+def test_listed_local_skip():
+    pytest.skip("needs PostgreSQL (set DATABASE_URL=postgres://...)")
+
+def test_unlisted_skip():
+    pytest.skip("flaky on Tuesdays")
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    assert False
+"""
+
+
+@pytest.fixture
+def case_dir():
+    # Under tests/ so the real tests/conftest.py (and its hook) applies to the cases.
+    folder = REPO / "tests" / "ops" / f"policy_cases_{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "test_cases.py").write_text(CASES)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def run_pytest(case_dir, *args, ci):
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    if ci:
+        env["CI"] = "true"
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args, str(case_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_listed_local_skip_passes_outside_ci(case_dir):
+    result = run_pytest(case_dir, "-k", "runs or listed_local", ci=False)
+    assert result.returncode == 0, result.stdout
+    assert "1 passed, 1 skipped" in result.stdout
+
+
+def test_unlisted_skip_and_xfail_fail_the_run(case_dir):
+    result = run_pytest(case_dir, "-k", "not listed_local", ci=False)
+    assert result.returncode == 1, result.stdout
+    assert "skip policy (tests/skips.py)" in result.stdout
+    assert "test_unlisted_skip: skipped 'flaky on Tuesdays': not listed" in result.stdout
+    assert "test_xfail: xfail (known bug)" in result.stdout
+
+
+def test_ci_refuses_local_only_skips_and_deselection(case_dir):
+    result = run_pytest(case_dir, "-k", "runs or listed_local", ci=True)
+    assert result.returncode == 1, result.stdout
+    assert "test_listed_local_skip: skipped 'needs PostgreSQL" in result.stdout
+    assert "allowed outside CI only" in result.stdout
+    assert "test_unlisted_skip: deselected, CI runs everything" in result.stdout
+
+
+def test_ci_run_without_skips_passes(case_dir):
+    result = run_pytest(case_dir, "-k", "runs", ci=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_disallowed_matches_by_prefix():
+    assert disallowed("needs PostgreSQL (set DATABASE_URL)", ci=False) is None
+    assert disallowed("needs PostgreSQL (set DATABASE_URL)", ci=True) is not None
+    assert disallowed("something else", ci=False) == "not listed in tests/skips.py"
