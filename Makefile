@@ -42,8 +42,6 @@ run: export DEBUG ?= 1
 run: export PORT ?= 8000
 run: export SITE_URL ?= http://127.0.0.1:$(PORT)
 run: system-packages-run $(STAMP) node_modules/.package-lock.json
-	$(PY) manage.py migrate --no-input -v 0
-	$(PY) manage.py seed_demo
 	exec bin/devserver
 
 # Everything runs: a skip or deselection without a reason in tests/skips.py fails the run.
