@@ -419,10 +419,32 @@ CALLBACK_REQUEUE_SECONDS = env_int("CALLBACK_REQUEUE_SECONDS", 300, minimum=10)
 # After a secret rotation the old secret keeps signing (beside the new one) this long.
 WEBHOOK_ROTATION_GRACE_HOURS = env_int("WEBHOOK_ROTATION_GRACE_HOURS", 24, minimum=0)
 
+# Operations: health checks, metrics, logs (config/health.py, config/metrics.py).
+# /healthz, /readyz and /metrics are answered first, before host checks and the TLS redirect,
+# and request latency is timed around everything else.
+MIDDLEWARE.insert(0, "config.health.HealthCheckMiddleware")
+MIDDLEWARE.insert(1, "config.metrics.RequestMetricsMiddleware")
+# /readyz turns red when a network's scanner is further behind its node's head than this.
+READYZ_MAX_SCANNER_LAG_BLOCKS = env_int("READYZ_MAX_SCANNER_LAG_BLOCKS", 50, minimum=1)
+# How long /readyz, /metrics and doctor wait for a node or the broker before calling it down.
+READYZ_TIMEOUT_SECONDS = env_int("READYZ_TIMEOUT_SECONDS", 3, minimum=1)
+# Bearer token Prometheus sends to /metrics; without one, /metrics is off (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Logs go to stderr, one line per record: "plain" text, or "json" for a log collector.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

@@ -3,8 +3,14 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 
 from config.api import api
+from config.health import healthz, readyz
+from config.metrics import metrics_view
 
 urlpatterns: list[URLPattern | URLResolver] = [
+    # Operations (answered by config.health.HealthCheckMiddleware first; named here for reverse).
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     # Sign-up, sign-in, email verification, password reset, re-authentication and
