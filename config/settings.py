@@ -209,7 +209,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Production serves collected files; development and tests serve them from the sources.
-STATIC_ROOT = None if DEBUG or TESTING else VAR_DIR / "staticfiles"
+# The image collects them at build time into STATIC_ROOT, outside the var/ volume.
+STATIC_ROOT = (
+    None if DEBUG or TESTING else Path(env_str("STATIC_ROOT", str(VAR_DIR / "staticfiles")))
+)
 WHITENOISE_USE_FINDERS = DEBUG or TESTING
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
