@@ -35,7 +35,12 @@ def get(url, **headers):
 @pytest.fixture
 def gunicorn(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("CI",)}
+    # Its own SQLite and filesystem broker: never migrate whatever DATABASE_URL names.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CI", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DEBUG")
+    }
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         SECRET_KEY="gunicorn-test-secret-key-not-for-production-use-0123456789",
