@@ -33,6 +33,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     STABLEBILL_VAR_DIR=/var/lib/stablebill \
     STATIC_ROOT=/app/staticfiles \
     PROMETHEUS_MULTIPROC_DIR=/tmp/stablebill-metrics \
+    XDG_CACHE_HOME=/tmp/cache \
     PORT=8000
 USER stablebill
 VOLUME /var/lib/stablebill

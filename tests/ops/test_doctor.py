@@ -279,7 +279,9 @@ def test_database_down_in_a_real_process(tmp_path):
 
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
     """`manage.py check --deploy` in a process configured as docs/deploy.md says."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "CI")}
+    # The browser tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process; no deployment does.
+    dropped = ("DEBUG", "CI", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         SECRET_KEY=GOOD_KEY,
