@@ -244,9 +244,10 @@ def test_no_network_with_a_node(production, db):
 
 def test_broker_down(production, anvil_network, monkeypatch):
     dead = f"redis://127.0.0.1:{closed_port()}/1"
-    # Celery derives the write URL from the broker URL once; both must point at nothing.
-    monkeypatch.setattr(celery_app.conf, "broker_url", dead)
+    # Celery derives the write URL from the broker URL; both must point at nothing. The write
+    # URL first, so what monkeypatch restores is the real one, not one derived from `dead`.
     monkeypatch.setattr(celery_app.conf, "broker_write_url", dead)
+    monkeypatch.setattr(celery_app.conf, "broker_url", dead)
     _, output = doctor()
     assert any(
         f.startswith("broker: ") and "does not answer" in f for f in findings(output, "ERROR")

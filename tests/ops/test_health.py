@@ -121,9 +121,10 @@ def test_cache_down_is_red(client, anvil_network):
 
 def test_broker_down_is_red(client, anvil_network, monkeypatch):
     dead = f"redis://127.0.0.1:{closed_port()}/1"
-    # Celery derives the write URL from the broker URL once; both must point at nothing.
-    monkeypatch.setattr(celery_app.conf, "broker_url", dead)
+    # Celery derives the write URL from the broker URL; both must point at nothing. The write
+    # URL first, so what monkeypatch restores is the real one, not one derived from `dead`.
     monkeypatch.setattr(celery_app.conf, "broker_write_url", dead)
+    monkeypatch.setattr(celery_app.conf, "broker_url", dead)
     status, body = readyz(client)
     assert status == 503
     assert body["checks"]["broker"]["ok"] is False
