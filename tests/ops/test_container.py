@@ -83,6 +83,9 @@ def deployment(tmp_path):
         # The operator points the dev network at its node; tokens come from our deploy script.
         setup = run("manage", "devchain_setup", "--rpc-url", anvil_url)
         assert setup.returncode == 0, setup.stderr
+        # Outside DEBUG only real networks are watched: this node plays one.
+        real = "from wallets.models import Network as N; N.objects.filter(slug='anvil').update(is_dev=False)"
+        assert run("manage", "shell", "-c", real).returncode == 0
         for role in ("web", "worker", "beat"):
             processes.append(
                 subprocess.Popen(

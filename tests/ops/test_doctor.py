@@ -166,12 +166,6 @@ def test_node_of_another_chain(production, anvil_network):
     assert line.endswith("'s 84530001")
 
 
-def test_zero_confirmations(production, anvil_network):
-    Network.objects.filter(pk=anvil_network.pk).update(confirmations=0)
-    _, output = doctor()
-    assert "network anvil: 0 confirmations: nothing would ever count" in findings(output, "ERROR")
-
-
 def test_few_confirmations_on_a_real_network(production, anvil_network):
     Network.objects.filter(pk=anvil_network.pk).update(confirmations=1, is_dev=False)
     _, output = doctor()
@@ -230,6 +224,16 @@ def test_missing_rate(production, anvil_network):
     (line,) = [f for f in findings(output, "ERROR") if f.startswith("rates:")]
     assert "USDC/CHF" in line and "ETH/CHF" in line and "USDT/CHF" in line
     assert "USDC/EUR" not in line
+
+
+def test_dev_chain_outside_debug(production, anvil_network):
+    production.CHAIN_DEV_NETWORKS_ALLOWED = False
+    _, output = doctor()
+    assert (
+        "network anvil: a dev chain is enabled but not watched outside DEBUG (its keys are public)"
+        in findings(output, "WARNING")
+    )
+    assert any(f.startswith("networks: no network is enabled") for f in findings(output, "ERROR"))
 
 
 def test_no_network_with_a_node(production, db):

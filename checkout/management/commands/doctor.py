@@ -239,7 +239,7 @@ def check_networks(report: Report, *, head_wait: float) -> None:
     from wallets.models import ChainCursor, Network
 
     enabled = list(Network.objects.filter(enabled=True).prefetch_related("assets"))
-    if not [n for n in enabled if n.effective_rpc_url]:
+    if not Network.objects.active().exists():
         report.error(
             "networks",
             "no network is enabled with a node: payers have nothing to pay with",
@@ -250,6 +250,13 @@ def check_networks(report: Report, *, head_wait: float) -> None:
         topic = f"network {network.slug}"
         url = network.effective_rpc_url
         env_name = f"CHAIN_{network.slug.upper().replace('-', '_')}_RPC_URL"
+        if network.is_dev and not settings.CHAIN_DEV_NETWORKS_ALLOWED:
+            report.warning(
+                topic,
+                "a dev chain is enabled but not watched outside DEBUG (its keys are public)",
+                "disable it in admin",
+            )
+            continue
         if not url:
             report.warning(
                 topic,
@@ -301,9 +308,7 @@ def _check_head_moves(report, topic, network, chain, head: int, head_wait: float
 def _check_confirmations(report, topic, network) -> None:
     confirmations = network.effective_confirmations
     env_name = f"CHAIN_{network.slug.upper().replace('-', '_')}_CONFIRMATIONS"
-    if confirmations < 1:
-        report.error(topic, "0 confirmations: nothing would ever count", f"set {env_name}")
-    elif not network.is_dev and confirmations < 3:
+    if not network.is_dev and confirmations < 3:
         report.warning(
             topic,
             f"{confirmations} confirmation(s): a small reorg can undo a payment",
