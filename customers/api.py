@@ -10,7 +10,9 @@ from customers.models import Customer
 from customers.selectors import customer_list, customer_scope
 from customers.services import customer_archive, customer_create, customer_update
 from merchants.api import IDEMPOTENT_POST, ApiError, Error, idempotent, merchant_of, page
-from merchants.models import Merchant
+from merchants.models import ADDRESS_FIELDS, Merchant
+
+COUNTRY_PATTERN = r"^([A-Z]{2})?$"
 
 router = Router(tags=["customers"])
 
@@ -21,7 +23,12 @@ class CustomerIn(Schema):
     name: str = Field(min_length=1, max_length=200)
     email: str = Field(min_length=3, max_length=254)
     company: str = Field("", max_length=200)
-    address: str = Field("", max_length=2000)
+    address_line1: str = Field("", max_length=200)
+    address_line2: str = Field("", max_length=200)
+    city: str = Field("", max_length=100)
+    postal_code: str = Field("", max_length=20)
+    region: str = Field("", max_length=100)
+    country: str = Field("", pattern=COUNTRY_PATTERN, description="ISO 3166-1 alpha-2 code")
     tax_id: str = Field("", max_length=64)
     notes: str = Field("", max_length=5000, description="Private; never shown to the customer.")
 
@@ -32,7 +39,12 @@ class CustomerUpdateIn(Schema):
     name: str | None = Field(None, min_length=1, max_length=200)
     email: str | None = Field(None, min_length=3, max_length=254)
     company: str | None = Field(None, max_length=200)
-    address: str | None = Field(None, max_length=2000)
+    address_line1: str | None = Field(None, max_length=200)
+    address_line2: str | None = Field(None, max_length=200)
+    city: str | None = Field(None, max_length=100)
+    postal_code: str | None = Field(None, max_length=20)
+    region: str | None = Field(None, max_length=100)
+    country: str | None = Field(None, pattern=COUNTRY_PATTERN)
     tax_id: str | None = Field(None, max_length=64)
     notes: str | None = Field(None, max_length=5000)
 
@@ -42,7 +54,12 @@ class CustomerOut(Schema):
     name: str
     email: str
     company: str
-    address: str
+    address_line1: str
+    address_line2: str
+    city: str
+    postal_code: str
+    region: str
+    country: str
     tax_id: str
     notes: str
     archived: bool
@@ -67,7 +84,7 @@ def customer_out(customer: Customer) -> dict:
         "name": customer.name,
         "email": customer.email,
         "company": customer.company,
-        "address": customer.address,
+        **{key: str(getattr(customer, key)) for key in ADDRESS_FIELDS},
         "tax_id": customer.tax_id,
         "notes": customer.notes,
         "archived": customer.archived_at is not None,

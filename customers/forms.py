@@ -1,14 +1,14 @@
 from django import forms
 
 from customers.models import Customer
+from merchants.models import ADDRESS_FIELDS
 
 
 class CustomerForm(forms.ModelForm):
     class Meta:
         model = Customer
-        fields = ["name", "email", "company", "address", "tax_id", "notes"]
+        fields = ["name", "email", "company", *ADDRESS_FIELDS, "tax_id", "notes"]
         widgets = {
-            "address": forms.Textarea(attrs={"rows": 3}),
             "notes": forms.Textarea(attrs={"rows": 2}),
         }
 

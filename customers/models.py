@@ -1,9 +1,9 @@
 from django.db import models
 
-from merchants.models import Merchant
+from merchants.models import Merchant, PostalAddress
 
 
-class Customer(models.Model):
+class Customer(PostalAddress):
     """Someone a merchant bills. Archived customers keep their invoices but leave the pickers."""
 
     merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="customers")
@@ -11,9 +11,6 @@ class Customer(models.Model):
     # Stored lower-cased so uniqueness per merchant ignores case.
     email = models.EmailField()
     company = models.CharField(max_length=200, blank=True)
-    address = models.TextField(
-        blank=True, help_text="Billing address as it should appear on invoices."
-    )
     tax_id = models.CharField("Tax ID", max_length=64, blank=True)
     notes = models.TextField(blank=True, help_text="Private; never shown to the customer.")
     archived_at = models.DateTimeField(null=True, blank=True)

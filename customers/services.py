@@ -3,9 +3,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from customers.models import Customer
-from merchants.models import Merchant
+from merchants.models import ADDRESS_FIELDS, Merchant
 
-EDITABLE_FIELDS = ("name", "email", "company", "address", "tax_id", "notes")
+EDITABLE_FIELDS = ("name", "email", "company", *ADDRESS_FIELDS, "tax_id", "notes")
 DUPLICATE_EMAIL = "A customer with this email already exists."
 
 
@@ -15,16 +15,20 @@ def customer_create(
     name: str,
     email: str,
     company: str = "",
-    address: str = "",
     tax_id: str = "",
     notes: str = "",
+    **address: str,
 ) -> Customer:
+    """`address` takes the billing address fields (ADDRESS_FIELDS), each optional."""
+    unknown = set(address) - set(ADDRESS_FIELDS)
+    if unknown:
+        raise ValueError(f"Not an address field: {', '.join(sorted(unknown))}")
     customer = Customer(
         merchant=merchant,
         name=name.strip(),
         email=email.strip().lower(),
         company=company.strip(),
-        address=address.strip(),
+        **{key: value.strip() for key, value in address.items()},
         tax_id=tax_id.strip(),
         notes=notes.strip(),
     )

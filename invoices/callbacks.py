@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from invoices.document import document_of
 from invoices.models import (
     CallbackAttempt,
     CallbackDelivery,
@@ -68,6 +69,7 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
     """The invoice as the API and callbacks show it. Amounts are strings: JSON numbers would
     be read as floats by most clients."""
     customer = invoice.customer
+    document = document_of(invoice)
 
     def money(value: Decimal) -> str:
         return str(quantize(value, invoice.currency))
@@ -81,6 +83,20 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "pricing_mode": invoice.pricing_mode,
         "currency": invoice.currency,
         "subtotal": money(invoice.subtotal),
+        "discount": (
+            {
+                "kind": invoice.discount_kind,
+                "value": format(invoice.discount_value.normalize(), "f"),
+                "amount": money(invoice.discount_total),
+            }
+            if invoice.discount_kind
+            else None
+        ),
+        "tax_total": money(invoice.tax_total),
+        "taxes": [
+            {**tax, "taxable": money(Decimal(tax["taxable"])), "tax": money(Decimal(tax["tax"]))}
+            for tax in invoice.tax_summary
+        ],
         "total": money(invoice.total),
         "open_amount": invoice.is_open_amount,
         "accepted_assets": list(invoice.accepted_assets),
@@ -103,10 +119,38 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
                 "description": item.description,
                 "quantity": format(item.quantity.normalize(), "f"),
                 "unit_price": money(item.unit_price),
+                "discount": (
+                    {
+                        "kind": item.discount_kind,
+                        "value": format(item.discount_value.normalize(), "f"),
+                        "amount": money(item.discount_amount),
+                    }
+                    if item.discount_kind
+                    else None
+                ),
                 "amount": money(item.amount),
+                "tax": (
+                    {
+                        "name": item.tax_name,
+                        "percent": format(item.tax_percent.normalize(), "f"),
+                        "inclusive": item.tax_inclusive,
+                        "rate_id": item.tax_rate_id,
+                        "amount": money(item.tax_amount),
+                    }
+                    if item.tax_percent is not None
+                    else None
+                ),
             }
             for item in invoice.items.all()
         ],
+        "notes": invoice.notes,
+        "terms": invoice.terms,
+        "terms_days": invoice.terms_days,
+        "po_number": invoice.po_number or None,
+        "footer": invoice.footer,
+        "seller": {k: v for k, v in document["seller"].items() if k != "display_name"},
+        "buyer": document["buyer"],
+        "payment_methods": document["payment_methods"],
         "foreign_id": invoice.foreign_id or None,
         "tracking_id": invoice.tracking_id or None,
         "callback_url": invoice.callback_url or None,

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from invoices import pdf
+from invoices.document import document_of
 from invoices.models import EmailDelivery, EmailKind, Invoice, LineItem, Receipt
 from merchants.models import Merchant
 
@@ -114,12 +115,22 @@ def invoice_email(
         "days_late": (today - invoice.due_date).days if invoice.due_date else None,
         "pdf_name": f"{invoice.reference}.pdf",
         "to": list(to),
+        **_document_context(invoice),
     }
     attachments = []
     if attach:
         document = pdf.invoice_pdf(invoice, items=items)
         attachments.append(Attachment(document.filename, document.content))
     return build(kind, context, to=to, sender_name=invoice.merchant.name, attachments=attachments)
+
+
+def _document_context(invoice: Invoice) -> dict[str, Any]:
+    doc = document_of(invoice)
+    return {
+        "seller": doc["seller"],
+        "methods": doc["payment_methods"],
+        "taxes": invoice.tax_summary,
+    }
 
 
 def receipt_email(receipt: Receipt, *, to: Sequence[str], attach: bool = True) -> Email:
@@ -131,6 +142,7 @@ def receipt_email(receipt: Receipt, *, to: Sequence[str], attach: bool = True) -
         "receipt": receipt,
         "pdf_name": f"{receipt.reference_display}-receipt.pdf",
         "to": list(to),
+        **_document_context(invoice),
     }
     attachments = []
     if attach:

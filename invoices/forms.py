@@ -1,4 +1,5 @@
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 
 from django import forms
@@ -6,8 +7,23 @@ from django.http import QueryDict
 
 from customers.models import Customer
 from customers.selectors import customer_list
-from invoices.models import Invoice, InvoiceKind, InvoiceStatus, PricingMode
-from invoices.rules import LineItemInput, check_price, check_quantity
+from invoices.models import (
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    PaymentMethod,
+    PricingMode,
+    TaxRate,
+)
+from invoices.rules import (
+    NO_DISCOUNT,
+    Discount,
+    DiscountKind,
+    LineItemInput,
+    check_percent,
+    check_price,
+    check_quantity,
+)
 from merchants.models import FeePayer, Merchant
 from merchants.money import (
     CURRENCY_CHOICES,
@@ -18,7 +34,9 @@ from merchants.money import (
 )
 
 MAX_ITEM_ROWS = 200
-ITEM_KEY = re.compile(r"^items-(\d{1,4})-(name|description|quantity|unit_price)$")
+ITEM_KEY = re.compile(
+    r"^items-(\d{1,4})-(name|description|quantity|unit_price|discount_kind|discount_value|tax_rate)$"
+)
 
 
 class CustomerChoiceField(forms.ModelChoiceField):
@@ -63,9 +81,47 @@ class InvoiceForm(forms.Form):
         required=False, max_length=500, label="Back-to-merchant URL", assume_scheme="https"
     )
     payment_page_button = forms.CharField(required=False, max_length=40, label="Button label")
+    discount_kind = forms.ChoiceField(
+        choices=DiscountKind.CHOICES, required=False, label="Invoice discount"
+    )
+    discount_value = forms.DecimalField(
+        required=False,
+        label="Discount value",
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "0"}),
+    )
+    po_number = forms.CharField(required=False, max_length=64, label="PO number")
+    terms_days = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=365,
+        label="Payment terms (Net days)",
+        help_text="Sets the due date this many days after the invoice is issued.",
+    )
+    notes = forms.CharField(
+        required=False,
+        max_length=5000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Shown to the customer on the invoice and in the email.",
+    )
+    terms = forms.CharField(
+        required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    footer = forms.CharField(
+        required=False, max_length=1000, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    payment_methods = forms.ModelMultipleChoiceField(
+        queryset=PaymentMethod.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Other ways to pay",
+        help_text="Their instructions appear beside the stablecoin checkout.",
+    )
 
     def __init__(self, *args, merchant: Merchant, invoice: Invoice | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["payment_methods"].queryset = PaymentMethod.objects.filter(  # type: ignore[attr-defined]
+            merchant=merchant, archived_at__isnull=True
+        )
         customers = customer_list(merchant=merchant)
         if invoice is not None and invoice.customer_id is not None:
             # Keep an archived customer selectable on the draft that already names them.
@@ -76,6 +132,30 @@ class InvoiceForm(forms.Form):
         if not self.is_bound and invoice is None:
             self.initial.setdefault("currency", merchant.default_currency)
             self.initial.setdefault("fee_payer", merchant.default_fee_payer)
+            self.initial.setdefault("footer", merchant.invoice_footer)
+            self.initial.setdefault("terms_days", merchant.default_terms_days)
+
+    def clean(self) -> dict:
+        cleaned = super().clean() or {}
+        kind, value = cleaned.get("discount_kind") or "", cleaned.get("discount_value")
+        if kind and value is None:
+            self.add_error("discount_value", "Enter the discount.")
+        elif kind == DiscountKind.PERCENT and value is not None:
+            try:
+                check_percent(value, what="The discount")
+            except forms.ValidationError as error:
+                self.add_error("discount_value", error)
+        elif not kind and value:
+            self.add_error("discount_kind", "Choose a percent or an amount.")
+        return cleaned
+
+    @property
+    def discount(self) -> Discount:
+        data = getattr(self, "cleaned_data", {})
+        kind, value = data.get("discount_kind") or "", data.get("discount_value")
+        if not kind or value is None:
+            return NO_DISCOUNT
+        return Discount(kind, value)
 
     @property
     def currency_obj(self) -> Currency | None:
@@ -107,13 +187,64 @@ class LineItemForm(forms.Form):
             attrs={"inputmode": "decimal", "placeholder": "0.00", "aria-label": "Unit price"}
         ),
     )
+    discount_kind = forms.ChoiceField(
+        choices=[("", "No discount"), ("percent", "% off"), ("amount", "Amount off")],
+        required=False,
+        widget=forms.Select(attrs={"aria-label": "Line discount"}),
+    )
+    discount_value = forms.DecimalField(
+        required=False,
+        widget=forms.TextInput(
+            attrs={"inputmode": "decimal", "placeholder": "0", "aria-label": "Discount value"}
+        ),
+    )
+    tax_rate = forms.TypedChoiceField(
+        coerce=int,
+        required=False,
+        empty_value=None,
+        widget=forms.Select(attrs={"aria-label": "Tax"}),
+    )
     line_amount: Decimal | None = None  # set by the editor for display
 
-    def __init__(self, *args, currency: Currency | None, index: int, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        currency: Currency | None,
+        index: int,
+        tax_rates: Sequence[TaxRate] = (),
+        **kwargs,
+    ) -> None:
         kwargs["prefix"] = f"items-{index}"
         super().__init__(*args, **kwargs)
         self.currency = currency
         self.index = index
+        self.tax_rates = {rate.pk: rate for rate in tax_rates}
+        self.fields["tax_rate"].choices = [  # type: ignore[attr-defined]
+            ("", "No tax"),
+            *((rate.pk, str(rate)) for rate in tax_rates),
+        ]
+        if not self.is_bound and "tax_rate" not in self.initial:
+            default = next((rate for rate in tax_rates if rate.is_default), None)
+            self.initial["tax_rate"] = default.pk if default else ""
+
+    def clean(self) -> dict:
+        cleaned = super().clean() or {}
+        kind, value = cleaned.get("discount_kind") or "", cleaned.get("discount_value")
+        if kind and value is None:
+            self.add_error("discount_value", "Enter the discount.")
+        elif kind == DiscountKind.PERCENT and value is not None:
+            try:
+                check_percent(value, what="The discount")
+            except forms.ValidationError as error:
+                self.add_error("discount_value", error)
+        elif kind == DiscountKind.AMOUNT and value is not None and self.currency is not None:
+            try:
+                check_price(value, self.currency, what="The discount")
+            except forms.ValidationError as error:
+                self.add_error("discount_value", error)
+        elif not kind and value:
+            self.add_error("discount_kind", "Choose % off or an amount off.")
+        return cleaned
 
     def clean_quantity(self) -> Decimal:
         quantity = self.cleaned_data["quantity"]
@@ -134,11 +265,15 @@ class LineItemForm(forms.Form):
 
     def to_input(self) -> LineItemInput:
         data = self.cleaned_data
+        kind, value = data.get("discount_kind") or "", data.get("discount_value")
+        rate = self.tax_rates.get(data["tax_rate"]) if data.get("tax_rate") else None
         return LineItemInput(
             name=data["name"],
             quantity=data["quantity"],
             unit_price=data["unit_price"],
             description=data.get("description", ""),
+            discount=Discount(kind, value) if kind and value is not None else NO_DISCOUNT,
+            tax=rate.spec if rate is not None else None,
         )
 
 
@@ -147,28 +282,50 @@ def item_indices(data: QueryDict) -> list[int]:
     return indices[:MAX_ITEM_ROWS]
 
 
-def bound_item_forms(data: QueryDict, currency: Currency | None) -> list[LineItemForm]:
-    forms_ = [LineItemForm(data, currency=currency, index=i) for i in item_indices(data)]
+def editor_tax_rates(merchant: Merchant, invoice: Invoice | None = None) -> list[TaxRate]:
+    """The rates a line may pick: the active ones, and archived ones a draft already uses."""
+    rates = TaxRate.objects.filter(merchant=merchant)
+    used = (
+        set(invoice.items.values_list("tax_rate_id", flat=True)) - {None}
+        if invoice is not None
+        else set()
+    )
+    return [rate for rate in rates if rate.archived_at is None or rate.pk in used]
+
+
+def bound_item_forms(
+    data: QueryDict, currency: Currency | None, tax_rates: Sequence[TaxRate] = ()
+) -> list[LineItemForm]:
+    forms_ = [
+        LineItemForm(data, currency=currency, index=i, tax_rates=tax_rates)
+        for i in item_indices(data)
+    ]
     return [form for form in forms_ if not form.is_blank()]
 
 
-def initial_item_forms(invoice: Invoice | None, currency: Currency | None) -> list[LineItemForm]:
+def initial_item_forms(
+    invoice: Invoice | None, currency: Currency | None, tax_rates: Sequence[TaxRate] = ()
+) -> list[LineItemForm]:
     if invoice is None:
-        return [LineItemForm(currency=currency, index=0)]
+        return [LineItemForm(currency=currency, index=0, tax_rates=tax_rates)]
     rows = [
         LineItemForm(
             currency=currency,
             index=i,
+            tax_rates=tax_rates,
             initial={
                 "name": item.name,
                 "description": item.description,
                 "quantity": _trimmed(item.quantity),
                 "unit_price": _trimmed(item.unit_price),
+                "discount_kind": item.discount_kind,
+                "discount_value": _trimmed(item.discount_value) if item.discount_kind else None,
+                "tax_rate": item.tax_rate_id or "",
             },
         )
         for i, item in enumerate(invoice.items.all())
     ]
-    return rows or [LineItemForm(currency=currency, index=0)]
+    return rows or [LineItemForm(currency=currency, index=0, tax_rates=tax_rates)]
 
 
 def _trimmed(value: Decimal) -> Decimal:
@@ -177,11 +334,42 @@ def _trimmed(value: Decimal) -> Decimal:
 
 
 class MarkPaidForm(forms.Form):
+    method = forms.ModelChoiceField(
+        queryset=PaymentMethod.objects.none(),
+        required=False,
+        empty_label="Other (say in the reference)",
+        label="Paid by",
+    )
     reference = forms.CharField(
         max_length=500,
         label="Payment reference",
         help_text="How the money arrived: bank transfer reference, receipt number, wallet tx…",
     )
+
+    def __init__(self, *args, merchant: Merchant, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["method"].queryset = PaymentMethod.objects.filter(  # type: ignore[attr-defined]
+            merchant=merchant
+        )
+
+
+class TaxRateForm(forms.ModelForm):
+    class Meta:
+        model = TaxRate
+        fields = ["name", "percent", "inclusive", "country", "is_default"]
+        widgets = {"percent": forms.TextInput(attrs={"inputmode": "decimal"})}
+
+    def clean_percent(self) -> Decimal:
+        percent = self.cleaned_data["percent"]
+        check_percent(percent, what="The rate")
+        return percent
+
+
+class PaymentMethodForm(forms.ModelForm):
+    class Meta:
+        model = PaymentMethod
+        fields = ["name", "kind", "account_holder", "bank_name", "iban", "bic", "instructions"]
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 3})}
 
 
 class IntegrationForm(forms.ModelForm):

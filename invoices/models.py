@@ -4,8 +4,10 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django_countries.fields import CountryField
 
 from customers.models import Customer
+from invoices.rules import DiscountKind, TaxSpec
 from merchants.models import FeePayer, Merchant, WebhookEndpoint
 from merchants.money import CURRENCY_CHOICES, format_money
 
@@ -71,6 +73,97 @@ class PricingMode(models.TextChoices):
     TIMER_FIXED_ASSET = "timer_fixed_asset", "Timer with one pre-selected currency"
 
 
+PERCENT_DIGITS = 7
+PERCENT_PLACES = 4
+
+
+class TaxRate(models.Model):
+    """A tax a merchant charges. Lines copy its name and percent, so editing or archiving a
+    rate never changes an invoice that already used it; a rate in use is archived, not
+    deleted."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="tax_rates")
+    name = models.CharField(max_length=64, help_text="As printed, e.g. VAT or Sales tax.")
+    percent = models.DecimalField(max_digits=PERCENT_DIGITS, decimal_places=PERCENT_PLACES)
+    inclusive = models.BooleanField(
+        "Included in prices",
+        default=False,
+        help_text="Prices already contain this tax (common for VAT on consumer prices).",
+    )
+    country = CountryField(blank=True, help_text="Where it applies; for your records.")
+    is_default = models.BooleanField("Default for new lines", default=False)
+    archived_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "percent", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(percent__gte=0) & Q(percent__lte=100), name="tax_rate_percent_range"
+            ),
+            models.UniqueConstraint(
+                fields=["merchant"],
+                condition=Q(is_default=True, archived_at__isnull=True),
+                name="tax_rate_one_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.spec.label + (" incl." if self.inclusive else "")
+
+    @property
+    def spec(self) -> TaxSpec:
+        return TaxSpec(
+            name=self.name, percent=self.percent, inclusive=self.inclusive, rate_id=self.pk
+        )
+
+
+class PaymentMethodKind(models.TextChoices):
+    BANK_TRANSFER = "bank_transfer", "Bank transfer"
+    OTHER = "other", "Other"
+
+
+class PaymentMethod(models.Model):
+    """A way to pay outside the stablecoin checkout (a bank transfer, a card terminal…),
+    shown with its instructions; the merchant marks such payments paid by hand."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="payment_methods")
+    name = models.CharField(max_length=80, help_text="As the payer sees it, e.g. SEPA transfer.")
+    kind = models.CharField(
+        max_length=16, choices=PaymentMethodKind.choices, default=PaymentMethodKind.BANK_TRANSFER
+    )
+    account_holder = models.CharField(max_length=200, blank=True)
+    bank_name = models.CharField(max_length=200, blank=True)
+    iban = models.CharField("IBAN / account number", max_length=64, blank=True)
+    bic = models.CharField("BIC / SWIFT / routing", max_length=32, blank=True)
+    instructions = models.TextField(
+        max_length=2000,
+        blank=True,
+        help_text="E.g. “Put the invoice number in the transfer reference.”",
+    )
+    archived_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def snapshot(self) -> dict[str, str | int]:
+        """What an invoice prints of it; kept on the invoice when it is issued."""
+        return {
+            "id": self.pk,
+            "name": self.name,
+            "kind": self.kind,
+            "account_holder": self.account_holder,
+            "bank_name": self.bank_name,
+            "iban": self.iban,
+            "bic": self.bic,
+            "instructions": self.instructions,
+        }
+
+
 class Invoice(models.Model):
     merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="invoices")
     number = models.PositiveIntegerField(editable=False)
@@ -103,6 +196,34 @@ class Invoice(models.Model):
     )
     description = models.TextField(blank=True)
     due_date = models.DateField(null=True, blank=True)
+    # The invoice-wide discount as entered, and what it came to (shared over the lines).
+    discount_kind = models.CharField(
+        max_length=8, choices=DiscountKind.CHOICES, default=DiscountKind.NONE, blank=True
+    )
+    discount_value = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    discount_total = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    # Every tax on the invoice, inclusive and exclusive, and the summary per rate:
+    # [{"name", "percent", "inclusive", "taxable", "tax"}] with amounts as strings.
+    tax_total = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    tax_summary = models.JSONField(default=list, blank=True)
+    # Printed for the customer, all escaped wherever shown.
+    notes = models.TextField(blank=True, help_text="Shown to the customer.")
+    terms = models.TextField(blank=True)
+    # Net N: issuing sets the due date N days after the issue date.
+    terms_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    po_number = models.CharField("PO number", max_length=64, blank=True)
+    footer = models.TextField(blank=True)
+    payment_methods = models.ManyToManyField(PaymentMethod, blank=True, related_name="+")
+    # The parties and payment instructions as they were at issue: an issued document never
+    # changes when the merchant edits settings, customers or methods later.
+    # {"seller": {...}, "buyer": {...} | None, "payment_methods": [...]}
+    document = models.JSONField(default=dict, blank=True, editable=False)
     # Integration fields, editable at any time.
     foreign_id = models.CharField(max_length=128, blank=True)
     tracking_id = models.CharField(max_length=128, blank=True)
@@ -170,7 +291,33 @@ class LineItem(models.Model):
     description = models.CharField(max_length=500, blank=True)
     quantity = models.DecimalField(max_digits=14, decimal_places=4)
     unit_price = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    # The line's net: quantity x unit price less the line's own discount.
     amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    discount_kind = models.CharField(
+        max_length=8, choices=DiscountKind.CHOICES, default=DiscountKind.NONE, blank=True
+    )
+    discount_value = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    discount_amount = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    # This line's share of the invoice-wide discount.
+    invoice_discount_amount = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    # The rate chosen, and a copy of it: the copy is what the invoice is computed from.
+    tax_rate = models.ForeignKey(
+        TaxRate, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    tax_name = models.CharField(max_length=64, blank=True)
+    tax_percent = models.DecimalField(
+        max_digits=PERCENT_DIGITS, decimal_places=PERCENT_PLACES, null=True, blank=True
+    )
+    tax_inclusive = models.BooleanField(default=False)
+    tax_amount = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
 
     class Meta:
         ordering = ["position", "pk"]
@@ -183,6 +330,21 @@ class LineItem(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def tax(self) -> TaxSpec | None:
+        if self.tax_percent is None:
+            return None
+        return TaxSpec(
+            name=self.tax_name,
+            percent=self.tax_percent,
+            inclusive=self.tax_inclusive,
+            rate_id=self.tax_rate_id,
+        )
+
+    @property
+    def gross(self) -> Decimal:
+        return self.amount + self.discount_amount
 
 
 class Actor(models.TextChoices):

@@ -29,6 +29,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
+from invoices.document import document_of
 from invoices.models import Invoice, InvoiceStatus, LineItem, PricingMode, Receipt
 from merchants.models import Merchant, PaperSize
 from merchants.money import PAYMENT_ASSETS, format_amount
@@ -279,12 +280,25 @@ def _invoice_context(
             "timer_minutes": settings.INVOICE_TIMER_MINUTES,
         }
     issued = invoice.issued_at or invoice.created_at or timezone.now()
+    doc = document_of(invoice)
+    show_quantities = any(row.quantity != 1 for row in rows) or any(
+        row.discount_amount for row in rows
+    )
+    show_discounts = any(row.discount_amount for row in rows)
+    show_taxes = any(row.tax_percent is not None for row in rows)
     return {
         "invoice": invoice,
         "merchant": merchant,
         "customer": invoice.customer,
+        "seller": doc["seller"],
+        "buyer": doc["buyer"],
+        "methods": doc["payment_methods"],
+        "taxes": invoice.tax_summary,
         "items": rows,
-        "show_quantities": any(row.quantity != 1 for row in rows),
+        "show_quantities": show_quantities,
+        "show_discounts": show_discounts,
+        "show_taxes": show_taxes,
+        "empty_span": 2 + 2 * show_quantities + show_discounts + show_taxes,
         "issue_date": timezone.localtime(issued).date(),
         "brand": merchant.brand_colour
         if HEX_COLOUR.match(merchant.brand_colour)

@@ -7,6 +7,7 @@ Status changes lock the invoice row, check the move against `TRANSITIONS`, and w
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from customers.models import Customer
 from invoices.callbacks import callbacks_enqueue
+from invoices.document import document_snapshot
 from invoices.models import (
     FINAL_STATUSES,
     Actor,
@@ -27,21 +29,29 @@ from invoices.models import (
     InvoiceKind,
     InvoiceStatus,
     LineItem,
+    PaymentMethod,
     PricingMode,
+    TaxRate,
     sources_of,
 )
 from invoices.rules import (
+    NO_DISCOUNT,
+    Discount,
+    InvoiceFigures,
     LineItemInput,
+    check_discount,
+    check_percent,
     check_price,
     check_quantity,
     check_total,
-    invoice_totals,
-    line_amount,
+    compute_invoice,
 )
 from merchants.integrations import check_callback_url
 from merchants.models import FeePayer, Merchant, User
 from merchants.money import PAYMENT_ASSETS, Currency, UnknownCurrency, get_currency
 
+MAX_TERMS_DAYS = 365
+TEXT_LIMITS = {"notes": 5000, "terms": 5000, "po_number": 64, "footer": 1000}
 DUPLICATE_FOREIGN_ID = "Another invoice of yours already uses this foreign ID."
 
 
@@ -67,6 +77,13 @@ class InvoiceInput:
     callback_url: str = ""
     payment_page_url: str = ""
     payment_page_button: str = ""
+    discount: Discount = NO_DISCOUNT
+    notes: str = ""
+    terms: str = ""
+    terms_days: int | None = None
+    po_number: str = ""
+    footer: str = ""
+    payment_methods: list[PaymentMethod] = field(default_factory=list)
 
 
 INTEGRATION_FIELDS = ("tracking_id", "callback_url", "payment_page_url", "payment_page_button")
@@ -109,7 +126,11 @@ def invoice_create(
                 for key, value in _issue_updates(invoice).items():
                     setattr(invoice, key, value)
             invoice.save()
-            _write_items(invoice=invoice, items=data.items)
+            invoice.payment_methods.set(data.payment_methods)
+            _write_items(invoice=invoice, items=data.items, discount=data.discount)
+            if issue:
+                invoice.document = document_snapshot(invoice)
+                invoice.save(update_fields=["document"])
             # The timeline still tells it as created, then issued; the callback's snapshot
             # (read from the row) shows the invoice as it is, open.
             _record(
@@ -150,8 +171,9 @@ def invoice_update_draft(
                 )
             _apply(invoice=locked, data=data, merchant=invoice.merchant)
             locked.save()
+            locked.payment_methods.set(data.payment_methods)
             locked.items.all().delete()
-            _write_items(invoice=locked, items=data.items)
+            _write_items(invoice=locked, items=data.items, discount=data.discount)
             _record(invoice=locked, type="invoice.updated", actor=actor, by=by)
     except IntegrityError:
         raise ValidationError({"foreign_id": DUPLICATE_FOREIGN_ID}) from None
@@ -195,7 +217,14 @@ def invoice_update_items(
     """Change what an issued invoice asks for, while nobody has started to pay it."""
     currency = get_currency(invoice.currency)
     errors: dict[str, list[str]] = {}
-    _check_items(items, currency, lambda key, message: errors.setdefault(key, []).append(message))
+    discount = Discount(invoice.discount_kind, invoice.discount_value)
+    _check_items(
+        items,
+        currency,
+        lambda key, message: errors.setdefault(key, []).append(message),
+        merchant=invoice.merchant,
+        discount=discount,
+    )
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():
@@ -207,8 +236,11 @@ def invoice_update_items(
             for key in (
                 "customer", "description", "due_date", "kind", "pricing_mode",
                 "accepted_assets", "fee_payer", "foreign_id", *INTEGRATION_FIELDS,
+                "notes", "terms", "terms_days", "po_number", "footer",
             ):  # fmt: skip
                 setattr(data, key, getattr(locked, key))
+            data.discount = discount
+            data.payment_methods = list(locked.payment_methods.all())
             return invoice_update_draft(invoice=locked, data=data, by=by, actor=actor)
         if locked.status != InvoiceStatus.OPEN:
             raise InvoiceStateError(
@@ -217,14 +249,15 @@ def invoice_update_items(
         # `payments` is the checkout's relation; asked by name, so invoices need not import it.
         if locked.payments.exists():  # type: ignore[attr-defined]
             raise InvoiceStateError("A payment was started; the amount can no longer change.")
-        subtotal, total = invoice_totals(items, currency)
+        figures = compute_invoice(items, currency, discount)
+        total = figures.total
         if locked.kind == InvoiceKind.ONE_TIME and total <= 0:
             raise ValidationError({"items": "A one-time invoice needs a positive total."})
         before = str(locked.total)
-        locked.subtotal, locked.total = subtotal, total
-        locked.save(update_fields=["subtotal", "total", "updated_at"])
+        invoice_apply_figures(invoice=locked, figures=figures)
+        locked.save(update_fields=[*FIGURE_FIELDS, "updated_at"])
         locked.items.all().delete()
-        _write_items(invoice=locked, items=items)
+        _write_items(invoice=locked, items=items, discount=discount)
         _record(
             invoice=locked,
             type="invoice.amount_changed",
@@ -240,13 +273,15 @@ def invoice_issue(*, invoice: Invoice, by: User | None = None, actor: str = Acto
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if locked.status == InvoiceStatus.DRAFT:
             _check_issuable(locked)
+        updates = _issue_updates(locked)
+        updates["document"] = document_snapshot(locked)
         return _move(
             invoice=locked,
             to=InvoiceStatus.OPEN,
             type="invoice.issued",
             actor=actor,
             by=by,
-            updates=_issue_updates(locked),
+            updates=updates,
             allowed=frozenset({InvoiceStatus.DRAFT}),
         )
 
@@ -294,7 +329,12 @@ def invoice_cancel(
 
 
 def invoice_mark_paid(
-    *, invoice: Invoice, reference: str, by: User | None = None, actor: str = Actor.USER
+    *,
+    invoice: Invoice,
+    reference: str,
+    method: PaymentMethod | None = None,
+    by: User | None = None,
+    actor: str = Actor.USER,
 ) -> Invoice:
     """Record a payment that arrived outside the platform (bank wire, cash, another wallet).
 
@@ -313,6 +353,9 @@ def invoice_mark_paid(
         raise InvoiceStateError("Issue the invoice before marking it as paid.")
     if invoice.status in FINAL_STATUSES:
         raise InvoiceStateError(f"The invoice is already {invoice.get_status_display().lower()}.")
+    if method is not None and method.merchant_id != invoice.merchant_id:
+        raise ValidationError({"method": "Choose one of your payment methods."})
+    method_name = method.name if method is not None else "Paid outside Stablebill"
     # Imported here: delivery builds on the services in this module.
     from invoices.delivery import ReceiptInput, invoice_paid_deliver
 
@@ -324,7 +367,11 @@ def invoice_mark_paid(
             actor=actor,
             by=by,
             note=reference,
-            data={"reference": reference},
+            data={
+                "reference": reference,
+                "method": method_name,
+                "method_id": method.pk if method is not None else None,
+            },
         )
         # The payer gets a receipt; the merchant needs no news of what it did itself.
         invoice_paid_deliver(
@@ -334,7 +381,7 @@ def invoice_mark_paid(
                 key="off-platform",
                 paid_at=paid.updated_at,
                 amount=paid.total,
-                method="Paid outside Stablebill",
+                method=method_name,
                 reference=reference,
             ),
         )
@@ -483,6 +530,9 @@ def _record(
 def _issue_updates(invoice: Invoice) -> dict[str, Any]:
     now = timezone.now()
     updates: dict[str, Any] = {"issued_at": now}
+    if invoice.terms_days is not None:
+        # Net N counts from the day the invoice goes out, in the site's time zone.
+        updates["due_date"] = timezone.localdate(now) + timedelta(days=invoice.terms_days)
     if invoice.pricing_mode != PricingMode.NO_TIMER:
         # The timer runs from the moment the invoice goes out, not from when a draft was begun.
         updates["expires_at"] = now + timedelta(minutes=settings.INVOICE_TIMER_MINUTES)
@@ -507,12 +557,56 @@ def _apply(*, invoice: Invoice, data: InvoiceInput, merchant: Merchant) -> None:
     invoice.foreign_id = data.foreign_id.strip()
     for key in INTEGRATION_FIELDS:
         setattr(invoice, key, getattr(data, key).strip())
-    invoice.subtotal, invoice.total = invoice_totals(data.items, currency)
+    for key in ("notes", "terms", "po_number", "footer"):
+        setattr(invoice, key, getattr(data, key).strip())
+    invoice.terms_days = data.terms_days
+    invoice.discount_kind = data.discount.kind if data.discount else ""
+    invoice.discount_value = data.discount.value if data.discount else Decimal(0)
+    invoice_apply_figures(
+        invoice=invoice, figures=compute_invoice(data.items, currency, data.discount)
+    )
 
 
-def _write_items(*, invoice: Invoice, items: list[LineItemInput]) -> None:
+FIGURE_FIELDS = ("subtotal", "discount_total", "tax_total", "tax_summary", "total")
+
+
+def invoice_apply_figures(*, invoice: Invoice, figures: InvoiceFigures) -> None:
+    """Set the computed totals on an (unsaved) invoice; the caller saves."""
+    invoice.subtotal = figures.subtotal
+    invoice.discount_total = figures.discount
+    invoice.tax_total = figures.tax_total
+    invoice.tax_summary = tax_summary(figures)
+    invoice.total = figures.total
+
+
+def tax_summary(figures: InvoiceFigures) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": tax.name,
+            "percent": format(tax.percent.normalize(), "f"),
+            "inclusive": tax.inclusive,
+            "taxable": str(tax.taxable),
+            "tax": str(tax.tax),
+        }
+        for tax in figures.taxes
+    ]
+
+
+def _write_items(
+    *, invoice: Invoice, items: list[LineItemInput], discount: Discount = NO_DISCOUNT
+) -> None:
     currency = get_currency(invoice.currency)
     LineItem.objects.bulk_create(
+        line_item_rows(invoice=invoice, items=items, currency=currency, discount=discount)
+    )
+
+
+def line_item_rows(
+    *, invoice: Invoice, items: list[LineItemInput], currency: Currency, discount: Discount
+) -> list[LineItem]:
+    """Unsaved rows with every computed figure; the editor's preview shows them unsaved."""
+    figures = compute_invoice(items, currency, discount)
+    return [
         LineItem(
             invoice=invoice,
             position=position,
@@ -520,10 +614,19 @@ def _write_items(*, invoice: Invoice, items: list[LineItemInput]) -> None:
             description=item.description.strip(),
             quantity=item.quantity,
             unit_price=item.unit_price,
-            amount=line_amount(item, currency),
+            amount=line.net,
+            discount_kind=item.discount.kind if item.discount else "",
+            discount_value=item.discount.value if item.discount else Decimal(0),
+            discount_amount=line.discount,
+            invoice_discount_amount=line.invoice_discount,
+            tax_rate_id=item.tax.rate_id if item.tax else None,
+            tax_name=item.tax.name if item.tax else "",
+            tax_percent=item.tax.percent if item.tax else None,
+            tax_inclusive=item.tax.inclusive if item.tax else False,
+            tax_amount=line.tax,
         )
-        for position, item in enumerate(items, start=1)
-    )
+        for position, (item, line) in enumerate(zip(items, figures.lines, strict=True), start=1)
+    ]
 
 
 def _check_urls(fields: dict[str, str]) -> None:
@@ -545,7 +648,12 @@ def _check_urls(fields: dict[str, str]) -> None:
 
 
 def _check_items(
-    items: list[LineItemInput], currency: Currency, add: Callable[[str, str], None]
+    items: list[LineItemInput],
+    currency: Currency,
+    add: Callable[[str, str], None],
+    *,
+    merchant: Merchant,
+    discount: Discount = NO_DISCOUNT,
 ) -> None:
     item_errors = False
     for index, item in enumerate(items):
@@ -562,11 +670,39 @@ def _check_items(
                 item_errors = True
                 for message in error.messages:
                     add(f"items.{index}.{key}", message)
-    if not item_errors:
+        if item.tax is not None:
+            try:
+                check_percent(item.tax.percent, what="The tax rate")
+            except ValidationError as error:
+                item_errors = True
+                add(f"items.{index}.tax_rate", error.messages[0])
+        if item.discount and not item_errors:
+            try:
+                check_discount(item.discount, item.quantity * item.unit_price, currency)
+            except ValidationError as error:
+                item_errors = True
+                add(f"items.{index}.discount_value", error.messages[0])
+    rate_ids = {item.tax.rate_id for item in items if item.tax and item.tax.rate_id}
+    if rate_ids:
+        known = set(
+            TaxRate.objects.filter(merchant=merchant, pk__in=rate_ids).values_list("pk", flat=True)
+        )
+        for index, item in enumerate(items):
+            if item.tax and item.tax.rate_id and item.tax.rate_id not in known:
+                item_errors = True
+                add(f"items.{index}.tax_rate", "Choose one of your tax rates.")
+    if item_errors:
+        return
+    if discount:
         try:
-            check_total(invoice_totals(items, currency)[1], currency)
+            check_discount(discount, compute_invoice(items, currency).subtotal, currency)
         except ValidationError as error:
-            add("items", error.messages[0])
+            add("discount_value", error.messages[0])
+            return
+    try:
+        check_total(compute_invoice(items, currency, discount).total, currency)
+    except ValidationError as error:
+        add("items", error.messages[0])
 
 
 def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None = None) -> None:
@@ -602,7 +738,21 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
     if data.due_date is not None and data.due_date < timezone.localdate() and due_date_changed:
         add("due_date", "The due date is in the past.")
 
-    _check_items(data.items, currency, add)
+    _check_items(data.items, currency, add, merchant=merchant, discount=data.discount)
+    if data.terms_days is not None and not 0 <= data.terms_days <= MAX_TERMS_DAYS:
+        add("terms_days", f"Payment terms run from 0 to {MAX_TERMS_DAYS} days.")
+    for key, limit in TEXT_LIMITS.items():
+        if len(getattr(data, key)) > limit:
+            add(key, f"At most {limit} characters.")
+    methods = {method.pk for method in data.payment_methods}
+    if methods:
+        usable = set(
+            PaymentMethod.objects.filter(
+                merchant=merchant, pk__in=methods, archived_at__isnull=True
+            ).values_list("pk", flat=True)
+        )
+        if usable != methods:
+            add("payment_methods", "Choose among your active payment methods.")
 
     try:
         _check_urls({"callback_url": data.callback_url, "payment_page_url": data.payment_page_url})
@@ -620,3 +770,46 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
             add("foreign_id", DUPLICATE_FOREIGN_ID)
     if errors:
         raise ValidationError(errors)
+
+
+# Tax rates and payment methods --------------------------------------------------------------
+
+
+def tax_rate_save(*, rate: TaxRate) -> TaxRate:
+    """Create or update a rate; making it the default takes the flag from the previous one."""
+    rate.full_clean(exclude=["merchant"], validate_constraints=False)
+    with transaction.atomic():
+        if rate.is_default:
+            TaxRate.objects.filter(merchant=rate.merchant, is_default=True).exclude(
+                pk=rate.pk
+            ).update(is_default=False)
+        rate.save()
+    return rate
+
+
+def tax_rate_remove(*, rate: TaxRate) -> bool:
+    """Delete a rate no line ever used; archive one in use, so every invoice that names it
+    keeps it. True when the rate was deleted."""
+    with transaction.atomic():
+        if LineItem.objects.filter(tax_rate=rate).exists():
+            TaxRate.objects.filter(pk=rate.pk).update(archived_at=timezone.now(), is_default=False)
+            return False
+        rate.delete()
+        return True
+
+
+def payment_method_save(*, method: PaymentMethod) -> PaymentMethod:
+    method.full_clean(exclude=["merchant"])
+    method.save()
+    return method
+
+
+def payment_method_remove(*, method: PaymentMethod) -> bool:
+    """Issued invoices keep their own copy of a method's instructions; drafts simply stop
+    offering it. A method an invoice was marked paid with stays, archived, for the record."""
+    with transaction.atomic():
+        if Invoice.payment_methods.through.objects.filter(paymentmethod=method).exists():
+            PaymentMethod.objects.filter(pk=method.pk).update(archived_at=timezone.now())
+            return False
+        method.delete()
+        return True

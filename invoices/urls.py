@@ -1,6 +1,6 @@
 from django.urls import path
 
-from invoices import views, webhook_views
+from invoices import catalog_views, views, webhook_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -19,6 +19,22 @@ urlpatterns = [
     path("invoices/<int:pk>/email/", views.invoice_email_preview, name="invoice_email_preview"),
     path("invoices/<int:pk>/send/", views.invoice_send_view, name="invoice_send"),
     path("invoices/emails/<int:pk>/retry/", views.email_retry, name="email_retry"),
+    path("settings/taxes/", catalog_views.tax_rate_list, name="tax_rate_list"),
+    path("settings/taxes/<int:pk>/", catalog_views.tax_rate_list, name="tax_rate_edit"),
+    path("settings/taxes/<int:pk>/delete/", catalog_views.tax_rate_delete, name="tax_rate_delete"),
+    path(
+        "settings/payment-methods/", catalog_views.payment_method_list, name="payment_method_list"
+    ),
+    path(
+        "settings/payment-methods/<int:pk>/",
+        catalog_views.payment_method_list,
+        name="payment_method_edit",
+    ),
+    path(
+        "settings/payment-methods/<int:pk>/delete/",
+        catalog_views.payment_method_delete,
+        name="payment_method_delete",
+    ),
     path("settings/webhooks/", webhook_views.webhook_list, name="webhook_list"),
     path("settings/webhooks/<int:pk>/", webhook_views.webhook_detail, name="webhook_detail"),
     path("settings/webhooks/<int:pk>/rotate/", webhook_views.webhook_rotate, name="webhook_rotate"),

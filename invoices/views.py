@@ -1,7 +1,6 @@
 import hmac
 import re
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -35,6 +34,7 @@ from invoices.forms import (
     LineItemForm,
     MarkPaidForm,
     bound_item_forms,
+    editor_tax_rates,
     initial_item_forms,
 )
 from invoices.models import (
@@ -46,7 +46,7 @@ from invoices.models import (
     LineItem,
 )
 from invoices.pdf import Pdf, PdfError, invoice_pdf, receipt_pdf
-from invoices.rules import LineItemInput, invoice_totals, line_amount
+from invoices.rules import NO_DISCOUNT, Discount, DiscountKind, LineItemInput, compute_invoice
 from invoices.selectors import (
     dashboard_summary,
     email_scope,
@@ -58,6 +58,7 @@ from invoices.services import (
     InvoiceInput,
     InvoiceStateError,
     invoice_accept_unresolved,
+    invoice_apply_figures,
     invoice_cancel,
     invoice_close,
     invoice_create,
@@ -66,6 +67,7 @@ from invoices.services import (
     invoice_update_draft,
     invoice_update_integration,
     invoice_void,
+    line_item_rows,
 )
 from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Merchant, Role
@@ -120,6 +122,13 @@ def _invoice_input(form: InvoiceForm, item_forms: list[LineItemForm]) -> Invoice
         callback_url=data["callback_url"],
         payment_page_url=data["payment_page_url"],
         payment_page_button=data["payment_page_button"],
+        discount=form.discount,
+        notes=data["notes"],
+        terms=data["terms"],
+        terms_days=data["terms_days"],
+        po_number=data["po_number"],
+        footer=data["footer"],
+        payment_methods=list(data["payment_methods"]),
     )
 
 
@@ -135,7 +144,8 @@ def _spread_errors(
     for key, messages_ in error.message_dict.items():
         if key.startswith("items."):
             _, position, field = key.split(".", 2)
-            rows[position].add_error(field, messages_)
+            row = rows[position]
+            row.add_error(field if field in row.fields else None, messages_)
         elif key in form.fields:
             form.add_error(key, messages_)
         else:
@@ -144,9 +154,10 @@ def _spread_errors(
 
 def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpResponse:
     merchant = request.merchant
+    tax_rates = editor_tax_rates(merchant, invoice)
     if request.method == "POST":
         form = InvoiceForm(request.POST, merchant=merchant, invoice=invoice)
-        item_forms = bound_item_forms(request.POST, form.currency_obj)
+        item_forms = bound_item_forms(request.POST, form.currency_obj, tax_rates)
         items_valid = all([item.is_valid() for item in item_forms])
         if form.is_valid() and items_valid:
             data = _invoice_input(form, item_forms)
@@ -188,7 +199,7 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
                 messages.success(request, f"Invoice {invoice.reference} {done}.")
                 return redirect("invoice_detail", pk=invoice.pk)
         if not item_forms:
-            item_forms = [LineItemForm(currency=form.currency_obj, index=0)]
+            item_forms = [LineItemForm(currency=form.currency_obj, index=0, tax_rates=tax_rates)]
         status = 422
     else:
         initial = {}
@@ -207,11 +218,19 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
                 "callback_url": invoice.callback_url,
                 "payment_page_url": invoice.payment_page_url,
                 "payment_page_button": invoice.payment_page_button,
+                "discount_kind": invoice.discount_kind,
+                "discount_value": invoice.discount_value if invoice.discount_kind else None,
+                "notes": invoice.notes,
+                "terms": invoice.terms,
+                "terms_days": invoice.terms_days,
+                "po_number": invoice.po_number,
+                "footer": invoice.footer,
+                "payment_methods": list(invoice.payment_methods.all()),
             }
         elif request.GET.get("customer", "").isdigit():
             initial["customer"] = int(request.GET["customer"])
         form = InvoiceForm(initial=initial, merchant=merchant, invoice=invoice)
-        item_forms = initial_item_forms(invoice, form.currency_obj)
+        item_forms = initial_item_forms(invoice, form.currency_obj, tax_rates)
         status = 200
     context = {
         "form": form,
@@ -224,40 +243,59 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
     return render(request, "invoices/form.html", context, status=status)
 
 
+def _editor_line(item: LineItemForm) -> LineItemInput | None:
+    """What a row of the editor asks for, or None while it does not parse."""
+    if item.is_bound:
+        return item.to_input() if item.is_valid() else None
+    if item.initial.get("unit_price") is None:
+        return None
+    kind, value = item.initial.get("discount_kind") or "", item.initial.get("discount_value")
+    rate = item.tax_rates.get(item.initial.get("tax_rate") or 0)
+    return LineItemInput(
+        name="",
+        quantity=item.initial["quantity"],
+        unit_price=item.initial["unit_price"],
+        discount=Discount(kind, value) if kind and value is not None else NO_DISCOUNT,
+        tax=rate.spec if rate is not None else None,
+    )
+
+
 def _totals_context(form: InvoiceForm, item_forms: list[LineItemForm]) -> dict:
-    """Live totals for the editor; rows that do not parse yet count as nothing."""
+    """Live totals for the editor, by the same function as the saved invoice; rows that do not
+    parse yet count as nothing."""
     currency = form.currency_obj
+    parsed = [(item, _editor_line(item)) for item in item_forms]
+    priced = [(item, line) for item, line in parsed if line is not None]
+    figures = None
+    if currency is not None:
+        discount = form.discount if form.is_bound and form.is_valid() else NO_DISCOUNT
+        if not form.is_bound:
+            kind, value = (
+                form.initial.get("discount_kind") or "",
+                form.initial.get("discount_value"),
+            )
+            discount = Discount(kind, value) if kind and value is not None else NO_DISCOUNT
+        inputs = [line for _, line in priced]
+        subtotal = compute_invoice(inputs, currency).subtotal
+        if discount.kind == DiscountKind.AMOUNT and discount.value > subtotal:
+            discount = NO_DISCOUNT  # shown as a field error on save; the preview ignores it
+        figures = compute_invoice(inputs, currency, discount)
+    amounts = (
+        {item.index: line.net for (item, _), line in zip(priced, figures.lines, strict=True)}
+        if figures is not None
+        else {}
+    )
     lines = []
     for item in item_forms:
-        amount = None
-        if currency is not None and item.is_bound and item.is_valid():
-            amount = line_amount(item.to_input(), currency)
-        elif (
-            currency is not None
-            and not item.is_bound
-            and item.initial.get("unit_price") is not None
-        ):
-            amount = line_amount(
-                LineItemInput(
-                    name="",
-                    quantity=item.initial["quantity"],
-                    unit_price=item.initial["unit_price"],
-                ),
-                currency,
-            )
-        item.line_amount = amount
-        lines.append({"index": item.index, "amount": amount})
-    priced = [
-        LineItemInput(name="", quantity=Decimal(1), unit_price=Decimal(amount))
-        for amount in (line["amount"] for line in lines)
-        if amount is not None
-    ]
-    subtotal, total = invoice_totals(priced, currency) if currency else (None, None)
+        item.line_amount = amounts.get(item.index)
+        lines.append({"index": item.index, "amount": item.line_amount})
     return {
         "currency": currency.code if currency else "",
         "lines": lines,
-        "subtotal": subtotal,
-        "total": total,
+        "subtotal": figures.subtotal if figures else None,
+        "discount": figures.discount if figures else None,
+        "taxes": figures.taxes if figures else [],
+        "total": figures.total if figures else None,
     }
 
 
@@ -282,7 +320,7 @@ def invoice_item_row(request: MerchantRequest) -> HttpResponse:
     """One more empty line-item row for the editor (htmx), and the bumped next index."""
     raw = request.GET.get("next", "0")
     index = int(raw) if raw.isdigit() and int(raw) < 10_000 else 0
-    row = LineItemForm(currency=None, index=index)
+    row = LineItemForm(currency=None, index=index, tax_rates=editor_tax_rates(request.merchant))
     return render(
         request, "invoices/_item_row.html", {"item": row, "next_index": index + 1, "oob": True}
     )
@@ -292,10 +330,9 @@ def invoice_item_row(request: MerchantRequest) -> HttpResponse:
 @require_POST
 def invoice_totals_preview(request: MerchantRequest) -> HttpResponse:
     form = InvoiceForm(request.POST, merchant=request.merchant)
-    item_forms = [
-        LineItemForm(request.POST, currency=form.currency_obj, index=i.index)
-        for i in bound_item_forms(request.POST, form.currency_obj)
-    ]
+    item_forms = bound_item_forms(
+        request.POST, form.currency_obj, editor_tax_rates(request.merchant)
+    )
     return render(
         request, "invoices/_totals.html", {"totals": _totals_context(form, item_forms), "oob": True}
     )
@@ -314,7 +351,7 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
     context = {
         "invoice": invoice,
         "integration_form": IntegrationForm(instance=invoice),
-        "mark_paid_form": MarkPaidForm(),
+        "mark_paid_form": MarkPaidForm(merchant=request.merchant),
         "can_mark_paid": invoice.kind == InvoiceKind.ONE_TIME
         and invoice.status
         in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED),
@@ -373,15 +410,17 @@ def _apply(request: MerchantRequest, invoice: Invoice, call: Callable[[], object
 @require_POST
 def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
     invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
-    form = MarkPaidForm(request.POST)
+    form = MarkPaidForm(request.POST, merchant=request.merchant)
     if not form.is_valid():
         messages.error(request, "Enter the payment reference to mark the invoice as paid.")
         return redirect("invoice_detail", pk=invoice.pk)
-    reference = form.cleaned_data["reference"]
+    reference, method = form.cleaned_data["reference"], form.cleaned_data["method"]
     return _apply(
         request,
         invoice,
-        lambda: invoice_mark_paid(invoice=invoice, reference=reference, by=request.user),
+        lambda: invoice_mark_paid(
+            invoice=invoice, reference=reference, method=method, by=request.user
+        ),
         "Marked as paid.",
     )
 
@@ -542,7 +581,11 @@ def invoice_preview(request: MerchantRequest) -> HttpResponse:
     form.is_valid()  # what parses is previewed; the rest waits for the real save
     currency = form.currency_obj or get_currency(merchant.default_currency)
     invoice, items = _preview_invoice(
-        merchant, form, bound_item_forms(request.POST, currency), draft, currency
+        merchant,
+        form,
+        bound_item_forms(request.POST, currency, editor_tax_rates(merchant, draft)),
+        draft,
+        currency,
     )
     # One view, two documents with different policies: set what csp_override would set.
     if request.POST.get("preview") == "email":
@@ -565,23 +608,12 @@ def _preview_invoice(
 ) -> tuple[Invoice, list[LineItem]]:
     """Unsaved objects shaped like the invoice the form would make; nothing is written."""
     data = getattr(form, "cleaned_data", {})
-    items = []
-    for position, row in enumerate((row for row in item_forms if row.is_valid()), start=1):
-        line = row.to_input()
-        items.append(
-            LineItem(
-                position=position,
-                name=line.name,
-                description=line.description,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                amount=line_amount(line, currency),
-            )
-        )
-    subtotal, total = invoice_totals(
-        [LineItemInput(name="", quantity=Decimal(1), unit_price=item.amount) for item in items],
-        currency,
-    )
+    lines = [row.to_input() for row in item_forms if row.is_valid()]
+    discount = form.discount if not form.errors else NO_DISCOUNT
+    if discount.kind == DiscountKind.AMOUNT and discount.value > (
+        compute_invoice(lines, currency).subtotal
+    ):
+        discount = NO_DISCOUNT
     reference = (
         draft.reference if draft else f"{merchant.invoice_prefix}{merchant.next_invoice_number:05d}"
     )
@@ -599,10 +631,19 @@ def _preview_invoice(
         pricing_mode=data.get("pricing_mode") or "no_timer",
         accepted_assets=list(data.get("accepted_assets") or []),
         foreign_id=(data.get("foreign_id") or "").strip(),
-        subtotal=subtotal,
-        total=total,
+        discount_kind=discount.kind,
+        discount_value=discount.value,
+        notes=(data.get("notes") or "").strip(),
+        terms=(data.get("terms") or "").strip(),
+        terms_days=data.get("terms_days"),
+        po_number=(data.get("po_number") or "").strip(),
+        footer=(data.get("footer") or "").strip(),
         issued_at=timezone.now(),
     )
+    invoice_apply_figures(invoice=invoice, figures=compute_invoice(lines, currency, discount))
+    # Read by the document builder instead of the many-to-many, which needs a saved row.
+    invoice.preview_methods = list(data.get("payment_methods") or [])  # type: ignore[attr-defined]
+    items = line_item_rows(invoice=invoice, items=lines, currency=currency, discount=discount)
     return invoice, items
 
 

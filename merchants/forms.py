@@ -1,6 +1,6 @@
 from django import forms
 
-from merchants.models import Merchant, Role, User
+from merchants.models import SELLER_FIELDS, Merchant, Role, User
 from merchants.validators import LogoField
 
 
@@ -47,9 +47,13 @@ class MerchantSettingsForm(forms.ModelForm):
             "logo",
             "paper_size",
             "send_reminders",
+            *SELLER_FIELDS,
         ]
         labels = {"name": "Business name", "brand_colour": "Brand colour"}
-        widgets = {"brand_colour": forms.TextInput(attrs={"type": "color"})}
+        widgets = {
+            "brand_colour": forms.TextInput(attrs={"type": "color"}),
+            "invoice_footer": forms.Textarea(attrs={"rows": 3}),
+        }
 
 
 class MemberInviteForm(forms.Form):

@@ -1,8 +1,9 @@
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractUser, BaseUserManager
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
+from django_countries.fields import CountryField
 
 from merchants.money import CURRENCY_CHOICES
 from merchants.validators import validate_logo
@@ -64,7 +65,54 @@ class PaperSize(models.TextChoices):
 hex_colour = RegexValidator(r"^#[0-9a-fA-F]{6}$", "Enter a colour as #RRGGBB, e.g. #4f46e5.")
 
 
-class Merchant(models.Model):
+class PostalAddress(models.Model):
+    """An address in lines, as every country prints it, plus an ISO country code."""
+
+    address_line1 = models.CharField("Address line 1", max_length=200, blank=True)
+    address_line2 = models.CharField("Address line 2", max_length=200, blank=True)
+    city = models.CharField(max_length=100, blank=True)
+    postal_code = models.CharField("Postal code", max_length=20, blank=True)
+    region = models.CharField("State / region", max_length=100, blank=True)
+    country = CountryField(blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def address_lines(self) -> list[str]:
+        # str() of a country is its code.
+        return address_lines({key: str(getattr(self, key) or "") for key in ADDRESS_FIELDS})
+
+
+ADDRESS_FIELDS = ("address_line1", "address_line2", "city", "postal_code", "region", "country")
+
+
+# Countries that print the postal code after the town (the rest mostly put it before).
+POSTCODE_LAST = frozenset({"GB", "US", "CA", "AU", "IE", "NZ", "IN", "BR", "JP", "ZA", "SG"})
+
+
+def address_lines(address: dict[str, str]) -> list[str]:
+    """The printed lines of an address dict (the snapshots keep addresses as dicts)."""
+    from django_countries import countries
+
+    country = address.get("country", "")
+    city, region, postal = (address.get(k, "") for k in ("city", "region", "postal_code"))
+    if country in POSTCODE_LAST:
+        # "London SW1Y 4JH", "Hampton, Virginia 23681"
+        town = " ".join(p for p in (", ".join(p for p in (city, region) if p), postal) if p)
+    else:
+        # "10115 Berlin"; the region, where one is given, after a comma
+        town = ", ".join(p for p in (" ".join(p for p in (postal, city) if p), region) if p)
+    lines = [
+        address.get("address_line1", ""),
+        address.get("address_line2", ""),
+        town,
+        countries.name(country) if country else "",
+    ]
+    return [line for line in lines if line]
+
+
+class Merchant(PostalAddress):
     """The tenant: every customer, invoice and balance belongs to exactly one merchant."""
 
     name = models.CharField(max_length=120)
@@ -99,13 +147,49 @@ class Merchant(models.Model):
         help_text="Members without an authenticator app or passkey must add one before they "
         "can open this business.",
     )
+    # Seller details printed on every document; the address comes from PostalAddress.
+    legal_name = models.CharField(
+        max_length=200, blank=True, help_text="As registered; the business name if empty."
+    )
+    tax_id = models.CharField("Tax ID", max_length=64, blank=True, help_text="VAT, GST or EIN.")
+    registration_number = models.CharField("Company registration number", max_length=64, blank=True)
+    contact_email = models.EmailField("Billing contact email", blank=True)
+    contact_phone = models.CharField("Billing contact phone", max_length=40, blank=True)
+    invoice_footer = models.TextField(
+        "Default footer",
+        max_length=1000,
+        blank=True,
+        help_text="Printed at the foot of every new invoice, e.g. bank or legal notices.",
+    )
+    default_terms_days = models.PositiveSmallIntegerField(
+        "Default payment terms (days)",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(365)],
+        help_text="Net N: new invoices fall due this many days after they are issued.",
+    )
     # The number the next invoice will get. Incremented under a row lock in the same
     # transaction that creates the invoice, so numbers never repeat and never skip.
     next_invoice_number = models.PositiveIntegerField(default=1, editable=False)
+    # Credit notes are numbered in their own series, under the same row lock.
+    next_credit_note_number = models.PositiveIntegerField(default=1, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+
+# What business settings edit about the seller, as printed on documents.
+SELLER_FIELDS = (
+    "legal_name",
+    *ADDRESS_FIELDS,
+    "tax_id",
+    "registration_number",
+    "contact_email",
+    "contact_phone",
+    "invoice_footer",
+    "default_terms_days",
+)
 
 
 class Role(models.TextChoices):

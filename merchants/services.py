@@ -8,7 +8,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from merchants.models import Membership, Merchant, Role, User
+from merchants.models import SELLER_FIELDS, Membership, Merchant, Role, User
 
 
 @transaction.atomic
@@ -29,6 +29,7 @@ def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
         "paper_size",
         "send_reminders",
         "require_two_factor",
+        *SELLER_FIELDS,
     }
     unknown = set(fields) - editable
     if unknown:

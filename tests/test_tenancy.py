@@ -22,7 +22,9 @@ from invoices.models import (
     Invoice,
     InvoiceEvent,
     LineItem,
+    PaymentMethod,
     Receipt,
+    TaxRate,
 )
 from invoices.services import invoice_mark_paid
 from merchants.access import SESSION_KEY
@@ -77,6 +79,8 @@ class World:
     endpoint: WebhookEndpoint
     delivery: CallbackDelivery
     deposit: DepositAddress
+    tax_rate: TaxRate
+    payment_method: PaymentMethod
 
 
 def _funded_deposit(acme: Merchant) -> DepositAddress:
@@ -133,6 +137,10 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         endpoint=endpoint,
         delivery=CallbackDelivery.objects.filter(invoice=open_invoice).first(),
         deposit=_funded_deposit(acme),
+        tax_rate=TaxRate.objects.create(merchant=acme, name="VAT", percent="20"),
+        payment_method=PaymentMethod.objects.create(
+            merchant=acme, name="SEPA", iban="DE89370400440532013000"
+        ),
     )
 
 
@@ -198,6 +206,14 @@ def _tracking_form(w: World) -> dict:
 
 def _endpoint_form(w: World) -> dict:
     return {"url": "https://erp.example/hooks", "events": ["invoice.paid"], "enabled": "on"}
+
+
+def _tax_rate_form(w: World) -> dict:
+    return {"name": "GST", "percent": "10"}
+
+
+def _payment_method_form(w: World) -> dict:
+    return {"name": "Wire", "kind": "bank_transfer", "iban": "GB33BUKB20201555555555"}
 
 
 def _key_form(w: World) -> dict:
@@ -310,6 +326,32 @@ CASES = [
     Case("webhook_test", POST, OWNER, 302, obj="endpoint", writes=True),
     Case("invoice_signer_rotate", POST, OWNER, 302, outsider=302, writes=True),
     Case("callback_redeliver", POST, STAFF, 302, obj="delivery", writes=True),
+    Case("tax_rate_list", GET, OWNER, 200, outsider=200),
+    Case("tax_rate_list", POST, OWNER, 302, data=_tax_rate_form, outsider=302, writes=True),
+    Case("tax_rate_edit", GET, OWNER, 200, obj="tax_rate"),
+    Case("tax_rate_edit", POST, OWNER, 302, obj="tax_rate", data=_tax_rate_form, writes=True),
+    Case("tax_rate_delete", POST, OWNER, 302, obj="tax_rate", writes=True),
+    Case("payment_method_list", GET, OWNER, 200, outsider=200),
+    Case(
+        "payment_method_list",
+        POST,
+        OWNER,
+        302,
+        data=_payment_method_form,
+        outsider=302,
+        writes=True,
+    ),
+    Case("payment_method_edit", GET, OWNER, 200, obj="payment_method"),
+    Case(
+        "payment_method_edit",
+        POST,
+        OWNER,
+        302,
+        obj="payment_method",
+        data=_payment_method_form,
+        writes=True,
+    ),
+    Case("payment_method_delete", POST, OWNER, 302, obj="payment_method", writes=True),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -353,6 +395,10 @@ def _acme_state(acme: Merchant) -> dict:
         "endpoints": list(WebhookEndpoint.objects.filter(merchant=acme).order_by("pk").values()),
         "signers": list(InvoiceCallbackSigner.objects.filter(merchant=acme).values()),
         "callbacks": list(CallbackDelivery.objects.filter(merchant=acme).order_by("pk").values()),
+        "tax_rates": list(TaxRate.objects.filter(merchant=acme).order_by("pk").values()),
+        "payment_methods": list(
+            PaymentMethod.objects.filter(merchant=acme).order_by("pk").values()
+        ),
     }
 
 

@@ -407,7 +407,7 @@ def test_too_many_attempts_in_a_minute_are_refused_with_429(shop, client, settin
 def test_the_page_shows_none_of_the_merchants_private_data(shop, client, alice, acme_customer):
     acme_customer.notes = "Owes us for March; VIP discount"
     acme_customer.tax_id = "DE-TAX-4711"
-    acme_customer.address = "1 Secret Lane"
+    acme_customer.address_line1 = "1 Secret Lane"
     acme_customer.save()
     other_customer = Customer.objects.create(
         merchant=shop.merchant, name="Grace Hopper", email="grace@example.org"

@@ -195,7 +195,7 @@ def test_mark_paid_records_reference_and_actor(acme, alice):
     event = invoice.events.get(type="invoice.marked_paid")
     assert (event.note, event.data, event.actor_user, event.from_status) == (
         "Wire 7781",
-        {"reference": "Wire 7781"},
+        {"reference": "Wire 7781", "method": "Paid outside Stablebill", "method_id": None},
         alice,
         "open",
     )

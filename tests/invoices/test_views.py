@@ -472,7 +472,7 @@ def test_mark_paid_records_the_reference(client_for, bob, acme, acme_customer):
         "open",
         "paid",
         "WIRE-2024-118",
-        {"reference": "WIRE-2024-118"},
+        {"reference": "WIRE-2024-118", "method": "Paid outside Stablebill", "method_id": None},
     )
     assert event.actor_user == bob
 
