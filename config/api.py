@@ -12,6 +12,7 @@ from ninja.errors import ValidationError as SchemaError
 
 from checkout.api import router as payments_router
 from customers.api import router as customers_router
+from invoices.api import catalog_router
 from invoices.api import router as invoices_router
 from merchants.api import (
     ApiError,
@@ -41,6 +42,7 @@ api.add_router("/v1/invoices", invoices_router)
 api.add_router("/v1/invoices", payments_router)
 api.add_router("/v1/customers", customers_router)
 api.add_router("/v1", wallets_router)
+api.add_router("/v1", catalog_router)
 
 
 def _field_name(loc: tuple | list) -> str:

@@ -16,7 +16,9 @@ from invoices.models import (
     Invoice,
     InvoiceEvent,
     LineItem,
+    PaymentMethod,
     Receipt,
+    TaxRate,
 )
 from invoices.services import InvoiceStateError, invoice_mark_paid
 
@@ -30,6 +32,12 @@ class LineItemInline(admin.TabularInline):
         "description",
         "quantity",
         "unit_price",
+        "discount_amount",
+        "invoice_discount_amount",
+        "tax_name",
+        "tax_percent",
+        "tax_inclusive",
+        "tax_amount",
         "amount",
     )
 
@@ -62,6 +70,12 @@ class InvoiceEventInline(admin.TabularInline):
 
 
 class MarkPaidAdminForm(forms.Form):
+    method = forms.ModelChoiceField(
+        queryset=PaymentMethod.objects.select_related("merchant"),
+        required=False,
+        empty_label="Other (say in the reference)",
+        help_text="The method it was paid by; it must belong to the invoice's merchant.",
+    )
     reference = forms.CharField(
         max_length=500,
         widget=forms.TextInput(attrs={"size": 60}),
@@ -103,8 +117,12 @@ class InvoiceAdmin(admin.ModelAdmin):
         "status",
         "failure_reason",
         "subtotal",
+        "discount_total",
+        "tax_total",
+        "tax_summary",
         "total",
         "currency",
+        "document",
         "created_by",
         "created_at",
         "updated_at",
@@ -125,9 +143,18 @@ class InvoiceAdmin(admin.ModelAdmin):
         "accepted_assets",
         "fee_payer",
         "subtotal",
+        "discount_total",
+        "tax_total",
+        "tax_summary",
         "total",
         "description",
         "due_date",
+        "notes",
+        "terms",
+        "terms_days",
+        "po_number",
+        "footer",
+        "document",
         "foreign_id",
         "tracking_id",
         "callback_url",
@@ -159,6 +186,7 @@ class InvoiceAdmin(admin.ModelAdmin):
                     invoice_mark_paid(
                         invoice=invoice,
                         reference=form.cleaned_data["reference"],
+                        method=form.cleaned_data["method"],
                         by=request.user,  # type: ignore[arg-type]
                         actor=Actor.ADMIN,
                     )
@@ -314,3 +342,25 @@ class CallbackDeliveryAdmin(ReadOnlyAdmin):
         for delivery in deliveries:
             callback_redeliver(delivery=delivery)
         self.message_user(request, f"{len(deliveries)} callback(s) queued.", messages.SUCCESS)
+
+
+@admin.register(TaxRate)
+class TaxRateAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "percent",
+        "inclusive",
+        "country",
+        "is_default",
+        "merchant",
+        "archived_at",
+    ]
+    list_filter = ["inclusive", "merchant"]
+    search_fields = ["name"]
+
+
+@admin.register(PaymentMethod)
+class PaymentMethodAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "merchant", "archived_at"]
+    list_filter = ["kind", "merchant"]
+    search_fields = ["name", "iban"]

@@ -16,8 +16,8 @@ from customers.selectors import customer_scope
 from customers.services import customer_create
 from invoices.callbacks import invoice_snapshot
 from invoices.delivery import invoice_send
-from invoices.models import Actor, Invoice, InvoiceKind, InvoiceStatus
-from invoices.rules import LineItemInput
+from invoices.models import Actor, Invoice, InvoiceKind, InvoiceStatus, PaymentMethod, TaxRate
+from invoices.rules import NO_DISCOUNT, Discount, LineItemInput
 from invoices.selectors import invoice_list, invoice_scope
 from invoices.services import (
     DUPLICATE_FOREIGN_ID,
@@ -51,11 +51,23 @@ class In(Schema):
     model_config = ConfigDict(extra="forbid")
 
 
+ID = Field(ge=1, le=2**63 - 1)
+
+
+class DiscountIn(In):
+    kind: Literal["percent", "amount"]
+    value: str = Field(pattern=DECIMAL_PATTERN, examples=["10"])
+
+
 class ItemIn(In):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=500)
     quantity: str = Field("1", pattern=DECIMAL_PATTERN, examples=["2"])
     unit_price: str = DecimalText
+    discount: DiscountIn | None = None
+    tax_rate_id: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="One of your tax rates (GET /v1/tax-rates)."
+    )
 
 
 class CustomerIn(In):
@@ -87,6 +99,22 @@ class InvoiceCreateIn(In):
     callback_url: str = Field("", max_length=500)
     payment_page_url: str = Field("", max_length=500)
     payment_page_button: str = Field("", max_length=40)
+    discount: DiscountIn | None = Field(None, description="Off the whole invoice, before tax.")
+    notes: str = Field("", max_length=5000, description="Shown to the customer.")
+    terms: str = Field("", max_length=5000)
+    terms_days: int | None = Field(
+        None,
+        ge=0,
+        le=365,
+        description="Net N: the due date is set N days after issue. Left out: your default.",
+    )
+    po_number: str = Field("", max_length=64)
+    footer: str | None = Field(None, max_length=1000, description="Left out: your default.")
+    payment_method_ids: list[int] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Other ways to pay this invoice accepts (GET /v1/payment-methods).",
+    )
     issue: bool = Field(True, description="Open for payment now; false keeps a draft.")
     send_email: bool = Field(False, description="Email the invoice to the customer.")
 
@@ -111,12 +139,36 @@ class InvoiceFilters(Schema):
     limit: int = Field(25, ge=1, le=100)
 
 
+class DiscountOut(Schema):
+    kind: str
+    value: str
+    amount: str
+
+
+class LineTaxOut(Schema):
+    name: str
+    percent: str
+    inclusive: bool
+    rate_id: int | None
+    amount: str
+
+
+class TaxOut(Schema):
+    name: str
+    percent: str
+    inclusive: bool
+    taxable: str
+    tax: str
+
+
 class ItemOut(Schema):
     name: str
     description: str
     quantity: str
     unit_price: str
-    amount: str
+    discount: DiscountOut | None
+    amount: str = Field(description="quantity x unit price less the line's discount")
+    tax: LineTaxOut | None
 
 
 class CustomerRef(Schema):
@@ -124,6 +176,46 @@ class CustomerRef(Schema):
     name: str
     email: str
     company: str
+
+
+class AddressOut(Schema):
+    address_line1: str
+    address_line2: str
+    city: str
+    postal_code: str
+    region: str
+    country: str
+
+
+class SellerOut(Schema):
+    name: str
+    legal_name: str
+    tax_id: str
+    registration_number: str
+    contact_email: str
+    contact_phone: str
+    address: AddressOut
+    address_lines: list[str]
+
+
+class BuyerOut(Schema):
+    name: str
+    email: str
+    company: str
+    tax_id: str
+    address: AddressOut
+    address_lines: list[str]
+
+
+class PaymentMethodOut(Schema):
+    id: int
+    name: str
+    kind: str
+    account_holder: str
+    bank_name: str
+    iban: str
+    bic: str
+    instructions: str
 
 
 class InvoiceOut(Schema):
@@ -135,7 +227,10 @@ class InvoiceOut(Schema):
     pricing_mode: str
     currency: str
     subtotal: str
-    total: str
+    discount: DiscountOut | None
+    tax_total: str
+    taxes: list[TaxOut]
+    total: str = Field(description="What the payer pays.")
     open_amount: bool
     accepted_assets: list[str]
     fee_payer: str
@@ -143,6 +238,14 @@ class InvoiceOut(Schema):
     due_date: date | None
     customer: CustomerRef | None
     items: list[ItemOut]
+    notes: str
+    terms: str
+    terms_days: int | None
+    po_number: str | None
+    footer: str
+    seller: SellerOut
+    buyer: BuyerOut | None
+    payment_methods: list[PaymentMethodOut]
     foreign_id: str | None
     tracking_id: str | None
     callback_url: str | None
@@ -177,7 +280,13 @@ def _snapshot(invoice_id: int) -> dict[str, Any]:
     )
 
 
-def _items(items: list[ItemIn] | None, amount: str | None, description: str) -> list[LineItemInput]:
+def _discount(discount: DiscountIn | None) -> Discount:
+    return Discount(discount.kind, Decimal(discount.value)) if discount else NO_DISCOUNT
+
+
+def _items(
+    merchant: Merchant, items: list[ItemIn] | None, amount: str | None, description: str
+) -> list[LineItemInput]:
     if items and amount is not None:
         raise ApiError(
             422,
@@ -187,15 +296,44 @@ def _items(items: list[ItemIn] | None, amount: str | None, description: str) -> 
     if amount is not None:
         name = description.strip().splitlines()[0][:200] if description.strip() else "Payment"
         return [LineItemInput(name=name, quantity=Decimal(1), unit_price=Decimal(amount))]
+    rate_ids = {item.tax_rate_id for item in items or [] if item.tax_rate_id is not None}
+    rates = {
+        rate.pk: rate
+        for rate in TaxRate.objects.filter(
+            merchant=merchant, pk__in=rate_ids, archived_at__isnull=True
+        )
+    }
+    unknown = {
+        f"items.{index}.tax_rate_id": ["No such tax rate of yours."]
+        for index, item in enumerate(items or [])
+        if item.tax_rate_id is not None and item.tax_rate_id not in rates
+    }
+    if unknown:
+        raise ApiError(422, "No such tax rate.", fields=unknown)
     return [
         LineItemInput(
             name=item.name,
             description=item.description,
             quantity=Decimal(item.quantity),
             unit_price=Decimal(item.unit_price),
+            discount=_discount(item.discount),
+            tax=rates[item.tax_rate_id].spec if item.tax_rate_id is not None else None,
         )
         for item in items or []
     ]
+
+
+def _payment_methods(merchant: Merchant, ids: list[int]) -> list[PaymentMethod]:
+    methods = list(
+        PaymentMethod.objects.filter(merchant=merchant, pk__in=ids, archived_at__isnull=True)
+    )
+    if len(methods) != len(set(ids)):
+        raise ApiError(
+            422,
+            "No such payment method.",
+            fields={"payment_method_ids": ["Give ids of your active payment methods."]},
+        )
+    return methods
 
 
 def _customer(merchant: Merchant, payload: InvoiceCreateIn) -> Customer | None:
@@ -255,7 +393,8 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
     foreign_id = payload.foreign_id.strip()
     if foreign_id and (duplicate := _duplicate(merchant, foreign_id)):
         raise duplicate
-    items = _items(payload.items, payload.amount, payload.description)
+    items = _items(merchant, payload.items, payload.amount, payload.description)
+    given = payload.model_fields_set
     if payload.send_email and not payload.issue:
         raise ApiError(
             422, "A draft cannot be emailed.", fields={"send_email": ["Needs issue: true."]}
@@ -276,6 +415,13 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
             callback_url=payload.callback_url,
             payment_page_url=payload.payment_page_url,
             payment_page_button=payload.payment_page_button,
+            discount=_discount(payload.discount),
+            notes=payload.notes,
+            terms=payload.terms,
+            terms_days=payload.terms_days if "terms_days" in given else merchant.default_terms_days,
+            po_number=payload.po_number,
+            footer=payload.footer if payload.footer is not None else merchant.invoice_footer,
+            payment_methods=_payment_methods(merchant, payload.payment_method_ids),
         )
         try:
             invoice = invoice_create(
@@ -355,7 +501,7 @@ def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdate
                 **integration,  # type: ignore[arg-type]
             )
         if "items" in given or "amount" in given:
-            items = _items(payload.items, payload.amount, invoice.description)
+            items = _items(invoice.merchant, payload.items, payload.amount, invoice.description)
             invoice = _state(invoice_update_items, invoice=invoice, items=items, actor=Actor.API)
     return _snapshot(invoice.pk)
 
@@ -393,3 +539,42 @@ def close_invoice(request: HttpRequest, invoice_id: int):
     if invoice.kind != InvoiceKind.PERMANENT:
         raise ApiError(409, "Only permanent invoices are closed.", code="invalid_state")
     return _snapshot(_state(invoice_close, invoice=invoice, actor=Actor.API).pk)
+
+
+# What an integrator picks from: tax rates and other payment methods ---------------------------
+
+catalog_router = Router(tags=["tax rates and payment methods"])
+
+
+class TaxRateOut(Schema):
+    id: int
+    name: str
+    percent: str
+    inclusive: bool
+    country: str
+    is_default: bool
+
+
+@catalog_router.get("/tax-rates", response=list[TaxRateOut], summary="Your active tax rates")
+def list_tax_rates(request: HttpRequest):
+    return [
+        {
+            "id": rate.pk,
+            "name": rate.name,
+            "percent": format(rate.percent.normalize(), "f"),
+            "inclusive": rate.inclusive,
+            "country": str(rate.country or ""),
+            "is_default": rate.is_default,
+        }
+        for rate in TaxRate.objects.filter(merchant=merchant_of(request), archived_at__isnull=True)
+    ]
+
+
+@catalog_router.get(
+    "/payment-methods",
+    response=list[PaymentMethodOut],
+    summary="Your active payment methods besides the stablecoin checkout",
+)
+def list_payment_methods(request: HttpRequest):
+    methods = PaymentMethod.objects.filter(merchant=merchant_of(request), archived_at__isnull=True)
+    return [method.snapshot() for method in methods]

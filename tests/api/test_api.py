@@ -94,14 +94,18 @@ def test_create_with_line_items_answers_201_with_the_open_invoice(client, acme, 
             "description": "",
             "quantity": "2",
             "unit_price": "150.00",
+            "discount": None,
             "amount": "300.00",
+            "tax": None,
         },
         {
             "name": "Hosting",
             "description": "March",
             "quantity": "1",
             "unit_price": "19.99",
+            "discount": None,
             "amount": "19.99",
+            "tax": None,
         },
     ]
 
@@ -124,7 +128,9 @@ def test_create_with_a_single_amount_makes_one_item(client, acme_key):
             "description": "",
             "quantity": "1",
             "unit_price": "42.50",
+            "discount": None,
             "amount": "42.50",
+            "tax": None,
         }
     ]
 
@@ -694,7 +700,12 @@ def test_create_and_get_a_customer(client, acme, acme_key):
         "name": "Grace Hopper",
         "email": "grace@example.org",
         "company": "Navy",
-        "address": "",
+        "address_line1": "",
+        "address_line2": "",
+        "city": "",
+        "postal_code": "",
+        "region": "",
+        "country": "",
         "tax_id": "",
         "notes": "",
         "archived": False,
@@ -829,6 +840,8 @@ def test_openapi_schema_lists_every_route(client, db):
         "/api/v1/customers/{customer_id}": ["delete", "get", "patch"],
         "/api/v1/balances": ["get"],
         "/api/v1/ledger": ["get"],
+        "/api/v1/tax-rates": ["get"],
+        "/api/v1/payment-methods": ["get"],
     }
 
 
