@@ -129,7 +129,7 @@ def _document_context(invoice: Invoice) -> dict[str, Any]:
     return {
         "seller": doc["seller"],
         "methods": doc["payment_methods"],
-        "taxes": invoice.tax_summary,
+        "taxes": invoice.taxes,
     }
 
 

@@ -283,6 +283,14 @@ class Invoice(models.Model):
     def is_timed(self) -> bool:
         return self.pricing_mode != PricingMode.NO_TIMER
 
+    @property
+    def taxes(self) -> list[dict]:
+        """The tax summary with its amounts as Decimals, for printing."""
+        return [
+            {**tax, "taxable": Decimal(tax["taxable"]), "tax": Decimal(tax["tax"])}
+            for tax in self.tax_summary
+        ]
+
 
 class LineItem(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="items")

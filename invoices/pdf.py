@@ -293,7 +293,7 @@ def _invoice_context(
         "seller": doc["seller"],
         "buyer": doc["buyer"],
         "methods": doc["payment_methods"],
-        "taxes": invoice.tax_summary,
+        "taxes": invoice.taxes,
         "items": rows,
         "show_quantities": show_quantities,
         "show_discounts": show_discounts,
