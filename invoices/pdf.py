@@ -284,7 +284,6 @@ def _invoice_context(
     show_quantities = any(row.quantity != 1 for row in rows) or any(
         row.discount_amount for row in rows
     )
-    show_discounts = any(row.discount_amount for row in rows)
     show_taxes = any(row.tax_percent is not None for row in rows)
     return {
         "invoice": invoice,
@@ -296,9 +295,8 @@ def _invoice_context(
         "taxes": invoice.taxes,
         "items": rows,
         "show_quantities": show_quantities,
-        "show_discounts": show_discounts,
         "show_taxes": show_taxes,
-        "empty_span": 2 + 2 * show_quantities + show_discounts + show_taxes,
+        "empty_span": 2 + 2 * show_quantities + show_taxes,
         "issue_date": timezone.localtime(issued).date(),
         "brand": merchant.brand_colour
         if HEX_COLOUR.match(merchant.brand_colour)

@@ -52,14 +52,26 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = True  # the demo login doubles as the admin
         user.save(update_fields=["is_staff", "is_superuser"])
         merchant = merchant_create(name="Northwind Studio", owner=user)
-        Merchant.objects.filter(pk=merchant.pk).update(brand_colour="#0f766e")
+        Merchant.objects.filter(pk=merchant.pk).update(
+            brand_colour="#0f766e",
+            legal_name="Northwind Studio Ltd",
+            address_line1="1 Harbour Street",
+            city="Bristol",
+            postal_code="BS1 4RN",
+            country="GB",
+            tax_id="GB987654321",
+            contact_email="billing@northwind.example",
+        )
         merchant.refresh_from_db()
         ada = customer_create(
             merchant=merchant,
             name="Ada Lovelace",
             email="ada@analytical.example",
             company="Analytical Engines Ltd",
-            address="12 St James's Square\nLondon SW1Y 4JH",
+            address_line1="12 St James's Square",
+            city="London",
+            postal_code="SW1Y 4JH",
+            country="GB",
         )
         grace = customer_create(
             merchant=merchant,
