@@ -4,15 +4,17 @@ they create on the spot, watches the live total, issues it and finds it in the l
 Screenshots of every step land in test-artifacts/e2e/ (gitignored) to look at afterwards.
 """
 
+import io
 import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
+from pypdf import PdfReader
 
 from customers.models import Customer
-from invoices.models import Invoice, InvoiceStatus
+from invoices.models import Invoice, InvoiceStatus, TaxRate
 from merchants.models import Role
 from tests.factories import PASSWORD, CustomerFactory, MembershipFactory, UserFactory
 
@@ -38,6 +40,14 @@ document.addEventListener("securitypolicyviolation", (event) => {
   );
 });
 """
+
+
+PREVIEW_PDF_OF_FORM = """async () => {
+  const data = new FormData(document.getElementById("invoice-form"));
+  data.set("preview", "pdf");
+  const response = await fetch("/invoices/preview/", {method: "POST", body: data});
+  return Array.from(new Uint8Array(await response.arrayBuffer()));
+}"""
 
 
 @pytest.fixture
@@ -225,4 +235,67 @@ def test_owner_previews_the_pdf_and_email_then_creates_and_sends(
     expect(page.get_by_role("button", name="Resend")).to_be_visible()
     shot(page, "10-invoice-sent")
 
+    assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]
+
+
+def test_taxes_and_discounts_update_the_totals_and_the_preview(
+    chromium_path, live_server, owner, watched_page
+):
+    """The worked example of tests/invoices/test_figures.py typed into the editor: the live
+    summary, the PDF preview and the issued invoice all show the same figures."""
+    page = watched_page
+    merchant = owner.memberships.get().merchant
+    vat = TaxRate.objects.create(merchant=merchant, name="VAT", percent=Decimal("20"))
+    TaxRate.objects.create(merchant=merchant, name="VAT", percent=Decimal("5"))
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill(owner.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    with page.expect_response(_preview_of("pdf"), timeout=30_000):
+        page.goto(f"{live_server.url}/invoices/new/")
+
+    # 3 x 19.99 = 59.97, 10% off -> 53.97, VAT 20%
+    page.locator("input[name='items-0-name']").fill("Widget")
+    page.locator("input[name='items-0-quantity']").fill("3")
+    page.locator("input[name='items-0-unit_price']").fill("19.99")
+    page.locator("select[name='items-0-discount_kind']").select_option("percent")
+    page.locator("input[name='items-0-discount_value']").fill("10")
+    page.locator("select[name='items-0-tax_rate']").select_option(label="VAT 20%")
+    expect(page.locator("#amount-0")).to_have_text("53.97")
+    expect(page.locator("[data-tax='VAT 20%']")).to_have_text("10.79")
+    expect(page.locator("#grand-total")).to_have_text("$64.76")
+
+    # 100.00 at VAT 5%, then 10% off the whole invoice.
+    page.get_by_role("button", name="+ Add item").click()
+    page.locator("input[name='items-1-name']").fill("Book")
+    page.locator("input[name='items-1-unit_price']").fill("100")
+    page.locator("select[name='items-1-tax_rate']").select_option(label="VAT 5%")
+    page.locator("#id_discount_kind").select_option("percent")
+    page.locator("#id_discount_value").fill("10")
+    expect(page.locator("#subtotal")).to_have_text("153.97")
+    expect(page.locator("#discount-total")).to_have_text("\N{MINUS SIGN}15.40")
+    expect(page.locator("[data-tax='VAT 20%']")).to_have_text("9.71")
+    expect(page.locator("[data-tax='VAT 5%']")).to_have_text("4.50")
+    expect(page.locator("#grand-total")).to_have_text("$152.78")
+    shot(page, "20-taxes-and-discounts")
+
+    # The PDF preview is made from the same form by the same function. Chromium's PDF viewer
+    # keeps the frame's bytes to itself, so the page posts its own form as the preview does.
+    body = page.evaluate(PREVIEW_PDF_OF_FORM)
+    text = " ".join(page_.extract_text() for page_ in PdfReader(io.BytesIO(bytes(body))).pages)
+    for figure in ("153.97", "15.40", "9.71", "4.50", "152.78"):
+        assert figure in text, figure
+
+    page.get_by_role("button", name="Create only").click()
+    expect(page).to_have_url(re.compile(r"/invoices/\d+/$"))
+    invoice = Invoice.objects.get(merchant=merchant)
+    assert (invoice.subtotal, invoice.discount_total, invoice.tax_total, invoice.total) == (
+        Decimal("153.97"),
+        Decimal("15.40"),
+        Decimal("14.21"),
+        Decimal("152.78"),
+    )
+    assert invoice.items.first().tax_rate == vat
+    expect(page.locator(".doc-total")).to_have_text("$152.78")
+    shot(page, "21-issued-with-taxes")
     assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]
