@@ -1,0 +1,173 @@
+"""The invoice document over the API: discounts, taxes, notes, terms and payment methods in,
+the same figures and snapshot out (the callbacks carry the very same snapshot)."""
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from invoices.callbacks import invoice_snapshot
+from invoices.models import Invoice, PaymentMethod, TaxRate
+from merchants.integrations import api_key_create
+from tests.api.test_api import INVOICES, get, post
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def acme_key(acme, alice):
+    return api_key_create(merchant=acme, name="Shop", by=alice).plaintext
+
+
+@pytest.fixture
+def globex_key(globex, charlie):
+    return api_key_create(merchant=globex, name="Shop", by=charlie).plaintext
+
+
+@pytest.fixture
+def rates(acme):
+    acme.legal_name, acme.tax_id, acme.country, acme.default_terms_days = (
+        "Acme Tools GmbH",
+        "DE123",
+        "DE",
+        14,
+    )
+    acme.invoice_footer = "Footer of Acme"
+    acme.save()
+    return (
+        TaxRate.objects.create(merchant=acme, name="VAT", percent=Decimal("20")),
+        TaxRate.objects.create(merchant=acme, name="VAT", percent=Decimal("5")),
+    )
+
+
+@pytest.fixture
+def sepa(acme):
+    return PaymentMethod.objects.create(merchant=acme, name="SEPA", iban="DE89370400440532013000")
+
+
+def body(rates, sepa, **extra):
+    vat, reduced = rates
+    return {
+        "currency": "USD",
+        "items": [
+            {
+                "name": "Widget",
+                "quantity": "3",
+                "unit_price": "19.99",
+                "discount": {"kind": "percent", "value": "10"},
+                "tax_rate_id": vat.pk,
+            },
+            {"name": "Book", "unit_price": "100.00", "tax_rate_id": reduced.pk},
+        ],
+        "discount": {"kind": "percent", "value": "10"},
+        "notes": "Thanks!",
+        "terms": "Pay promptly.",
+        "po_number": "PO-1",
+        "payment_method_ids": [sepa.pk],
+        **extra,
+    }
+
+
+def test_round_trip_carries_the_worked_example_and_the_document(
+    client, acme, acme_key, rates, sepa
+):
+    created = post(client, INVOICES, acme_key, body(rates, sepa))
+
+    assert created.status_code == 201, created.content
+    data = created.json()
+    assert (data["subtotal"], data["tax_total"], data["total"]) == ("153.97", "14.21", "152.78")
+    assert data["discount"] == {"kind": "percent", "value": "10", "amount": "15.40"}
+    assert data["taxes"] == [
+        {"name": "VAT", "percent": "20", "inclusive": False, "taxable": "48.57", "tax": "9.71"},
+        {"name": "VAT", "percent": "5", "inclusive": False, "taxable": "90.00", "tax": "4.50"},
+    ]
+    assert data["items"][0]["discount"] == {"kind": "percent", "value": "10", "amount": "6.00"}
+    assert data["items"][0]["amount"] == "53.97"
+    assert data["items"][0]["tax"] == {
+        "name": "VAT",
+        "percent": "20",
+        "inclusive": False,
+        "rate_id": rates[0].pk,
+        "amount": "9.71",
+    }
+    # Left out: the merchant's defaults.
+    assert (data["terms_days"], data["footer"]) == (14, "Footer of Acme")
+    assert (data["notes"], data["terms"], data["po_number"]) == ("Thanks!", "Pay promptly.", "PO-1")
+    assert data["seller"]["legal_name"] == "Acme Tools GmbH"
+    assert data["seller"]["address_lines"] == ["Germany"]
+    assert [m["iban"] for m in data["payment_methods"]] == ["DE89370400440532013000"]
+    invoice = Invoice.objects.get(pk=data["id"])
+    assert invoice.due_date is not None
+    assert data["due_date"] == invoice.due_date.isoformat()
+    # The GET and the callbacks answer with the same snapshot.
+    fetched = get(client, f"{INVOICES}/{invoice.pk}", acme_key).json()
+    times = ("created_at", "issued_at")  # the POST's answer goes through the idempotency record
+    assert {k: v for k, v in fetched.items() if k not in times} == {
+        k: v for k, v in data.items() if k not in times
+    }
+    assert json.loads(json.dumps(invoice_snapshot(invoice), default=str))["total"] == "152.78"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (
+            {"discount": {"kind": "percent", "value": "101"}},
+            "discount_value",
+            "The discount may be at most 100%.",
+        ),
+        (
+            {"discount": {"kind": "amount", "value": "153.98"}},
+            "discount_value",
+            "The discount may be at most 153.97 USD.",
+        ),
+        ({"terms_days": 400}, "terms_days", "Input should be less than or equal to 365"),
+        (
+            {"payment_method_ids": [2**40]},
+            "payment_method_ids",
+            "Give ids of your active payment methods.",
+        ),
+    ],
+)
+def test_bad_document_input_answers_422_by_field(
+    client, acme, acme_key, rates, sepa, change, field, message
+):
+    response = post(client, INVOICES, acme_key, body(rates, sepa, **change))
+
+    assert response.status_code == 422, response.content
+    assert response.json()["fields"][field] == [message]
+    assert Invoice.objects.count() == 0
+
+
+def test_a_line_discount_above_the_line_answers_422(client, acme_key, rates, sepa):
+    payload = body(rates, sepa)
+    payload["items"][1]["discount"] = {"kind": "amount", "value": "100.01"}
+
+    response = post(client, INVOICES, acme_key, payload)
+
+    assert response.status_code == 422
+    assert response.json()["fields"] == {
+        "items.1.discount_value": ["The discount may be at most 100.00 USD."]
+    }
+
+
+def test_another_merchants_rates_and_methods_are_unknown_to_a_key(client, globex_key, rates, sepa):
+    assert get(client, "/api/v1/tax-rates", globex_key).json() == []
+    assert get(client, "/api/v1/payment-methods", globex_key).json() == []
+
+    response = post(client, INVOICES, globex_key, body(rates, sepa))
+
+    assert response.status_code == 422
+    assert response.json()["fields"] == {
+        "items.0.tax_rate_id": ["No such tax rate of yours."],
+        "items.1.tax_rate_id": ["No such tax rate of yours."],
+    }
+    assert Invoice.objects.count() == 0
+
+
+def test_the_owner_lists_its_rates_and_methods(client, acme_key, rates, sepa):
+    vat, reduced = rates
+    listed = get(client, "/api/v1/tax-rates", acme_key).json()
+    assert [(r["id"], r["percent"]) for r in listed] == [(reduced.pk, "5"), (vat.pk, "20")]
+    methods = get(client, "/api/v1/payment-methods", acme_key).json()
+    assert [(m["id"], m["name"]) for m in methods] == [(sepa.pk, "SEPA")]
