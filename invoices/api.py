@@ -207,6 +207,17 @@ class BuyerOut(Schema):
     address_lines: list[str]
 
 
+class CreditNoteOut(Schema):
+    id: int
+    reference: str
+    amount: str
+    tax: str
+    reason: str
+    lines: list[int] = Field(description="Positions (1-based) of the credited lines")
+    refund: str | None
+    created_at: datetime
+
+
 class PaymentMethodOut(Schema):
     id: int
     name: str
@@ -246,6 +257,7 @@ class InvoiceOut(Schema):
     seller: SellerOut
     buyer: BuyerOut | None
     payment_methods: list[PaymentMethodOut]
+    credit_notes: list[CreditNoteOut]
     foreign_id: str | None
     tracking_id: str | None
     callback_url: str | None

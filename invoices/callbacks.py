@@ -151,6 +151,19 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "seller": {k: v for k, v in document["seller"].items() if k != "display_name"},
         "buyer": document["buyer"],
         "payment_methods": document["payment_methods"],
+        "credit_notes": [
+            {
+                "id": note.pk,
+                "reference": note.reference,
+                "amount": money(note.amount),
+                "tax": money(note.tax),
+                "reason": note.reason,
+                "lines": [line["position"] for line in note.lines],
+                "refund": note.refund or None,
+                "created_at": iso(note.created_at),
+            }
+            for note in invoice.credit_notes.all()
+        ],
         "foreign_id": invoice.foreign_id or None,
         "tracking_id": invoice.tracking_id or None,
         "callback_url": invoice.callback_url or None,

@@ -28,6 +28,7 @@ from django.utils import timezone
 from invoices.emails import PAYER_REQUESTS, email_for_delivery
 from invoices.models import (
     Actor,
+    CreditNote,
     EmailDelivery,
     EmailKind,
     EmailStatus,
@@ -64,6 +65,7 @@ KIND_NOTES = {
     EmailKind.MERCHANT_PAID: "Paid notification",
     EmailKind.MERCHANT_UNRESOLVED: "Needs-decision notification",
     EmailKind.REFUND_CLAIM: "Refund claim",
+    EmailKind.CREDIT_NOTE: "Credit note",
 }
 
 
@@ -343,6 +345,18 @@ def invoice_refund_claim_email(
         key=f"refund_claim:{invoice.pk}:{key}",
         recipients=[customer_email(invoice)],
         context={"claim_url": claim_url, "received": received},
+    )
+
+
+def credit_note_deliver(*, credit_note: CreditNote) -> EmailDelivery | None:
+    """The credit note to the customer, once."""
+    invoice = credit_note.invoice
+    return _queue_once(
+        invoice=invoice,
+        kind=EmailKind.CREDIT_NOTE,
+        key=f"credit_note:{credit_note.pk}",
+        recipients=[customer_email(invoice)],
+        context={"credit_note": credit_note.pk},
     )
 
 

@@ -9,6 +9,7 @@ no merchant or customer text can add a header.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import formataddr, parseaddr
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from invoices import pdf
 from invoices.document import document_of
-from invoices.models import EmailDelivery, EmailKind, Invoice, LineItem, Receipt
+from invoices.models import CreditNote, EmailDelivery, EmailKind, Invoice, LineItem, Receipt
 from merchants.models import Merchant
 
 TEMPLATES = "invoices/emails"
@@ -196,6 +197,35 @@ def refund_claim_email(
     return build(EmailKind.REFUND_CLAIM, context, to=to, sender_name=invoice.merchant.name)
 
 
+def credit_note_email(note: CreditNote, *, to: Sequence[str], attach: bool = True) -> Email:
+    invoice = note.invoice
+    context = {
+        **_common(invoice.merchant),
+        "invoice": invoice,
+        "customer": invoice.customer,
+        "note": note,
+        "lines": _credit_lines(note),
+        "seller": document_of(invoice)["seller"],
+        "pdf_name": f"{note.reference}.pdf",
+        "to": list(to),
+    }
+    attachments = []
+    if attach:
+        document = pdf.credit_note_pdf(note)
+        attachments.append(Attachment(document.filename, document.content))
+    return build(
+        EmailKind.CREDIT_NOTE,
+        context,
+        to=to,
+        sender_name=invoice.merchant.name,
+        attachments=attachments,
+    )
+
+
+def _credit_lines(note: CreditNote) -> list[dict[str, Any]]:
+    return [{**line, "amount": Decimal(line["amount"])} for line in note.lines]
+
+
 def email_for_delivery(delivery: EmailDelivery, *, attach: bool = True) -> Email:
     """Rebuild a queued email from its row: what it says is decided when it is sent."""
     invoice = delivery.invoice
@@ -210,6 +240,9 @@ def email_for_delivery(delivery: EmailDelivery, *, attach: bool = True) -> Email
         return merchant_paid_email(invoice.receipts.get(pk=data["receipt"]), to=to)
     if delivery.kind == EmailKind.MERCHANT_UNRESOLVED:
         return merchant_unresolved_email(invoice, reason=data.get("reason", ""), to=to)
+    if delivery.kind == EmailKind.CREDIT_NOTE:
+        note = invoice.credit_notes.get(pk=data["credit_note"])
+        return credit_note_email(note, to=to, attach=attach)
     if delivery.kind == EmailKind.REFUND_CLAIM:
         return refund_claim_email(
             invoice, claim_url=data["claim_url"], received=data.get("received", ""), to=to

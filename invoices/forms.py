@@ -393,3 +393,23 @@ class InvoiceFilterForm(forms.Form):
     overdue = forms.BooleanField(required=False)
     created_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     created_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+class CreditNoteForm(forms.Form):
+    reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    lines = forms.TypedMultipleChoiceField(
+        coerce=int,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Lines to credit",
+        help_text="Leave all unticked to credit everything not credited yet.",
+    )
+
+    def __init__(self, *args, invoice: Invoice, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        credited = {line["position"] for note in invoice.credit_notes.all() for line in note.lines}
+        self.fields["lines"].choices = [  # type: ignore[attr-defined]
+            (item.position, f"{item.position}. {item.name}")
+            for item in invoice.items.all()
+            if item.position not in credited
+        ]

@@ -41,7 +41,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.UNRESOLVED: frozenset({S.PAID, S.FAILED}),
     # Money is never ignored: a deposit that arrives after the end (late, or on top of a paid
     # invoice) reopens the question as Unresolved, for the merchant to accept or refund.
-    S.PAID: frozenset({S.UNRESOLVED}),
+    # A paid invoice credited in full (its refund happens outside) is closed as such.
+    S.PAID: frozenset({S.UNRESOLVED, S.CLOSED}),
     S.FAILED: frozenset({S.UNRESOLVED}),
     S.CLOSED: frozenset({S.UNRESOLVED}),
     S.VOID: frozenset(),
@@ -422,6 +423,7 @@ EVENT_TITLES = {
     "invoice.reopened": "Open again: its only deposit was reverted",
     "payment.started": "Payer chose how to pay",
     "payment.expired": "Payment timer ended",
+    "invoice.credited": "Credit note issued",
 }
 
 
@@ -433,6 +435,7 @@ class EmailKind(models.TextChoices):
     MERCHANT_PAID = "merchant_paid", "Paid notification to you"
     MERCHANT_UNRESOLVED = "merchant_unresolved", "Needs-decision notification to you"
     REFUND_CLAIM = "refund_claim", "Refund claim"
+    CREDIT_NOTE = "credit_note", "Credit note"
 
 
 class EmailStatus(models.TextChoices):
@@ -516,6 +519,50 @@ class Receipt(models.Model):
     @property
     def reference_display(self) -> str:
         return f"{self.invoice.reference}-R{self.number}"
+
+    @property
+    def amount_display(self) -> str:
+        return format_money(self.amount, self.currency)
+
+
+class CreditNote(models.Model):
+    """A credit against an issued invoice, in a numbered series of its own (CN-00001).
+
+    It credits whole lines at their payable amounts (after discounts, with exclusive tax),
+    so the credit notes of an invoice never add up to more than its total.
+    """
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="credit_notes")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.PositiveIntegerField()
+    reference = models.CharField(max_length=32)
+    reason = models.TextField()
+    currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    tax = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    # [{"position", "name", "quantity", "amount", "tax"}] with amounts as strings.
+    lines = models.JSONField(default=list)
+    # Where money had arrived: how it goes back (no refund flow exists yet: outside).
+    refund = models.CharField(max_length=200, blank=True)
+    document = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["merchant", "number"], name="credit_note_unique_number"
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="credit_note_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference
 
     @property
     def amount_display(self) -> str:

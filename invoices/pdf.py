@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache as once
 from functools import lru_cache
 from importlib.metadata import version
@@ -30,7 +31,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
 from invoices.document import document_of
-from invoices.models import Invoice, InvoiceStatus, LineItem, PricingMode, Receipt
+from invoices.models import CreditNote, Invoice, InvoiceStatus, LineItem, PricingMode, Receipt
 from merchants.models import Merchant, PaperSize
 from merchants.money import PAYMENT_ASSETS, format_amount
 
@@ -126,6 +127,29 @@ def receipt_pdf(receipt: Receipt, *, use_cache: bool = True) -> Pdf:
     document.html = render_to_string("invoices/pdf/receipt.html", context)
     filename = f"{_safe_filename(receipt.reference_display)}-receipt.pdf"
     return _pdf(document, filename=filename, use_cache=use_cache)
+
+
+def credit_note_pdf(note: CreditNote, *, use_cache: bool = True) -> Pdf:
+    invoice = note.invoice
+    document = _Document(html="")
+    context = _invoice_context(invoice, None, document)
+    doc = document_of(invoice) if not note.document else _with_lines(note.document)
+    context.update(
+        note=note,
+        seller=doc["seller"],
+        buyer=doc["buyer"],
+        stamp="",
+        pay=None,
+        credit_lines=[{**line, "amount": Decimal(line["amount"])} for line in note.lines],
+    )
+    document.html = render_to_string("invoices/pdf/credit_note.html", context)
+    return _pdf(document, filename=f"{_safe_filename(note.reference)}.pdf", use_cache=use_cache)
+
+
+def _with_lines(snapshot: dict[str, Any]) -> dict[str, Any]:
+    # The credit note's own copy of the parties, read like an issued invoice's.
+    probe = Invoice(document=snapshot)
+    return document_of(probe)
 
 
 def invoice_html(invoice: Invoice, *, items: Sequence[LineItem] | None = None) -> str:

@@ -23,6 +23,7 @@ from invoices.document import document_snapshot
 from invoices.models import (
     FINAL_STATUSES,
     Actor,
+    CreditNote,
     FailureReason,
     Invoice,
     InvoiceEvent,
@@ -48,7 +49,7 @@ from invoices.rules import (
 )
 from merchants.integrations import check_callback_url
 from merchants.models import FeePayer, Merchant, User
-from merchants.money import PAYMENT_ASSETS, Currency, UnknownCurrency, get_currency
+from merchants.money import PAYMENT_ASSETS, Currency, UnknownCurrency, get_currency, quantize
 
 MAX_TERMS_DAYS = 365
 TEXT_LIMITS = {"notes": 5000, "terms": 5000, "po_number": 64, "footer": 1000}
@@ -813,3 +814,112 @@ def payment_method_remove(*, method: PaymentMethod) -> bool:
             return False
         method.delete()
         return True
+
+
+# Credit notes ------------------------------------------------------------------------------
+
+CREDITABLE = frozenset(
+    {InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.PAID, InvoiceStatus.UNRESOLVED}
+)
+OUTSIDE_REFUND = "Money was received: the refund happens outside Stablebill."
+
+
+def credit_note_issue(
+    *,
+    invoice: Invoice,
+    reason: str,
+    positions: list[int] | None = None,
+    by: User | None = None,
+    actor: str = Actor.USER,
+) -> CreditNote:
+    """Credit lines of an issued invoice (`positions`; None credits every line not yet
+    credited). An invoice credited in full is closed; its customer gets the credit note."""
+    from invoices.delivery import credit_note_deliver  # delivery builds on these services
+
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the invoice is credited."})
+    with transaction.atomic():
+        # Merchant first, then invoice, like invoice_create: one lock order, no deadlock.
+        merchant = (
+            Merchant.objects.select_for_update()
+            .only("pk", "next_credit_note_number")
+            .get(pk=invoice.merchant_id)
+        )
+        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if locked.status not in CREDITABLE:
+            raise InvoiceStateError(
+                f"A {locked.get_status_display().lower()} invoice cannot be credited."
+            )
+        credited = {line["position"] for note in locked.credit_notes.all() for line in note.lines}
+        items = {item.position: item for item in locked.items.all()}
+        left = [position for position in items if position not in credited]
+        chosen = left if positions is None else sorted(set(positions))
+        if not chosen:
+            raise ValidationError({"lines": "Every line of this invoice is credited already."})
+        above = [p for p in chosen if p not in items or p in credited]
+        if above:
+            raise ValidationError(
+                {"lines": "Choose lines that are on the invoice and not credited yet."}
+            )
+        lines = [_credit_line(items[position]) for position in chosen]
+        amount = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
+        if amount <= 0:
+            raise ValidationError({"lines": "The chosen lines add up to nothing to credit."})
+        number = merchant.next_credit_note_number
+        Merchant.objects.filter(pk=merchant.pk).update(
+            next_credit_note_number=F("next_credit_note_number") + 1
+        )
+        note = CreditNote.objects.create(
+            merchant_id=merchant.pk,
+            invoice=locked,
+            number=number,
+            reference=f"CN-{number:05d}",
+            reason=reason,
+            currency=locked.currency,
+            amount=amount,
+            tax=sum((Decimal(line["tax"]) for line in lines), Decimal(0)),
+            lines=lines,
+            refund=OUTSIDE_REFUND if locked.receipts.exists() else "",
+            document=locked.document or document_snapshot(locked),
+            created_by=by,
+        )
+        data = {"credit_note": note.pk, "reference": note.reference, "amount": str(amount)}
+        if len(credited) + len(chosen) == len(items) and locked.status != InvoiceStatus.CLOSED:
+            _move(
+                invoice=locked,
+                to=InvoiceStatus.CLOSED,
+                type="invoice.credited",
+                actor=actor,
+                by=by,
+                note=reason,
+                data={**data, "full": True},
+                allowed=frozenset(
+                    {InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.PAID}
+                ),
+            )
+        else:
+            _record(
+                invoice=locked,
+                type="invoice.credited",
+                actor=actor,
+                by=by,
+                note=reason,
+                data={**data, "full": False},
+            )
+        credit_note_deliver(credit_note=note)
+    return note
+
+
+def _credit_line(item: LineItem) -> dict[str, Any]:
+    """What the customer paid for a line: its net less its share of the invoice discount,
+    plus its exclusive tax (an inclusive tax is already in the net)."""
+    exclusive = item.tax_amount if not item.tax_inclusive else Decimal(0)
+    payable = item.amount - item.invoice_discount_amount + exclusive
+    return {
+        "position": item.position,
+        "name": item.name,
+        "quantity": format(item.quantity.normalize(), "f"),
+        "amount": str(quantize(payable, item.invoice.currency)),
+        "tax": str(quantize(item.tax_amount, item.invoice.currency)),
+    }

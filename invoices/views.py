@@ -28,6 +28,7 @@ from invoices.delivery import (
 )
 from invoices.emails import PAYER_REQUESTS, invoice_email
 from invoices.forms import (
+    CreditNoteForm,
     IntegrationForm,
     InvoiceFilterForm,
     InvoiceForm,
@@ -38,6 +39,7 @@ from invoices.forms import (
     initial_item_forms,
 )
 from invoices.models import (
+    CreditNote,
     EmailKind,
     EmailStatus,
     Invoice,
@@ -45,7 +47,7 @@ from invoices.models import (
     InvoiceStatus,
     LineItem,
 )
-from invoices.pdf import Pdf, PdfError, invoice_pdf, receipt_pdf
+from invoices.pdf import Pdf, PdfError, credit_note_pdf, invoice_pdf, receipt_pdf
 from invoices.rules import NO_DISCOUNT, Discount, DiscountKind, LineItemInput, compute_invoice
 from invoices.selectors import (
     dashboard_summary,
@@ -55,8 +57,10 @@ from invoices.selectors import (
     invoice_scope,
 )
 from invoices.services import (
+    CREDITABLE,
     InvoiceInput,
     InvoiceStateError,
+    credit_note_issue,
     invoice_accept_unresolved,
     invoice_apply_figures,
     invoice_cancel,
@@ -352,6 +356,9 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
         "invoice": invoice,
         "integration_form": IntegrationForm(instance=invoice),
         "mark_paid_form": MarkPaidForm(merchant=request.merchant),
+        "credit_form": CreditNoteForm(invoice=invoice),
+        "can_credit": invoice.status in CREDITABLE,
+        "credit_notes": list(invoice.credit_notes.all()),
         "can_mark_paid": invoice.kind == InvoiceKind.ONE_TIME
         and invoice.status
         in (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED),
@@ -423,6 +430,39 @@ def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
         ),
         "Marked as paid.",
     )
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def invoice_credit(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
+    form = CreditNoteForm(request.POST, invoice=invoice)
+    if not form.is_valid():
+        messages.error(request, "Say why the invoice is credited, and pick lines on it.")
+        return redirect("invoice_detail", pk=invoice.pk)
+    positions = form.cleaned_data["lines"] or None
+    return _apply(
+        request,
+        invoice,
+        lambda: credit_note_issue(
+            invoice=invoice,
+            reason=form.cleaned_data["reason"],
+            positions=positions,
+            by=request.user,
+        ),
+        "Credit note issued.",
+    )
+
+
+@merchant_view()
+def credit_note_pdf_download(request: MerchantRequest, pk: int) -> HttpResponse:
+    note = get_object_or_404(
+        CreditNote.objects.filter(merchant=request.merchant).select_related(
+            "invoice__merchant", "invoice__customer"
+        ),
+        pk=pk,
+    )
+    return _pdf_or_error(request, lambda: credit_note_pdf(note))
 
 
 @merchant_view(Role.STAFF)

@@ -18,6 +18,7 @@ from customers.models import Customer
 from invoices import views as invoice_views
 from invoices.models import (
     CallbackDelivery,
+    CreditNote,
     EmailDelivery,
     Invoice,
     InvoiceEvent,
@@ -26,7 +27,7 @@ from invoices.models import (
     Receipt,
     TaxRate,
 )
-from invoices.services import invoice_mark_paid
+from invoices.services import credit_note_issue, invoice_mark_paid
 from merchants.access import SESSION_KEY
 from merchants.integrations import api_key_create, webhook_endpoint_create
 from merchants.models import (
@@ -81,6 +82,7 @@ class World:
     deposit: DepositAddress
     tax_rate: TaxRate
     payment_method: PaymentMethod
+    credit_note: CreditNote
 
 
 def _funded_deposit(acme: Merchant) -> DepositAddress:
@@ -140,6 +142,9 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         tax_rate=TaxRate.objects.create(merchant=acme, name="VAT", percent="20"),
         payment_method=PaymentMethod.objects.create(
             merchant=acme, name="SEPA", iban="DE89370400440532013000"
+        ),
+        credit_note=credit_note_issue(
+            invoice=make_invoice(acme, customer=acme_customer, issue=True), reason="Returned"
         ),
     )
 
@@ -206,6 +211,10 @@ def _tracking_form(w: World) -> dict:
 
 def _endpoint_form(w: World) -> dict:
     return {"url": "https://erp.example/hooks", "events": ["invoice.paid"], "enabled": "on"}
+
+
+def _credit_form(w: World) -> dict:
+    return {"reason": "Returned"}
 
 
 def _tax_rate_form(w: World) -> dict:
@@ -352,6 +361,9 @@ CASES = [
         writes=True,
     ),
     Case("payment_method_delete", POST, OWNER, 302, obj="payment_method", writes=True),
+    Case("invoice_credit", POST, STAFF, 302, obj="open", data=_credit_form, writes=True),
+    Case("credit_note_pdf", GET, VIEWER, 200, obj="credit_note"),
+    Case("credit_note_pdf", POST, VIEWER, 200, obj="credit_note"),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -396,6 +408,7 @@ def _acme_state(acme: Merchant) -> dict:
         "signers": list(InvoiceCallbackSigner.objects.filter(merchant=acme).values()),
         "callbacks": list(CallbackDelivery.objects.filter(merchant=acme).order_by("pk").values()),
         "tax_rates": list(TaxRate.objects.filter(merchant=acme).order_by("pk").values()),
+        "credit_notes": list(CreditNote.objects.filter(merchant=acme).order_by("pk").values()),
         "payment_methods": list(
             PaymentMethod.objects.filter(merchant=acme).order_by("pk").values()
         ),
