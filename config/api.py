@@ -4,6 +4,8 @@ Every error is answered in one shape (see merchants.api); unknown body fields ar
 and amounts travel as decimal strings.
 """
 
+from typing import Any
+
 from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
@@ -24,7 +26,33 @@ from merchants.api import (
 )
 from wallets.api import router as wallets_router
 
-api = NinjaAPI(
+# What any operation may answer besides its own documented outcomes: every key may be wrong
+# or throttled, every input may be refused, every object named in the path may not exist.
+COMMON_ERRORS = {
+    "401": "A valid API key is required.",
+    "422": "The request does not validate; `fields` names each offending input.",
+    "429": "Too many requests for this API key.",
+}
+
+
+class DocumentedApi(NinjaAPI):
+    """The OpenAPI document states every status and error shape each operation answers."""
+
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(*args, **kwargs)
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                extra = dict(COMMON_ERRORS)
+                if "{" in path:
+                    extra["404"] = "No such object of yours."
+                for status, text in extra.items():
+                    responses.setdefault(status, {"description": text, "content": error})
+        return schema
+
+
+api = DocumentedApi(
     title="Stablebill API",
     version="1",
     description=(
@@ -113,3 +141,8 @@ def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
 def too_large(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
     # Wherever the body is first read (the key check reads it to refuse NUL characters).
     return error_response(body_too_large())
+
+
+def unknown_api_path(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any path under /api/ that no route serves: the JSON error, never an HTML page."""
+    return error_response(ApiError(404, "No such API endpoint.", code="not_found"))

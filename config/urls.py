@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 
-from config.api import api
+from config.api import api, unknown_api_path
 from config.health import healthz, readyz
 from config.metrics import metrics_view
 
@@ -13,6 +13,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    re_path(r"^api/(?P<rest>.*)$", unknown_api_path),
     # Sign-up, sign-in, email verification, password reset, re-authentication and
     # two-factor (/2fa/): django-allauth, with our templates.
     path("", include("allauth.urls")),

@@ -171,3 +171,30 @@ def test_the_owner_lists_its_rates_and_methods(client, acme_key, rates, sepa):
     assert [(r["id"], r["percent"]) for r in listed] == [(reduced.pk, "5"), (vat.pk, "20")]
     methods = get(client, "/api/v1/payment-methods", acme_key).json()
     assert [(m["id"], m["name"]) for m in methods] == [(sepa.pk, "SEPA")]
+
+
+# Conformance: what the OpenAPI document promises ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v2/invoices", "/api/nothing", "/api/v1/invoices/abc", "/api/v1/invoices/1/x"]
+)
+def test_unknown_api_paths_answer_the_json_error(client, path):
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "No such API endpoint.", "code": "not_found", "fields": {}}
+
+
+def test_every_operation_documents_its_error_statuses(client):
+    schema = client.get("/api/openapi.json").json()
+
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            expected = {"401", "422", "429"} | ({"404"} if "{" in path else set())
+            assert expected <= statuses, (method, path, statuses)
+            for status in expected:
+                content = operation["responses"][status]["content"]["application/json"]
+                assert content["schema"] == {"$ref": "#/components/schemas/Error"}
