@@ -499,7 +499,8 @@ def hostile(acme):
         "contact_phone",
         "invoice_footer",
     ):
-        setattr(acme, key, INJECTION[: Invoice._meta.get_field("po_number").max_length])
+        limit = type(acme)._meta.get_field(key).max_length
+        setattr(acme, key, INJECTION[:limit])
     acme.save()
     customer = CustomerFactory(
         merchant=acme,
