@@ -62,7 +62,12 @@ def invoice_detail(*, merchant: Merchant, pk: int) -> Invoice:
         invoice_scope(merchant=merchant)
         .select_related("customer", "created_by")
         .prefetch_related(
-            "items", "receipts", Prefetch("events", queryset=events), Prefetch("emails", emails)
+            "items",
+            "receipts",
+            "payment_methods",
+            "credit_notes",
+            Prefetch("events", queryset=events),
+            Prefetch("emails", emails),
         )
         .get(pk=pk)
     )

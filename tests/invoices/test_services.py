@@ -240,8 +240,10 @@ def test_stale_instance_cannot_apply_a_second_transition(acme):
 
 
 def test_final_statuses_only_reopen_as_unresolved():
-    for status in FINAL_STATUSES:
+    for status in FINAL_STATUSES - {InvoiceStatus.PAID}:
         assert TRANSITIONS[status] <= {InvoiceStatus.UNRESOLVED}
+    # A paid invoice credited in full is closed (its credit note records the refund).
+    assert TRANSITIONS[InvoiceStatus.PAID] == {InvoiceStatus.UNRESOLVED, InvoiceStatus.CLOSED}
     assert TRANSITIONS[InvoiceStatus.VOID] == frozenset()
     assert set(TRANSITIONS) == set(InvoiceStatus.values)
 

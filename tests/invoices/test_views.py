@@ -779,9 +779,10 @@ def test_invoice_detail_query_count_does_not_grow_with_items_or_events(
             reverse("invoice_integration", kwargs={"pk": invoice.pk}), {"tracking_id": f"t{i}"}
         )
 
-    # session, user, membership, invoice with customer and creator, items, receipts, events
-    # with actors, emails with requesters, business switcher
-    with django_assert_num_queries(9):
+    # session, user, membership, invoice with customer and creator, items, receipts, payment
+    # methods, credit notes, events with actors, emails with requesters, whether the business
+    # has payment methods (for mark-as-paid), business switcher
+    with django_assert_num_queries(12):
         response = client.get(reverse("invoice_detail", kwargs={"pk": invoice.pk}))
     assert len(response.context["invoice"].items.all()) == n_items
     assert len(response.context["invoice"].events.all()) == n_items + 2
