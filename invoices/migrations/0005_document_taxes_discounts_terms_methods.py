@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invoices', '0004_callback_outbox'),
+        ('invoices', '0005_callback_queued_at'),
         ('merchants', '0004_document_seller_details'),
     ]
 
