@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as SchemaError
@@ -143,6 +144,7 @@ def too_large(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
     return error_response(body_too_large())
 
 
+@csrf_exempt  # an API client has no CSRF cookie: it must get the JSON 404, not a 403 page
 def unknown_api_path(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Any path under /api/ that no route serves: the JSON error, never an HTML page."""
     return error_response(ApiError(404, "No such API endpoint.", code="not_found"))

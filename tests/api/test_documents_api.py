@@ -179,8 +179,12 @@ def test_the_owner_lists_its_rates_and_methods(client, acme_key, rates, sepa):
 @pytest.mark.parametrize(
     "path", ["/api/v2/invoices", "/api/nothing", "/api/v1/invoices/abc", "/api/v1/invoices/1/x"]
 )
-def test_unknown_api_paths_answer_the_json_error(client, path):
-    response = client.get(path)
+@pytest.mark.parametrize("method", ["get", "post", "patch", "delete"])
+def test_unknown_api_paths_answer_the_json_error(path, method):
+    from django.test import Client
+
+    # Enforced CSRF, as for a real client: a POST to no route must not get a 403 page.
+    response = getattr(Client(enforce_csrf_checks=True), method)(path)
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
