@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('merchants', '0003_api_keys_and_webhooks'),
+        ('merchants', '0005_auth_email_addresses'),
     ]
 
     operations = [
