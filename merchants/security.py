@@ -12,6 +12,7 @@ sent through allauth's re-authentication, then replayed; a successful change (th
 answers with a redirect) is logged and emailed to every owner.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -25,7 +26,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -38,6 +39,8 @@ from merchants.models import (
     SecurityEventKind,
     User,
 )
+
+logger = logging.getLogger(__name__)
 
 # allauth's notification emails, by template, as they read in the security log.
 ACCOUNT_NOTICES = {
@@ -121,13 +124,21 @@ def security_log_api_key_address(*, request: HttpRequest, key: ApiKey) -> Securi
         ip=client["ip"],
     ).exists():
         return None
-    return SecurityEvent.objects.create(
-        merchant_id=key.merchant_id,
-        kind=SecurityEventKind.API_KEY_ADDRESS,
-        summary=summary[:200],
-        detail=detail,
-        **client,
-    )
+    try:
+        # Bookkeeping beside an API answer: a busy database (SQLite while a worker writes) must
+        # not fail the request. Its own savepoint; the cache entry goes so the next use retries.
+        with transaction.atomic():
+            return SecurityEvent.objects.create(
+                merchant_id=key.merchant_id,
+                kind=SecurityEventKind.API_KEY_ADDRESS,
+                summary=summary[:200],
+                detail=detail,
+                **client,
+            )
+    except OperationalError as error:
+        cache.delete(cache_key)
+        logger.warning("API key %s: new address not logged: %s", key.prefix, error)
+        return None
 
 
 @transaction.atomic
