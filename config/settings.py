@@ -433,11 +433,6 @@ READYZ_MAX_SCANNER_LAG_BLOCKS = env_int("READYZ_MAX_SCANNER_LAG_BLOCKS", 50, min
 READYZ_TIMEOUT_SECONDS = env_int("READYZ_TIMEOUT_SECONDS", 3, minimum=1)
 # Bearer token Prometheus sends to /metrics; without one, /metrics is off (404).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
-# HSTS for a deployment served only over HTTPS (docs/deploy.md); off until the operator opts in,
-# since browsers remember it for the whole period.
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
-SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # Logs go to stderr, one line per record: "plain" text, or "json" for a log collector.
 LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 if LOG_FORMAT not in ("plain", "json"):
