@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('invoices', '0005_callback_queued_at'),
-        ('merchants', '0004_document_seller_details'),
+        ('merchants', '0006_document_seller_details'),
     ]
 
     operations = [

@@ -9,8 +9,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invoices', '0005_document_taxes_discounts_terms_methods'),
-        ('merchants', '0004_document_seller_details'),
+        ('invoices', '0006_document_taxes_discounts_terms_methods'),
+        ('merchants', '0006_document_seller_details'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
