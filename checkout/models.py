@@ -7,6 +7,7 @@ from django.db.models import Q
 
 from invoices.callbacks import iso
 from invoices.models import MONEY_DIGITS, MONEY_PLACES, Invoice
+from merchants.fields import AmountField
 from merchants.models import FeePayer
 from merchants.money import quantize
 from wallets.models import BASE_UNIT_DIGITS, Asset, DepositAddress, Network
@@ -54,25 +55,17 @@ class Payment(models.Model):
     )
     status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=P.AWAITING)
     # In the invoice's currency: what this payment settles, and the fee on it.
-    invoice_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
-    fee = models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0)
-    )
+    invoice_amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    fee = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0))
     fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
     # Invoice-currency units for one unit of the asset, fixed when the quote was made.
-    rate = models.DecimalField(max_digits=40, decimal_places=18)
+    rate = AmountField(max_digits=40, decimal_places=18)
     rate_source = models.CharField(max_length=60)
     rate_at = models.DateTimeField()
     # On-chain integers in the asset's base units. amount_due is None for an open amount.
-    amount_due = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True
-    )
-    received = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
-    )
-    confirmed = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
-    )
+    amount_due = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True)
+    received = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0))
+    confirmed = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0))
     payer_note = models.CharField(max_length=500, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     processing_since = models.DateTimeField(null=True, blank=True)

@@ -11,7 +11,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, payment_snapshot
@@ -25,6 +25,7 @@ from invoices.delivery import (
 )
 from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
+from merchants.fields import exact_sum
 from merchants.models import FeePayer
 from merchants.money import quantize
 from wallets.ledger import (
@@ -181,7 +182,7 @@ def _post_to_ledger(payment: Payment, transfer: Transfer) -> None:
 def _sum(transfers, status=None) -> Decimal:
     if status is not None:
         transfers = transfers.filter(status=status)
-    return transfers.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+    return exact_sum(transfers, "amount")
 
 
 def _flag_late_money(payment: Payment, transfer: Transfer, was: str, invoice_was: str) -> None:

@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import Q
 
 from customers.models import Customer
+from merchants.fields import AmountField
 from merchants.models import FeePayer, Merchant, WebhookEndpoint
 from merchants.money import CURRENCY_CHOICES, format_money
 
@@ -95,12 +96,10 @@ class Invoice(models.Model):
     # Asset codes the payer may use; empty means any supported asset.
     accepted_assets = models.JSONField(default=list, blank=True)
     fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
-    subtotal = models.DecimalField(
+    subtotal = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
-    total = models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
-    )
+    total = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0"))
     description = models.TextField(blank=True)
     due_date = models.DateField(null=True, blank=True)
     # Integration fields, editable at any time.
@@ -169,8 +168,8 @@ class LineItem(models.Model):
     name = models.CharField(max_length=200)
     description = models.CharField(max_length=500, blank=True)
     quantity = models.DecimalField(max_digits=14, decimal_places=4)
-    unit_price = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
-    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    unit_price = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
 
     class Meta:
         ordering = ["position", "pk"]
@@ -325,7 +324,7 @@ class Receipt(models.Model):
     key = models.CharField(max_length=120)
     order_number = models.CharField(max_length=48, blank=True)
     paid_at = models.DateTimeField()
-    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
     method = models.CharField(max_length=200)
     reference = models.CharField(max_length=500, blank=True)

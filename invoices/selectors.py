@@ -2,10 +2,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus
+from merchants.fields import exact_totals
 from merchants.models import Merchant
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
@@ -91,20 +92,20 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
         invoices.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n")
     )
     outstanding = [
-        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
+        CurrencyTotal(row["currency"], row["total"] or Decimal(0), row["n"])
         # Open-amount invoices ask for nothing in particular; they add no outstanding total.
-        for row in invoices.filter(status__in=OUTSTANDING, total__gt=0)
-        .order_by("currency")
-        .values("currency")
-        .annotate(amount=Sum("total"), n=Count("pk"))
+        for row in exact_totals(
+            invoices.filter(status__in=OUTSTANDING, total__gt=0), ["currency"], "total"
+        )
     ]
     since = timezone.now() - timedelta(days=days)
     paid = [
-        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
-        for row in invoices.filter(status=InvoiceStatus.PAID, finalized_at__gte=since)
-        .order_by("currency")
-        .values("currency")
-        .annotate(amount=Sum("total"), n=Count("pk"))
+        CurrencyTotal(row["currency"], row["total"] or Decimal(0), row["n"])
+        for row in exact_totals(
+            invoices.filter(status=InvoiceStatus.PAID, finalized_at__gte=since),
+            ["currency"],
+            "total",
+        )
     ]
     overdue = invoices.filter(status__in=OUTSTANDING, due_date__lt=timezone.localdate()).count()
     recent = list(invoices.select_related("customer").order_by("-created_at", "-pk")[:6])

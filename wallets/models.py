@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from merchants.fields import AmountField
 from merchants.models import Merchant
 
 # On-chain integers up to 2**256 fit in 78 digits; never a BigIntegerField (it overflows at
@@ -286,7 +287,7 @@ class Transfer(models.Model):
     block_hash = models.CharField(max_length=66)
     from_address = models.CharField(max_length=42)
     to_address = models.CharField(max_length=42)
-    amount = models.DecimalField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    amount = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
     status = models.CharField(
         max_length=16, choices=TransferStatus.choices, default=TransferStatus.EXECUTED
     )
@@ -413,7 +414,7 @@ class LedgerEntry(AppendOnly):
     )
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
     currency = models.CharField(max_length=16)
-    amount = models.DecimalField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES)
+    amount = AmountField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES)
 
     class Meta:
         ordering = ["pk"]
@@ -429,9 +430,7 @@ class Balance(models.Model):
 
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="balances")
     currency = models.CharField(max_length=16)
-    amount = models.DecimalField(
-        max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES, default=Decimal(0)
-    )
+    amount = AmountField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES, default=Decimal(0))
     non_negative = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 
