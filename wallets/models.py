@@ -4,6 +4,7 @@ This app knows nothing of invoices or payments: the checkout app asks it for add
 transfers and posts to its ledger.
 """
 
+import re
 from decimal import Decimal
 
 from django.conf import settings
@@ -296,6 +297,9 @@ class Transfer(models.Model):
     # Anything where it differs from `status` still has to be handled: a crash between scan
     # and settlement delays a deposit, it never loses it.
     handled_status = models.CharField(max_length=16, blank=True, db_index=True)
+    # Set while a confirmed transfer waits for a price to be credited (another asset than
+    # quoted, no rate available): held visibly, posted by a retry once a rate exists.
+    awaiting_valuation_since = models.DateTimeField(null=True, blank=True)
     seen_at = models.DateTimeField(auto_now_add=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     orphaned_at = models.DateTimeField(null=True, blank=True)
@@ -310,6 +314,12 @@ class Transfer(models.Model):
         ]
         indexes = [
             models.Index(fields=["network", "status"], name="transfer_network_status_idx"),
+            # The valuation retry reads only the few held transfers, never the history.
+            models.Index(
+                fields=["awaiting_valuation_since"],
+                condition=Q(awaiting_valuation_since__isnull=False),
+                name="transfer_awaiting_value_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -328,6 +338,10 @@ class Transfer(models.Model):
     @property
     def explorer_url(self) -> str:
         return self.network.tx_url(self.tx_hash) if self.has_tx_hash else ""
+
+    @property
+    def awaiting_valuation(self) -> bool:
+        return self.awaiting_valuation_since is not None
 
 
 # The ledger ------------------------------------------------------------------------------

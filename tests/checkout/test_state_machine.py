@@ -27,7 +27,7 @@ import pytest
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -65,6 +65,7 @@ from invoices.services import (
     invoice_cancel,
     invoice_mark_paid,
 )
+from merchants.fields import exact_sum, exact_totals
 from tests import evm
 from tests.checkout import statuslog
 from tests.factories import MerchantFactory, make_invoice
@@ -272,12 +273,8 @@ class CheckoutMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_posting_sums_to_zero_per_currency(self) -> None:
-        sums = (
-            LedgerEntry.objects.values("transaction_id", "currency")
-            .annotate(total=Sum("amount"))
-            .exclude(total=0)
-        )
-        assert list(sums) == []
+        sums = exact_totals(LedgerEntry.objects.all(), ["transaction_id", "currency"], "amount")
+        assert [row for row in sums if row["total"] != 0] == []
         assert balances_drift() == []
 
     @invariant()
@@ -332,10 +329,8 @@ class CheckoutMachine(RuleBasedStateMachine):
             live = Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
                 status=TransferStatus.ORPHANED
             )
-            received = live.aggregate(t=Sum("amount"))["t"] or 0
-            confirmed = (
-                live.filter(status=TransferStatus.CONFIRMED).aggregate(t=Sum("amount"))["t"] or 0
-            )
+            received = exact_sum(live, "amount")
+            confirmed = exact_sum(live.filter(status=TransferStatus.CONFIRMED), "amount")
             assert (payment.received, payment.confirmed) == (received, confirmed)
 
 
