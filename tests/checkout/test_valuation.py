@@ -1,12 +1,16 @@
 """No silent zero: a deposit that cannot be valued is held visibly and credited once a rate
 exists; the ledger never books real money at 0. And the verdict as a pure function."""
 
+import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from checkout.models import PaymentStatus
+from checkout.services import payment_start, payments_requote
 from checkout.settlement import (
     AskMerchant,
     Facts,
@@ -18,12 +22,16 @@ from checkout.settlement import (
     ZeroCredit,
     _post_to_ledger,
     settle_awaiting_valuation,
+    settle_transfer,
     settlement_verdict,
 )
 from checkout.tasks import value_held_deposits
 from invoices.models import InvoiceEvent, InvoiceStatus
+from tests.checkout.test_payment_transitions import _in_threads
 from tests.checkout.test_settlement import credited, refreshed
-from wallets.models import LedgerEntry, LedgerTransaction, Transfer
+from tests.conftest import require_postgres
+from wallets.models import Asset, LedgerEntry, LedgerTransaction, Transfer
+from wallets.scanner import scan_network
 
 pytestmark = pytest.mark.django_db
 P, S = PaymentStatus, InvoiceStatus
@@ -191,9 +199,9 @@ def test_verdict_foreign_money_is_flagged_once_confirmed():
         settlement_verdict(
             facts(
                 invoice_status=S.UNRESOLVED,
-                payment_status=P.PROCESSING,
-                received=Decimal(40),
-                confirmed=Decimal(40),
+                payment_status=P.PAID,
+                received=Decimal(100),
+                confirmed=Decimal(100),
                 transfer_confirmed=True,
                 transfer_other_asset=True,
             )
@@ -213,3 +221,69 @@ def test_verdict_money_after_the_end_asks_the_merchant():
     )
     assert steps[0] == MovePayment(P.PAID) and isinstance(steps[1], AskMerchant)
     assert len(steps) == 2
+
+
+# Concurrency (PostgreSQL) ----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_eight_workers_retrying_a_held_deposit_post_it_once(shop, acme, no_eth_rate):
+    require_postgres()
+    invoice, _, transfer = _eth_deposit(shop, ETH // 4)
+    assert transfer.awaiting_valuation
+    no_eth_rate.STATIC_RATES = {**no_eth_rate.STATIC_RATES, ("ETH", "USD"): Decimal("2000")}
+
+    assert _in_threads(settle_awaiting_valuation) == []
+
+    transfer.refresh_from_db()
+    assert not transfer.awaiting_valuation
+    assert LedgerTransaction.objects.filter(kind="deposit").count() == 1
+    assert credited(acme) == Decimal("500.00")
+    assert InvoiceEvent.objects.filter(invoice=invoice, type="deposit.valued").count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_eight_workers_settling_a_held_deposit_and_its_retry_at_once_post_it_once(
+    shop, acme, no_eth_rate
+):
+    require_postgres()
+    invoice = shop.invoice("100.00")
+    payment = shop.start(invoice)
+    shop.tester.send_eth(payment.deposit_address.address, ETH // 4)
+    shop.tester.mine(shop.network.confirmations)
+    no_eth_rate.STATIC_RATES = {**no_eth_rate.STATIC_RATES, ("ETH", "USD"): Decimal("2000")}
+    scan_network(network=shop.network, chain=shop.tester.chain())
+    transfer = Transfer.objects.get()
+    # Half the workers settle the freshly confirmed deposit, half run the valuation retry.
+    calls = iter([lambda: settle_transfer(transfer.pk), settle_awaiting_valuation] * 4)
+    lock = threading.Lock()
+
+    def one() -> None:
+        with lock:
+            call = next(calls)
+        call()
+
+    assert _in_threads(one) == []
+    assert LedgerTransaction.objects.filter(kind="deposit").count() == 1
+    assert credited(acme) == Decimal("500.00")
+    refreshed(invoice)
+    assert invoice.status == S.UNRESOLVED
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_eight_workers_renewing_the_same_quote_renew_it_once(shop, settings):
+    require_postgres()
+    eth = Asset.objects.get(network=shop.network, symbol="ETH")
+    invoice = shop.invoice("30.00")
+    payment = payment_start(invoice=invoice, asset=eth)
+    settings.STATIC_RATES = {**settings.STATIC_RATES, ("ETH", "USD"): Decimal("2000")}
+    later = timezone.now() + timedelta(minutes=16)
+
+    assert _in_threads(lambda: payments_requote(now=later)) == []
+
+    payment.refresh_from_db()
+    assert payment.amount_due == 15 * 10**15
+    assert InvoiceEvent.objects.filter(invoice=invoice, type="payment.requoted").count() == 1
