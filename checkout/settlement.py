@@ -6,10 +6,10 @@ transfer whose status changed:
 1. lock the invoice, then the payment (that order everywhere, so two rounds never wait on
    each other in a cycle), and re-read the transfer under the locks;
 2. compute the payment's totals once from its transfers, and write them;
-3. announce the deposit (events, hence callbacks, carrying the transfer's snapshot);
-4. post a confirmed transfer to the ledger under the key "deposit:<transfer id>", or hold it
+3. post a confirmed transfer to the ledger under the key "deposit:<transfer id>", or hold it
    as "awaiting valuation" when it cannot be valued (another asset than quoted and no rate):
    it is never credited at zero, and `settle_awaiting_valuation` retries it;
+4. announce the deposit (events, hence callbacks, carrying the transfer's snapshot);
 5. `settlement_verdict`, a pure function of the facts, says what follows (status moves,
    receipt, questions to the merchant); `_apply` carries it out.
 
@@ -316,9 +316,10 @@ def settle_transfer(transfer_id: int) -> None:
             received=totals.received, confirmed=totals.confirmed
         )
         payment.received, payment.confirmed = totals.received, totals.confirmed
-        _announce(invoice, payment, transfer)
         if transfer.status == TransferStatus.CONFIRMED:
+            # Before the announcement, so "deposit_confirmed" says whether it was credited.
             _post_or_hold(invoice, payment, transfer)
+        _announce(invoice, payment, transfer)
         _apply(settlement_verdict(_facts(invoice, payment, transfer, totals)), invoice, payment)
         _mark_handled(transfer)
 
