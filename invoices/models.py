@@ -251,6 +251,9 @@ EVENT_TITLES = {
     "invoice.reopened": "Open again: its only deposit was reverted",
     "payment.started": "Payer chose how to pay",
     "payment.expired": "Payment timer ended",
+    "payment.requoted": "New price quoted (nothing had arrived yet)",
+    "deposit.awaiting_valuation": "Deposit held: awaiting valuation",
+    "deposit.valued": "Held deposit valued and credited",
 }
 
 

@@ -115,3 +115,21 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
         .order_by("-created_at", "-pk")[:8]
     )
     return DashboardSummary(counts, outstanding, paid, overdue, recent, events)
+
+
+def invoice_held_deposits(*, invoice: Invoice) -> list[dict]:
+    """Deposits of the invoice held as awaiting valuation and not valued since, from its
+    events (the invoice knows its money through them): the transfer snapshots."""
+    held: dict[int, dict] = {}
+    events = invoice.events.filter(
+        type__in=["deposit.awaiting_valuation", "deposit.valued"]
+    ).order_by("created_at", "pk")
+    for event in events:
+        transfer = (event.data or {}).get("transfer") or {}
+        if not isinstance(transfer, dict) or "id" not in transfer:
+            continue
+        if event.type == "deposit.valued":
+            held.pop(transfer["id"], None)
+        else:
+            held[transfer["id"]] = transfer
+    return list(held.values())

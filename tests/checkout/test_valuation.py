@@ -73,6 +73,8 @@ def test_another_asset_without_a_rate_is_held_then_credited_once_a_rate_exists(
     assert "Awaiting valuation" in tab.content.decode()
     page = client_for(alice).get(reverse("transfer_list"))
     assert "Awaiting valuation" in page.content.decode()
+    detail = client_for(alice).get(reverse("invoice_detail", args=[invoice.pk])).content.decode()
+    assert "Awaiting valuation:</strong> 0.5 ETH arrived" in detail
 
     value_held_deposits.delay()  # still no rate: nothing changes
     assert not LedgerTransaction.objects.exists()
@@ -87,6 +89,9 @@ def test_another_asset_without_a_rate_is_held_then_credited_once_a_rate_exists(
     assert InvoiceEvent.objects.filter(invoice=invoice, type="deposit.valued").count() == 1
     page = client_for(alice).get(reverse("transfer_list"))
     assert "Awaiting valuation" not in page.content.decode()
+    detail = client_for(alice).get(reverse("invoice_detail", args=[invoice.pk])).content.decode()
+    assert "Awaiting valuation:" not in detail
+    assert "Held deposit valued and credited" in detail  # the timeline tells the story
 
 
 def test_dust_worth_less_than_a_cent_is_held_not_booked_at_zero(shop, acme):
