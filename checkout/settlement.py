@@ -29,7 +29,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from checkout.models import (
@@ -401,9 +401,9 @@ def _mark_handled(transfer: Transfer) -> None:
 def _event_once(
     invoice: Invoice, type: str, transfer: Transfer, payment: Payment, note: str = ""
 ) -> None:
-    if InvoiceEvent.objects.filter(
-        invoice=invoice, type=type, data__transfer__id=transfer.pk
-    ).exists():
+    # Events written before the shared snapshot name the transfer by its bare id.
+    same = Q(data__transfer__id=transfer.pk) | Q(data__transfer=transfer.pk)
+    if InvoiceEvent.objects.filter(same, invoice=invoice, type=type).exists():
         return
     data = {
         "transfer": transfer_snapshot(transfer, order_number=payment.order_number),

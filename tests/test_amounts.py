@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from merchants.fields import AmountField, InexactAmount, exact_sum, exact_totals
@@ -142,3 +142,12 @@ def test_ledger_check_reports_a_rounded_amount(address):
         )
     with pytest.raises(CommandError, match="not stored exactly"):
         call_command("ledger_check")
+
+
+def test_the_database_still_refuses_a_negative_amount(address):
+    # The CHECK constraints compare in the stored form on SQLite, numerically on PostgreSQL.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        transfer(address, -1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        transfer(address, -(2**255), n=1)
+    assert transfer(address, 0, n=2).amount == 0
