@@ -501,9 +501,7 @@ def test_receipt_link_to_a_script_url_is_dropped(invoice, send):
     assert row.transfers[0]["explorer_url"] == ""
 
 
-def test_a_receipt_for_eth_found_by_balance_says_it_has_no_transaction(
-    invoice, send, mailoutbox
-):
+def test_a_receipt_for_eth_found_by_balance_says_it_has_no_transaction(invoice, send, mailoutbox):
     receipt = ReceiptInput(
         key="order-eth",
         paid_at=timezone.now(),
