@@ -119,11 +119,17 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
 
 def invoice_held_deposits(*, invoice: Invoice) -> list[dict]:
     """Deposits of the invoice held as awaiting valuation and not valued since, from its
-    events (the invoice knows its money through them): the transfer snapshots."""
+    events (the invoice knows its money through them): the transfer snapshots. Reads the
+    events invoice_detail prefetched, so the page costs no extra query."""
     held: dict[int, dict] = {}
-    events = invoice.events.filter(
-        type__in=["deposit.awaiting_valuation", "deposit.valued"]
-    ).order_by("created_at", "pk")
+    events = sorted(
+        (
+            e
+            for e in invoice.events.all()
+            if e.type in ("deposit.awaiting_valuation", "deposit.valued")
+        ),
+        key=lambda e: (e.created_at, e.pk),
+    )
     for event in events:
         transfer = (event.data or {}).get("transfer") or {}
         if not isinstance(transfer, dict) or "id" not in transfer:
