@@ -21,7 +21,7 @@ def canonicalize(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wallets', '0004_transfer_handled_status'),
+        ('wallets', '0005_keys_fingerprint_and_paths'),
     ]
 
     operations = [

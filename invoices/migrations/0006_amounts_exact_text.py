@@ -23,7 +23,7 @@ def canonicalize(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invoices', '0004_callback_outbox'),
+        ('invoices', '0005_callback_queued_at'),
     ]
 
     operations = [
