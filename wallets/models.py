@@ -4,7 +4,6 @@ This app knows nothing of invoices or payments: the checkout app asks it for add
 transfers and posts to its ledger.
 """
 
-import re
 from decimal import Decimal
 
 from django.conf import settings

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('checkout', '0002_amounts_exact_text'),
         ('invoices', '0006_amounts_exact_text'),
-        ('wallets', '0007_transfer_awaiting_valuation'),
+        ('wallets', '0008_transfer_awaiting_valuation'),
     ]
 
     operations = [

@@ -77,8 +77,11 @@ class Command(BaseCommand):
         settled: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         # Exact sums (merchants.fields): SQLite's SUM() would add these in floats.
         rows = exact_totals(
+            # Held as awaiting valuation: confirmed and shown, not posted until it has a price.
             Transfer.objects.filter(
-                status=TransferStatus.CONFIRMED, handled_status=TransferStatus.CONFIRMED
+                status=TransferStatus.CONFIRMED,
+                handled_status=TransferStatus.CONFIRMED,
+                awaiting_valuation_since__isnull=True,
             ),
             ["network__slug", "asset__symbol", "asset__decimals"],
             "amount",

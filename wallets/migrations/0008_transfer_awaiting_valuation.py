@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wallets', '0006_amounts_exact_text'),
+        ('wallets', '0007_amounts_exact_text'),
     ]
 
     operations = [

@@ -21,7 +21,7 @@ def canonicalize(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wallets', '0005_keys_fingerprint_and_paths'),
+        ('wallets', '0006_watch_rounds_native_balances'),
     ]
 
     operations = [
