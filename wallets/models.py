@@ -251,7 +251,7 @@ class NativeBalance(models.Model):
     network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="+")
     deposit_address = models.ForeignKey(DepositAddress, on_delete=models.CASCADE, related_name="+")
     block_number = models.PositiveBigIntegerField()
-    balance = models.DecimalField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    balance = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
