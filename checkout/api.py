@@ -3,9 +3,9 @@
 from datetime import datetime
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
 
-from checkout.models import Payment, payment_snapshot
+from checkout.models import Payment, payment_snapshot, transfer_snapshot
 from invoices.api import invoice_or_404
 from merchants.api import Error, merchant_of
 from wallets.models import Transfer
@@ -31,25 +31,36 @@ class PaymentOut(Schema):
     rate_source: str
     rate_at: datetime
     expires_at: datetime | None
+    requote_at: datetime | None
     created_at: datetime
     finalized_at: datetime | None
 
 
 class TransferOut(Schema):
+    """The transfer snapshot the callbacks and receipts carry too (see README, "Callbacks and
+    the API: the contract")."""
+
     id: int
     order_number: str
     network: str
     asset: str
-    tx_hash: str
+    decimals: int
+    tx_hash: str | None = Field(
+        description="null when the deposit was found by reconciling the address balance "
+        "(e.g. ETH sent by a contract) and the node could not name its transaction"
+    )
     log_index: int
     block_number: int
-    from_address: str
+    from_address: str | None
     to_address: str
-    amount: str
-    amount_major: str
+    amount: str = Field(description='whole tokens, a decimal string (e.g. "12.5")')
+    amount_base_units: str = Field(description="the exact integer in the asset's base units")
     status: str
     confirmations: int
-    explorer_url: str
+    awaiting_valuation: bool = Field(
+        description="confirmed but not credited yet: no rate for this asset was available"
+    )
+    explorer_url: str | None
     seen_at: datetime
     confirmed_at: datetime | None
 
@@ -81,24 +92,4 @@ def list_transfers(request: HttpRequest, invoice_id: int):
         .select_related("network", "asset")
         .order_by("block_number", "log_index", "pk")
     )
-    return [
-        {
-            "id": t.pk,
-            "order_number": orders[t.deposit_address_id],
-            "network": t.network.slug,
-            "asset": t.asset.symbol,
-            "tx_hash": t.tx_hash,
-            "log_index": t.log_index,
-            "block_number": t.block_number,
-            "from_address": t.from_address,
-            "to_address": t.to_address,
-            "amount": str(t.amount),
-            "amount_major": str(t.amount_major),
-            "status": t.status,
-            "confirmations": t.confirmations,
-            "explorer_url": t.explorer_url,
-            "seen_at": t.seen_at,
-            "confirmed_at": t.confirmed_at,
-        }
-        for t in transfers
-    ]
+    return [transfer_snapshot(t, order_number=orders[t.deposit_address_id]) for t in transfers]

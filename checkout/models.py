@@ -7,9 +7,10 @@ from django.db.models import Q
 
 from invoices.callbacks import iso
 from invoices.models import MONEY_DIGITS, MONEY_PLACES, Invoice
+from merchants.fields import AmountField
 from merchants.models import FeePayer
 from merchants.money import quantize
-from wallets.models import BASE_UNIT_DIGITS, Asset, DepositAddress, Network
+from wallets.models import BASE_UNIT_DIGITS, Asset, DepositAddress, Network, Transfer
 
 
 class PaymentStatus(models.TextChoices):
@@ -54,27 +55,22 @@ class Payment(models.Model):
     )
     status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=P.AWAITING)
     # In the invoice's currency: what this payment settles, and the fee on it.
-    invoice_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
-    fee = models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0)
-    )
+    invoice_amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    fee = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0))
     fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
     # Invoice-currency units for one unit of the asset, fixed when the quote was made.
-    rate = models.DecimalField(max_digits=40, decimal_places=18)
+    rate = AmountField(max_digits=40, decimal_places=18)
     rate_source = models.CharField(max_length=60)
     rate_at = models.DateTimeField()
     # On-chain integers in the asset's base units. amount_due is None for an open amount.
-    amount_due = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True
-    )
-    received = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
-    )
-    confirmed = models.DecimalField(
-        max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0)
-    )
+    amount_due = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True)
+    received = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0))
+    confirmed = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, default=Decimal(0))
     payer_note = models.CharField(max_length=500, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # A quote in a volatile asset on an invoice without a timer is renewed at this time while
+    # nothing has arrived (services.payments_requote); None: the quote holds.
+    requote_at = models.DateTimeField(null=True, blank=True)
     processing_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -91,7 +87,10 @@ class Payment(models.Model):
                 condition=Q(confirmed__gte=0), name="payment_confirmed_not_negative"
             ),
         ]
-        indexes = [models.Index(fields=["status", "expires_at"], name="payment_status_expiry_idx")]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="payment_status_expiry_idx"),
+            models.Index(fields=["status", "requote_at"], name="payment_status_requote_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.order_number
@@ -145,6 +144,35 @@ def payment_snapshot(payment: Payment) -> dict:
         "rate_source": payment.rate_source,
         "rate_at": iso(payment.rate_at),
         "expires_at": iso(payment.expires_at),
+        "requote_at": iso(payment.requote_at),
         "created_at": iso(payment.created_at),
         "finalized_at": iso(payment.finalized_at),
+    }
+
+
+def transfer_snapshot(transfer: Transfer, *, order_number: str) -> dict:
+    """One transfer as the API, callbacks and receipts show it. `amount` is always whole
+    tokens (a decimal string) and `amount_base_units` the exact integer beside it; `tx_hash`
+    is null when the deposit was found by reconciling a balance rather than in a transaction
+    the node could name."""
+    asset = transfer.asset
+    return {
+        "id": transfer.pk,
+        "order_number": order_number,
+        "network": transfer.network.slug,
+        "asset": asset.symbol,
+        "decimals": asset.decimals,
+        "tx_hash": transfer.tx_hash if transfer.has_tx_hash else None,
+        "log_index": transfer.log_index,
+        "block_number": transfer.block_number,
+        "from_address": transfer.from_address or None,
+        "to_address": transfer.to_address,
+        "amount": format(asset.to_major(transfer.amount), "f"),
+        "amount_base_units": str(int(transfer.amount)),
+        "status": transfer.status,
+        "confirmations": transfer.confirmations,
+        "awaiting_valuation": transfer.awaiting_valuation,
+        "explorer_url": transfer.explorer_url or None,
+        "seen_at": iso(transfer.seen_at),
+        "confirmed_at": iso(transfer.confirmed_at),
     }

@@ -18,11 +18,11 @@ from checkout.models import (
     PaymentStatus,
     payment_snapshot,
 )
-from checkout.rates import Rate, RateUnavailable, provider
+from checkout.rates import Rate, RateUnavailable, is_volatile, provider
 from invoices.models import Invoice, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
-from merchants.money import MAX_AMOUNT, quantize
+from merchants.money import MAX_AMOUNT, price_gap, quantize
 from wallets.addresses import deposit_address_allocate
 from wallets.models import Asset, Network, Wallet
 
@@ -55,7 +55,10 @@ def payable_assets(invoice: Invoice) -> list[Asset]:
     ).select_related("network")
     if invoice.accepted_assets:
         assets = assets.filter(symbol__in=invoice.accepted_assets)
-    return list(assets.order_by("symbol", "network__name"))
+    if price_gap(invoice.currency):
+        return []  # nothing can be quoted against a currency without a price
+    # An asset without a real price source is not offered (admin's asset list says why).
+    return [a for a in assets.order_by("symbol", "network__name") if not price_gap(a.symbol)]
 
 
 def fee_for(amount: Decimal, currency: str) -> Decimal:
@@ -163,6 +166,7 @@ def payment_start(
             amount_due=q.amount_due,
             payer_note=payer_note,
             expires_at=locked.expires_at,
+            requote_at=_requote_at(locked, asset),
         )
         invoice_record_event(
             invoice=locked,
@@ -193,11 +197,77 @@ def _switch(payment: Payment, asset: Asset, amount: Decimal | None) -> Payment:
         "rate_source": q.rate.source,
         "rate_at": q.rate.at,
         "amount_due": q.amount_due,
+        "requote_at": _requote_at(locked.invoice, asset),
     }
     for key, value in fields.items():
         setattr(locked, key, value)
     locked.save(update_fields=[*fields, "updated_at"])
     return locked
+
+
+def _requote_at(invoice: Invoice, asset: Asset, now=None):
+    """When a quote in `asset` must be renewed: volatile assets on invoices without a timer
+    (a timer ends the quote anyway); None when the quote holds."""
+    if invoice.expires_at is not None or not is_volatile(asset.symbol):
+        return None
+    return (now or timezone.now()) + timedelta(minutes=settings.QUOTE_VOLATILE_MINUTES)
+
+
+def payments_requote(*, now=None) -> int:
+    """Renew the quotes of volatile awaiting payments that ran out, while nothing has arrived.
+
+    Money that arrived was quoted under the rate in force: once a deposit is seen the quote is
+    final (the payment leaves `awaiting`, and `received` is checked under the same locks
+    settlement takes: invoice, then payment). Without a rate now, the payment keeps its quote
+    and is tried again on the next run."""
+    now = now or timezone.now()
+    renewed = 0
+    due = Payment.objects.filter(status=PaymentStatus.AWAITING, requote_at__lte=now)
+    for payment_id, invoice_id in due.values_list("pk", "invoice_id")[:500]:
+        with transaction.atomic():
+            invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+            payment = Payment.objects.select_for_update().select_related("asset").get(pk=payment_id)
+            if (
+                payment.status != PaymentStatus.AWAITING
+                or payment.received > 0
+                or payment.requote_at is None
+                or payment.requote_at > now
+            ):
+                continue
+            try:
+                q = quote(invoice=invoice, asset=payment.asset, amount=_quoted_amount(payment))
+            except CheckoutError:
+                continue
+            before = payment.amount_due
+            Payment.objects.filter(pk=payment.pk).update(
+                rate=q.rate.value,
+                rate_source=q.rate.source,
+                rate_at=q.rate.at,
+                amount_due=q.amount_due,
+                fee=q.fee,
+                invoice_amount=q.invoice_amount,
+                requote_at=_requote_at(invoice, payment.asset, now),
+                updated_at=now,
+            )
+            invoice_record_event(
+                invoice=invoice,
+                type="payment.requoted",
+                note=f"Order {payment.order_number}: new price {q.rate.value.normalize()} "
+                f"{invoice.currency} per {payment.asset.symbol}.",
+                data={
+                    "order": payment.order_number,
+                    "amount_due_before": None if before is None else str(before),
+                    "amount_due": None if q.amount_due is None else str(q.amount_due),
+                    "rate": format(q.rate.value.normalize(), "f"),
+                },
+            )
+            renewed += 1
+    return renewed
+
+
+def _quoted_amount(payment: Payment) -> Decimal | None:
+    # An open-amount invoice was quoted for the amount the payer chose; keep it.
+    return payment.invoice_amount if payment.invoice.is_open_amount else None
 
 
 def payment_move(*, payment: Payment, to: str, **fields: Any) -> bool:

@@ -1,20 +1,45 @@
 """From transfers seen on chain to payment and invoice statuses, and into the ledger.
 
-`checkout.tasks.watch_network` hands every scan report here. A payment's received and
-confirmed totals are recomputed from its transfers each time, never incremented, so running
-settlement twice (a retried task, two workers) changes nothing the second time. Each confirmed
-transfer is posted to the ledger once, under the key "deposit:<transfer id>".
+`checkout.tasks.watch_network` hands every scan report here. One settlement round handles one
+transfer whose status changed:
+
+1. lock the invoice, then the payment (that order everywhere, so two rounds never wait on
+   each other in a cycle), and re-read the transfer under the locks;
+2. compute the payment's totals once from its transfers, and write them;
+3. post a confirmed transfer to the ledger under the key "deposit:<transfer id>", or hold it
+   as "awaiting valuation" when it cannot be valued (another asset than quoted and no rate):
+   it is never credited at zero, and `settle_awaiting_valuation` retries it;
+4. announce the deposit (events, hence callbacks, carrying the transfer's snapshot);
+5. `settlement_verdict`, a pure function of the facts, says what follows (status moves,
+   receipt, questions to the merchant); `_apply` carries it out.
+
+Totals are recomputed from the transfers, never incremented, so a round run twice (a retried
+task, two workers) changes nothing the second time.
+
+Valuation: money in the quoted asset is credited at the payment's quote. A quote is only
+renewed while nothing has arrived (services.payment_requote), so every unit received is
+valued at the quote that was in force when it arrived. Another asset than quoted has no quote:
+it is valued at the rate available when it is posted (its confirmation, or the first retry
+after one) and the invoice goes to Unresolved for the merchant to accept or refund it.
 """
 
 import logging
+from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q
 from django.utils import timezone
 
-from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, payment_snapshot
+from checkout.models import (
+    OPEN_PAYMENT,
+    PAYMENT_TRANSITIONS,
+    Payment,
+    PaymentStatus,
+    payment_snapshot,
+    transfer_snapshot,
+)
 from checkout.rates import RateUnavailable, provider
 from checkout.services import PAYABLE, payment_move, tolerance
 from invoices.delivery import (
@@ -26,7 +51,7 @@ from invoices.delivery import (
 from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
-from merchants.money import quantize
+from merchants.money import get_currency, quantize
 from wallets.ledger import (
     Leg,
     fees_account,
@@ -40,7 +65,12 @@ from wallets.scanner import ScanReport
 
 logger = logging.getLogger(__name__)
 P = PaymentStatus
+S = InvoiceStatus
 ENDED_BEFORE_MONEY = frozenset({P.EXPIRED, P.UNDERPAID, P.PAID, P.CANCELLED})
+
+
+class ZeroCredit(Exception):
+    """A posting would credit the merchant nothing (or less) for money that arrived."""
 
 
 def settle_report(report: ScanReport) -> None:
@@ -60,32 +90,305 @@ def settle_pending(*, network_id: int | None = None) -> int:
     return len(ids)
 
 
+# The verdict: pure ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the verdict depends on, read under the locks. Amounts in base units."""
+
+    payment_status: str
+    invoice_status: str
+    one_time: bool
+    received: Decimal  # live transfers in the quoted asset, confirming or confirmed
+    confirmed: Decimal
+    due: Decimal | None  # None: an open amount
+    tolerance: Decimal
+    expired: bool
+    other_asset_confirmed: bool  # confirmed money in another asset or network
+    others_processing: bool  # another payment of the same invoice is processing
+    transfer_confirmed: bool  # the transfer this round is about
+    transfer_other_asset: bool
+    order_number: str
+    transfer_label: str  # "12.5 ETH", for notes
+
+
+@dataclass(frozen=True)
+class MovePayment:
+    to: str
+    processing: str = "keep"  # "start": processing_since = now; "clear": None
+
+
+@dataclass(frozen=True)
+class MoveInvoice:
+    to: str
+    type: str
+    note: str = ""
+    failure_reason: str = ""
+
+
+@dataclass(frozen=True)
+class AskMerchant:
+    """Unresolved: the merchant accepts the money or refunds it, and is told so once."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    pass
+
+
+@dataclass(frozen=True)
+class FlagUnresolved:
+    """Late or foreign money the payment's own move left unexplained."""
+
+    note: str
+
+
+Step = MovePayment | MoveInvoice | AskMerchant | SendReceipt | FlagUnresolved
+
+
+def _final_status(f: Facts, status: str) -> str | None:
+    """Where the payment ends once every deposit is confirmed; None while that is open."""
+    if f.received == 0 or f.received != f.confirmed:
+        return None  # nothing yet, or deposits still confirming
+    if f.due is None or f.due - f.tolerance <= f.confirmed <= f.due + f.tolerance:
+        return P.PAID
+    if f.confirmed > f.due + f.tolerance:
+        return P.OVERPAID
+    if (
+        f.expired
+        or status in (P.EXPIRED, P.UNDERPAID, P.CANCELLED)
+        # The invoice ended another way (cancelled, marked paid): no top-up is coming.
+        or f.invoice_status not in PAYABLE
+    ):
+        return P.UNDERPAID
+    return None  # partly paid, the timer still runs: the payer may top up
+
+
+def settlement_verdict(f: Facts) -> tuple[Step, ...]:
+    """What a payment's transfers mean for it and its invoice, in the order to apply."""
+    steps: list[Step] = []
+    status = f.payment_status
+    if status == P.AWAITING and f.received > 0:
+        steps += [
+            MovePayment(P.PROCESSING, "start"),
+            MoveInvoice(S.PROCESSING, "invoice.processing"),
+        ]
+        status = P.PROCESSING
+    elif status == P.PROCESSING and f.received == 0:
+        if f.invoice_status not in PAYABLE:
+            # The invoice ended (cancelled, marked paid) while the deposit was confirming; with
+            # the deposit gone there is nothing left to wait for, and no address to show.
+            return (MovePayment(P.CANCELLED, "clear"),)
+        steps.append(MovePayment(P.AWAITING, "clear"))
+        if not f.others_processing:
+            steps.append(MoveInvoice(S.OPEN, "invoice.reopened"))
+        return tuple(steps)
+
+    asked = False
+    final = _final_status(f, status)
+    if final is not None and final != status and final in PAYMENT_TRANSITIONS[status]:
+        # Late: the payment had ended, or the invoice ended another way (cancelled, marked
+        # paid, closed) while the deposit was confirming. Either way the merchant decides.
+        late = status in ENDED_BEFORE_MONEY or f.invoice_status not in PAYABLE
+        steps.append(MovePayment(final))
+        if late or f.other_asset_confirmed:
+            steps.append(
+                AskMerchant("Money arrived after the payment ended; accept it or refund it.")
+            )
+            asked = True
+        elif final == P.PAID:
+            # A permanent invoice stays open for the next payer; the order is what got paid.
+            paid = S.PAID if f.one_time else S.OPEN
+            steps += [
+                SendReceipt(),
+                MoveInvoice(paid, "invoice.paid", note=f"Order {f.order_number}"),
+            ]
+        elif final == P.OVERPAID:
+            steps.append(
+                AskMerchant(
+                    f"Order {f.order_number} received more than due; "
+                    "accept it or refund the difference."
+                )
+            )
+            asked = True
+        else:
+            steps.append(
+                MoveInvoice(
+                    S.FAILED,
+                    "invoice.failed",
+                    failure_reason="underpaid",
+                    note=f"Order {f.order_number} received less than due before the timer "
+                    "ended; the money is credited and refundable.",
+                )
+            )
+        status = final
+
+    # Money is never ignored: a confirmed deposit after its payment or invoice had ended, or in
+    # another asset than quoted, makes the invoice Unresolved. A paid payment that stays paid
+    # on a live or paid invoice is a top-up within the tolerance and needs no decision.
+    after_the_end = f.payment_status not in OPEN_PAYMENT or f.invoice_status not in PAYABLE
+    within_tolerance = f.payment_status == status == P.PAID and f.invoice_status in (
+        *PAYABLE,
+        S.PAID,
+    )
+    if (
+        f.transfer_confirmed
+        and not asked
+        and f.invoice_status != S.UNRESOLVED
+        and (f.transfer_other_asset or (after_the_end and not within_tolerance))
+    ):
+        steps.append(
+            FlagUnresolved(
+                f"{f.transfer_label} arrived for order {f.order_number} after it ended or in "
+                "another asset; accept it or refund it."
+            )
+        )
+    return tuple(steps)
+
+
+# One round: lock, total, announce, post, decide, apply -----------------------------------
+
+
+@dataclass(frozen=True)
+class Totals:
+    received: Decimal
+    confirmed: Decimal
+    other_asset_confirmed: bool
+
+
+def _totals(payment: Payment) -> Totals:
+    """The payment's totals from its address's live transfers, in one read (the few rows of
+    one address, summed exactly in Python whatever the database)."""
+    received = confirmed = Decimal(0)
+    other = False
+    rows = (
+        Transfer.objects.filter(deposit_address_id=payment.deposit_address_id)
+        .exclude(status=TransferStatus.ORPHANED)
+        .values_list("asset_id", "network_id", "status", "amount")
+    )
+    for asset_id, network_id, status, amount in rows:
+        same = asset_id == payment.asset_id and network_id == payment.network_id
+        if same:
+            received += amount
+            if status == TransferStatus.CONFIRMED:
+                confirmed += amount
+        elif status == TransferStatus.CONFIRMED:
+            other = True
+    return Totals(received, confirmed, other)
+
+
+def _lock(payment_id: int) -> tuple[Invoice, Payment]:
+    """Lock the invoice, then the payment: the one lock order of every settlement write."""
+    invoice_id = Payment.objects.values_list("invoice_id", flat=True).get(pk=payment_id)
+    invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+    payment = (
+        Payment.objects.select_for_update()
+        .select_related("asset", "network", "deposit_address")
+        .get(pk=payment_id)
+    )
+    payment.invoice = invoice
+    return invoice, payment
+
+
 def settle_transfer(transfer_id: int) -> None:
     transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
-    payment = Payment.objects.filter(deposit_address_id=transfer.deposit_address_id).first()
-    if payment is None:
+    payment_id = (
+        Payment.objects.filter(deposit_address_id=transfer.deposit_address_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if payment_id is None:
         logger.warning("Transfer %s reached an address no payment uses", transfer)
         _mark_handled(transfer)
         return
     with transaction.atomic():
-        payment = (
-            Payment.objects.select_for_update()
-            .select_related("asset", "invoice")
-            .get(pk=payment.pk)
-        )
-        # Re-read under the payment's lock: a twin worker (or the same transfer listed twice
-        # in one report, new and confirmed) may have settled this very status already.
+        invoice, payment = _lock(payment_id)
+        # Re-read under the locks: a twin worker (or the same transfer listed twice in one
+        # report, new and confirmed) may have settled this very status already.
         transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
         if transfer.handled_status == transfer.status:
             return
-        _announce(payment, transfer)
+        totals = _totals(payment)
+        Payment.objects.filter(pk=payment.pk).update(
+            received=totals.received, confirmed=totals.confirmed
+        )
+        payment.received, payment.confirmed = totals.received, totals.confirmed
         if transfer.status == TransferStatus.CONFIRMED:
-            _post_to_ledger(payment, transfer)
-        invoice_was = payment.invoice.status
-        was = _recompute(payment)
-        if transfer.status == TransferStatus.CONFIRMED:
-            _flag_late_money(payment, transfer, was, invoice_was)
+            # Before the announcement, so "deposit_confirmed" says whether it was credited.
+            _post_or_hold(invoice, payment, transfer)
+        _announce(invoice, payment, transfer)
+        _apply(settlement_verdict(_facts(invoice, payment, transfer, totals)), invoice, payment)
         _mark_handled(transfer)
+
+
+def _facts(invoice: Invoice, payment: Payment, transfer: Transfer, totals: Totals) -> Facts:
+    others_processing = (
+        payment.status == P.PROCESSING
+        and totals.received == 0
+        and invoice.payments.filter(status=P.PROCESSING).exclude(pk=payment.pk).exists()
+    )
+    due = payment.amount_due
+    return Facts(
+        payment_status=payment.status,
+        invoice_status=invoice.status,
+        one_time=invoice.kind == InvoiceKind.ONE_TIME,
+        received=totals.received,
+        confirmed=totals.confirmed,
+        due=due,
+        tolerance=Decimal(0) if due is None else tolerance(due),
+        expired=payment.expires_at is not None and timezone.now() >= payment.expires_at,
+        other_asset_confirmed=totals.other_asset_confirmed,
+        others_processing=others_processing,
+        transfer_confirmed=transfer.status == TransferStatus.CONFIRMED,
+        transfer_other_asset=_other_asset(payment, transfer),
+        order_number=payment.order_number,
+        transfer_label=f"{transfer.amount_major} {transfer.asset.symbol}",
+    )
+
+
+def _other_asset(payment: Payment, transfer: Transfer) -> bool:
+    return transfer.asset_id != payment.asset_id or transfer.network_id != payment.network_id
+
+
+def _apply(steps: tuple[Step, ...], invoice: Invoice, payment: Payment) -> None:
+    now = timezone.now()
+    moved = True
+    for step in steps:
+        if isinstance(step, FlagUnresolved):
+            invoice.refresh_from_db(fields=["status"])
+            if invoice.status != S.UNRESOLVED:
+                _invoice_to(
+                    invoice, S.UNRESOLVED, "invoice.unresolved", payment=payment, note=step.note
+                )
+        elif not moved:
+            continue  # the payment did not move: what follows from the move does not happen
+        elif isinstance(step, MovePayment):
+            fields = {}
+            if step.processing != "keep":
+                fields["processing_since"] = now if step.processing == "start" else None
+            moved = payment_move(payment=payment, to=step.to, **fields)
+        elif isinstance(step, MoveInvoice):
+            _invoice_to(
+                invoice,
+                step.to,
+                step.type,
+                payment=payment,
+                note=step.note,
+                failure_reason=step.failure_reason,
+            )
+        elif isinstance(step, AskMerchant):
+            _invoice_to(
+                invoice, S.UNRESOLVED, "invoice.unresolved", payment=payment, note=step.reason
+            )
+            invoice_unresolved_deliver(
+                invoice=invoice, key=payment.order_number, reason=step.reason
+            )
+        elif isinstance(step, SendReceipt):
+            # The receipt to the payer and the notice to the merchant leave on commit, once.
+            invoice_paid_deliver(invoice=invoice, receipt=_receipt(payment))
 
 
 def _mark_handled(transfer: Transfer) -> None:
@@ -98,25 +401,18 @@ def _mark_handled(transfer: Transfer) -> None:
 def _event_once(
     invoice: Invoice, type: str, transfer: Transfer, payment: Payment, note: str = ""
 ) -> None:
+    # Events written before the shared snapshot name the transfer by its bare id.
+    same = Q(data__transfer__id=transfer.pk) | Q(data__transfer=transfer.pk)
+    if InvoiceEvent.objects.filter(same, invoice=invoice, type=type).exists():
+        return
     data = {
-        "transfer": transfer.pk,
-        "tx": transfer.tx_hash,
-        "amount": str(transfer.amount_major),
-        "units": str(transfer.amount),
-        "asset": transfer.asset.symbol,
-        "network": transfer.network.slug,
+        "transfer": transfer_snapshot(transfer, order_number=payment.order_number),
         "payment": payment_snapshot(payment),
     }
-    if not InvoiceEvent.objects.filter(
-        invoice=invoice, type=type, data__transfer=transfer.pk
-    ).exists():
-        invoice_record_event(invoice=invoice, type=type, note=note, data=data)
+    invoice_record_event(invoice=invoice, type=type, note=note, data=data)
 
 
-def _announce(payment: Payment, transfer: Transfer) -> None:
-    invoice = payment.invoice
-    # The totals first, so the payment in the events (and their callbacks) counts this transfer.
-    _update_totals(payment)
+def _announce(invoice: Invoice, payment: Payment, transfer: Transfer) -> None:
     if transfer.status == TransferStatus.ORPHANED:
         _event_once(
             invoice,
@@ -131,197 +427,131 @@ def _announce(payment: Payment, transfer: Transfer) -> None:
         _event_once(invoice, "invoice.deposit_confirmed", transfer, payment)
 
 
-def _credit_value(payment: Payment, transfer: Transfer) -> Decimal:
-    """What the transfer is worth in the invoice's currency, at the payment's locked rate
-    (another asset than quoted is valued at today's rate), rounded down: never over-credit."""
+# Valuation and the ledger ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Valuation:
+    value: Decimal  # in the invoice's currency
+    fee: Decimal
+    credit: Decimal  # to the merchant: value - fee
+
+
+def _valuation(payment: Payment, transfer: Transfer) -> Valuation | None:
+    """What the transfer is worth in the invoice's currency, rounded down (never over-credit):
+    at the payment's quote for the quoted asset, at the current rate for another one. None when
+    no rate is available or the amount is worth less than the currency's smallest unit."""
+    currency = payment.invoice.currency
     rate = payment.rate
-    if transfer.asset_id != payment.asset_id:
+    if _other_asset(payment, transfer):
         try:
-            rate = provider().rate(transfer.asset.symbol, payment.invoice.currency).value
-        except RateUnavailable:
-            rate = Decimal(0)
-    value = transfer.amount_major * rate
-    return value.quantize(
-        Decimal(1).scaleb(-_decimals(payment.invoice.currency)), rounding=ROUND_DOWN
+            rate = provider().rate(transfer.asset.symbol, currency).value
+        except RateUnavailable as error:
+            logger.info("No rate to value %s: %s", transfer, error)
+            return None
+    value = (transfer.amount_major * rate).quantize(
+        get_currency(currency).quantum, rounding=ROUND_DOWN
     )
-
-
-def _decimals(currency: str) -> int:
-    from merchants.money import get_currency
-
-    return get_currency(currency).decimals
-
-
-def _post_to_ledger(payment: Payment, transfer: Transfer) -> None:
-    invoice = payment.invoice
-    value = _credit_value(payment, transfer)
     percent = settings.FEE_PERCENT
     if payment.fee_payer == FeePayer.PAYER:
-        fee = quantize(value * percent / (Decimal(100) + percent), invoice.currency)
+        fee = quantize(value * percent / (Decimal(100) + percent), currency)
     else:
-        fee = quantize(value * percent / Decimal(100), invoice.currency)
+        fee = quantize(value * percent / Decimal(100), currency)
+    if value - fee <= 0:
+        return None
+    return Valuation(value, fee, value - fee)
+
+
+def _post_or_hold(invoice: Invoice, payment: Payment, transfer: Transfer) -> bool:
+    """Post a confirmed transfer, or hold it visibly as awaiting valuation. True if posted."""
+    valuation = _valuation(payment, transfer)
+    if valuation is None:
+        held = Transfer.objects.filter(
+            pk=transfer.pk, awaiting_valuation_since__isnull=True
+        ).update(awaiting_valuation_since=timezone.now())
+        if held:
+            transfer.refresh_from_db(fields=["awaiting_valuation_since"])
+            _event_once(
+                invoice,
+                "deposit.awaiting_valuation",
+                transfer,
+                payment,
+                f"No {transfer.asset.symbol} to {invoice.currency} rate yet: the deposit is held "
+                "and credited as soon as a rate is available.",
+            )
+        return False
+    _post_to_ledger(payment, transfer, valuation)
+    if transfer.awaiting_valuation_since is not None:
+        Transfer.objects.filter(pk=transfer.pk).update(awaiting_valuation_since=None)
+        transfer.awaiting_valuation_since = None
+        _event_once(
+            invoice,
+            "deposit.valued",
+            transfer,
+            payment,
+            f"Credited {valuation.credit} {invoice.currency} for {transfer.amount_major} "
+            f"{transfer.asset.symbol}.",
+        )
+    return True
+
+
+def _post_to_ledger(payment: Payment, transfer: Transfer, valuation: Valuation) -> None:
     received = transfer.amount_major
+    if received > 0 and valuation.credit <= 0:
+        # The guard of the one posting path for deposits: real money is never booked as 0.
+        raise ZeroCredit(f"Transfer {transfer.pk} would credit {valuation.credit}.")
+    invoice = payment.invoice
     symbol = transfer.asset.symbol
     legs = [
         Leg(holdings_account(transfer.network.slug), symbol, -received),
         Leg(fx_account(), symbol, received),
-        Leg(fx_account(), invoice.currency, -value),
-        Leg(merchant_account(invoice.merchant), invoice.currency, value - fee),
-        Leg(fees_account(), invoice.currency, fee),
+        Leg(fx_account(), invoice.currency, -valuation.value),
+        Leg(merchant_account(invoice.merchant), invoice.currency, valuation.credit),
+        Leg(fees_account(), invoice.currency, valuation.fee),
     ]
+    tx = transfer.tx_hash if transfer.has_tx_hash else "none (found by balance)"
     ledger_post(
         kind="deposit",
         idempotency_key=f"deposit:{transfer.pk}",
         reference=payment.order_number,
-        memo=f"{received} {symbol} on {transfer.network.name}, tx {transfer.tx_hash}",
+        memo=f"{received} {symbol} on {transfer.network.name}, tx {tx}",
         legs=legs,
     )
 
 
-def _sum(transfers, status=None) -> Decimal:
-    if status is not None:
-        transfers = transfers.filter(status=status)
-    return transfers.aggregate(total=Sum("amount"))["total"] or Decimal(0)
-
-
-def _flag_late_money(payment: Payment, transfer: Transfer, was: str, invoice_was: str) -> None:
-    """Money is never ignored: a confirmed deposit that came after its payment or its invoice
-    had ended, or in another asset than quoted, makes the invoice Unresolved for the merchant
-    to accept or refund (it is credited like any deposit). The verdict in _recompute already
-    does so when it moves the payment; this catches what it leaves where it was: a failed or
-    overpaid payment, one still underpaid, an invoice cancelled or marked paid meanwhile.
-    A paid payment that stays paid on a live or paid invoice is a top-up within the
-    tolerance and needs no decision."""
-    other_asset = transfer.asset_id != payment.asset_id or transfer.network_id != payment.network_id
-    after_the_end = was not in OPEN_PAYMENT or invoice_was not in PAYABLE
-    within_tolerance = was == payment.status == P.PAID and invoice_was in (
-        *PAYABLE,
-        InvoiceStatus.PAID,
-    )
-    if not other_asset and (not after_the_end or within_tolerance):
-        return
-    invoice = Invoice.objects.get(pk=payment.invoice_id)
-    if invoice.status == InvoiceStatus.UNRESOLVED:
-        return  # the question is open already; the deposit's own events tell the rest
-    _invoice_to(
-        invoice,
-        InvoiceStatus.UNRESOLVED,
-        "invoice.unresolved",
-        payment=payment,
-        note=f"{transfer.amount_major} {transfer.asset.symbol} arrived for order "
-        f"{payment.order_number} after it ended or in another asset; accept it or refund it.",
-    )
-
-
-def _live_transfers(payment: Payment):
-    return Transfer.objects.filter(deposit_address_id=payment.deposit_address_id).exclude(
-        status=TransferStatus.ORPHANED
-    )
-
-
-def _update_totals(payment: Payment) -> tuple[Decimal, Decimal]:
-    """Received and confirmed totals from the transfers, written to the payment."""
-    same_asset = _live_transfers(payment).filter(
-        asset_id=payment.asset_id, network_id=payment.network_id
-    )
-    received, confirmed = _sum(same_asset), _sum(same_asset, TransferStatus.CONFIRMED)
-    Payment.objects.filter(pk=payment.pk).update(received=received, confirmed=confirmed)
-    payment.received, payment.confirmed = received, confirmed
-    return received, confirmed
-
-
-def _recompute(payment: Payment) -> str:
-    """Bring the payment (and its invoice) in line with its transfers; returns the payment's
-    status before."""
-    transfers = _live_transfers(payment)
-    received, confirmed = _update_totals(payment)
-    other_confirmed = (
-        transfers.exclude(asset_id=payment.asset_id)
-        .filter(status=TransferStatus.CONFIRMED)
-        .exists()
-    )
-    invoice = Invoice.objects.get(pk=payment.invoice_id)
-    now = timezone.now()
-    was = payment.status
-
-    if was == P.AWAITING and received > 0:
-        payment_move(payment=payment, to=P.PROCESSING, processing_since=now)
-        _invoice_to(invoice, InvoiceStatus.PROCESSING, "invoice.processing", payment=payment)
-    elif was == P.PROCESSING and received == 0:
-        if invoice.status not in PAYABLE:
-            # The invoice ended (cancelled, marked paid) while the deposit was confirming; with
-            # the deposit gone there is nothing left to wait for, and no address to show.
-            payment_move(payment=payment, to=P.CANCELLED, processing_since=None)
-            return was
-        payment_move(payment=payment, to=P.AWAITING, processing_since=None)
-        if not invoice.payments.filter(status=P.PROCESSING).exists():
-            _invoice_to(invoice, InvoiceStatus.OPEN, "invoice.reopened", payment=payment)
-        return was
-
-    if received == 0 or received != confirmed:
-        return was  # nothing yet, or deposits still confirming
-    due = payment.amount_due
-    expired = payment.expires_at is not None and now >= payment.expires_at
-    if due is None:
-        verdict = P.PAID
-    elif confirmed > due + tolerance(due):
-        verdict = P.OVERPAID
-    elif confirmed >= due - tolerance(due):
-        verdict = P.PAID
-    elif (
-        expired
-        or payment.status in (P.EXPIRED, P.UNDERPAID, P.CANCELLED)
-        # The invoice ended another way (cancelled, marked paid): no top-up is coming.
-        or invoice.status not in PAYABLE
-    ):
-        verdict = P.UNDERPAID
-    else:
-        return was  # partly paid, the timer still runs: the payer may top up
-    if verdict == payment.status:
-        return was
-    # Late: the payment had ended, or the invoice ended another way (cancelled, marked paid,
-    # closed) while the deposit was confirming. Either way the merchant must decide.
-    late = payment.status in ENDED_BEFORE_MONEY or invoice.status not in PAYABLE
-    if not payment_move(payment=payment, to=verdict):
-        return was
-    if late or other_confirmed:
-        _needs_decision(
-            invoice, payment, "Money arrived after the payment ended; accept it or refund it."
+def settle_awaiting_valuation(*, limit: int = 500) -> int:
+    """Retry the deposits held for want of a rate; returns how many got posted."""
+    ids = list(
+        Transfer.objects.filter(
+            awaiting_valuation_since__isnull=False, status=TransferStatus.CONFIRMED
         )
-    elif verdict == P.PAID:
-        # The receipt to the payer and the notice to the merchant leave on commit, once.
-        invoice_paid_deliver(invoice=invoice, receipt=_receipt(payment))
-        # A permanent invoice stays open for the next payer; the order is what got paid.
-        paid = InvoiceStatus.PAID if invoice.kind == InvoiceKind.ONE_TIME else InvoiceStatus.OPEN
-        _invoice_to(
-            invoice, paid, "invoice.paid", payment=payment, note=f"Order {payment.order_number}"
-        )
-    elif verdict == P.OVERPAID:
-        _needs_decision(
-            invoice,
-            payment,
-            f"Order {payment.order_number} received more than due; "
-            "accept it or refund the difference.",
-        )
-    elif verdict == P.UNDERPAID:
-        _invoice_to(
-            invoice,
-            InvoiceStatus.FAILED,
-            "invoice.failed",
-            payment=payment,
-            failure_reason="underpaid",
-            note=f"Order {payment.order_number} received less than due before the timer ended; "
-            "the money is credited and refundable.",
-        )
-    return was
-
-
-def _needs_decision(invoice: Invoice, payment: Payment, reason: str) -> None:
-    """Unresolved: the merchant accepts the money or refunds it, and is told so once."""
-    _invoice_to(
-        invoice, InvoiceStatus.UNRESOLVED, "invoice.unresolved", payment=payment, note=reason
+        .order_by("awaiting_valuation_since", "pk")
+        .values_list("pk", flat=True)[:limit]
     )
-    invoice_unresolved_deliver(invoice=invoice, key=payment.order_number, reason=reason)
+    posted = 0
+    for transfer_id in ids:
+        posted += _value_held(transfer_id)
+    return posted
+
+
+def _value_held(transfer_id: int) -> bool:
+    transfer = Transfer.objects.get(pk=transfer_id)
+    payment_id = (
+        Payment.objects.filter(deposit_address_id=transfer.deposit_address_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if payment_id is None:
+        return False
+    with transaction.atomic():
+        invoice, payment = _lock(payment_id)
+        transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
+        if transfer.awaiting_valuation_since is None or transfer.status != TransferStatus.CONFIRMED:
+            return False  # a twin retry posted it meanwhile
+        return _post_or_hold(invoice, payment, transfer)
+
+
+# Telling people --------------------------------------------------------------------------------
 
 
 def _receipt(payment: Payment) -> ReceiptInput:
@@ -335,12 +565,8 @@ def _receipt(payment: Payment) -> ReceiptInput:
         method=f"{payment.asset.symbol} on {payment.network.name}",
         order_number=payment.order_number,
         transfers=[
-            TransferRef(
-                tx_hash=t.tx_hash,
-                network=t.network.name,
-                asset=t.asset.symbol,
-                amount=t.amount_major,
-                explorer_url=t.explorer_url,
+            TransferRef.from_snapshot(
+                transfer_snapshot(t, order_number=payment.order_number), network_name=t.network.name
             )
             for t in transfers
         ],
@@ -367,6 +593,13 @@ def _invoice_to(
         # E.g. a permanent invoice the merchant closed: record what happened, change nothing.
         logger.info("Invoice %s stays %s: %s", invoice, invoice.status, error)
         invoice_record_event(invoice=invoice, type=type, note=note, data=data)
+    invoice.refresh_from_db()
 
 
-__all__ = ["OPEN_PAYMENT", "settle_report", "settle_transfer"]
+__all__ = [
+    "OPEN_PAYMENT",
+    "settle_awaiting_valuation",
+    "settle_report",
+    "settle_transfer",
+    "settlement_verdict",
+]

@@ -8,7 +8,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from checkout.models import OPEN_PAYMENT, Payment
-from checkout.services import payments_cancel_ended, payments_expire, payments_fail_stuck
+from checkout.services import (
+    payments_cancel_ended,
+    payments_expire,
+    payments_fail_stuck,
+    payments_requote,
+)
 from checkout.settlement import settle_pending, settle_report
 from wallets.models import ChainCursor, Network
 from wallets.scanner import round_queue, scan_network
@@ -70,7 +75,19 @@ def native_watch_addresses(*, network: Network) -> list[str]:
 
 @shared_task(ignore_result=True)
 def end_payments() -> None:
-    """Timers that ran out, deposits stuck unconfirmed, payments of invoices that ended."""
+    """Timers that ran out, deposits stuck unconfirmed, payments of invoices that ended,
+    volatile quotes to renew."""
     payments_expire()
     payments_fail_stuck()
     payments_cancel_ended()
+    payments_requote()
+
+
+@shared_task(ignore_result=True)
+def value_held_deposits() -> None:
+    """Credit the deposits held as awaiting valuation once a rate for them exists."""
+    from checkout.settlement import settle_awaiting_valuation
+
+    posted = settle_awaiting_valuation()
+    if posted:
+        logger.info("Valued and credited %s held deposit(s)", posted)

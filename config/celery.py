@@ -17,6 +17,8 @@ app.conf.beat_schedule = {
         "schedule": crontab(hour=9, minute=0),
     },
     "end-payments": {"task": "checkout.tasks.end_payments", "schedule": 15.0},
+    # Deposits held for want of a rate are retried each minute and credited once one exists.
+    "value-held-deposits": {"task": "checkout.tasks.value_held_deposits", "schedule": 60.0},
     # Callback retries come due at 5 s at the earliest, so the sweep runs that often.
     "callbacks-sweep": {"task": "invoices.tasks.callbacks_sweep", "schedule": 5.0},
     "prune-idempotency-keys": {

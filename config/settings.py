@@ -401,6 +401,17 @@ STATIC_RATES = {
     ("GBP", "USD"): env_decimal("RATE_GBP_USD", "1.27"),
     ("CHF", "USD"): env_decimal("RATE_CHF_USD", "1.13"),
 }
+# Prices are real outside DEBUG. Stablecoins listed in RATE_PEGGED are priced at their
+# STATIC_RATES peg; any other code (ETH, EUR, GBP...) needs a live source (RATE_PROVIDER=http,
+# quoting the codes in RATE_HTTP_CODES, fiat crosses included) or the operator's explicit
+# approval of its static price in RATE_STATIC_APPROVED ("ETH,EUR" or "*" for the whole table).
+# A code with neither is not offered: not as an invoice currency, not on the pay page.
+RATE_PEGGED = env_list("RATE_PEGGED", ["USDT", "USDC"])
+RATE_HTTP_CODES = env_list("RATE_HTTP_CODES", ["ETH", "EUR", "GBP"])
+RATE_STATIC_APPROVED = env_list("RATE_STATIC_APPROVED", ["*"] if DEBUG else [])
+# A quote in a volatile asset (not pegged) on an invoice without a timer is renewed after this
+# long while nothing has arrived; money that arrived is valued at the quote it arrived under.
+QUOTE_VOLATILE_MINUTES = env_int("QUOTE_VOLATILE_MINUTES", 15, minimum=1)
 # A confirmed total within this many basis points of the amount due counts as exact.
 PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
 # Payment attempts (new quotes) one invoice accepts per minute, against address farming.

@@ -179,11 +179,12 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
 
 def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
     data = event.data or {}
-    transfer = None
-    if "transfer" in data:
+    transfer = data.get("transfer")
+    if transfer is not None and not isinstance(transfer, dict):
+        # Events written before the shared transfer snapshot: the same names and units.
         transfer = {
-            "id": data["transfer"],
-            "tx_hash": data.get("tx"),
+            "id": transfer,
+            "tx_hash": data.get("tx") or None,
             "amount": data.get("amount"),
             "amount_base_units": data.get("units"),
             "asset": data.get("asset"),

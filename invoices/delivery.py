@@ -71,13 +71,26 @@ KIND_NOTES = {
 
 @dataclass(frozen=True)
 class TransferRef:
-    """One on-chain transfer behind a payment, as printed on the receipt."""
+    """One on-chain transfer behind a payment, as printed on the receipt: the parts of the
+    transfer snapshot (checkout.models.transfer_snapshot) a receipt shows, same units."""
 
-    tx_hash: str
+    tx_hash: str | None  # None: found by reconciling a balance, no transaction to name
     network: str
     asset: str
-    amount: Decimal
+    amount: Decimal  # whole tokens
     explorer_url: str = ""
+    amount_base_units: str = ""
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any], *, network_name: str) -> "TransferRef":
+        return cls(
+            tx_hash=snapshot["tx_hash"],
+            network=network_name,
+            asset=snapshot["asset"],
+            amount=Decimal(snapshot["amount"]),
+            explorer_url=snapshot["explorer_url"] or "",
+            amount_base_units=snapshot["amount_base_units"],
+        )
 
 
 @dataclass(frozen=True)
@@ -478,7 +491,7 @@ def _describe(error: BaseException) -> str:
     return text[:1000]
 
 
-def _transfer_json(transfer: TransferRef) -> dict[str, str]:
+def _transfer_json(transfer: TransferRef) -> dict[str, str | None]:
     # Printed as a link: only web addresses, never javascript: or the like.
     url = transfer.explorer_url if transfer.explorer_url.startswith(("https://", "http://")) else ""
     return {
@@ -486,5 +499,6 @@ def _transfer_json(transfer: TransferRef) -> dict[str, str]:
         "network": transfer.network,
         "asset": transfer.asset,
         "amount": format(transfer.amount.normalize(), "f"),
+        "amount_base_units": transfer.amount_base_units or None,
         "explorer_url": url,
     }

@@ -31,6 +31,8 @@ from merchants.money import (
     Currency,
     UnknownCurrency,
     get_currency,
+    price_gap,
+    priced_currency_choices,
 )
 
 MAX_ITEM_ROWS = 200
@@ -129,6 +131,16 @@ class InvoiceForm(forms.Form):
                 pk=invoice.customer_id, merchant=merchant
             )
         self.fields["customer"].queryset = customers.order_by("name", "pk")  # type: ignore[attr-defined]
+        # Only currencies with a real price are offered (an invoice keeps its own).
+        self.fields["currency"].choices = priced_currency_choices(  # type: ignore[attr-defined]
+            keep=invoice.currency if invoice is not None else ""
+        )
+        kept = set(invoice.accepted_assets) if invoice is not None else set()
+        self.fields["accepted_assets"].choices = [  # type: ignore[attr-defined]
+            (code, label)
+            for code, label in PAYMENT_ASSET_CHOICES
+            if code in kept or not price_gap(code)
+        ]
         if not self.is_bound and invoice is None:
             self.initial.setdefault("currency", merchant.default_currency)
             self.initial.setdefault("fee_payer", merchant.default_fee_payer)

@@ -8,6 +8,7 @@ from django_countries.fields import CountryField
 
 from customers.models import Customer
 from invoices.rules import DiscountKind, TaxSpec
+from merchants.fields import AmountField
 from merchants.models import FeePayer, Merchant, WebhookEndpoint
 from merchants.money import CURRENCY_CHOICES, format_money
 
@@ -189,27 +190,25 @@ class Invoice(models.Model):
     # Asset codes the payer may use; empty means any supported asset.
     accepted_assets = models.JSONField(default=list, blank=True)
     fee_payer = models.CharField(max_length=16, choices=FeePayer.choices)
-    subtotal = models.DecimalField(
+    subtotal = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
-    total = models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
-    )
+    total = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0"))
     description = models.TextField(blank=True)
     due_date = models.DateField(null=True, blank=True)
     # The invoice-wide discount as entered, and what it came to (shared over the lines).
     discount_kind = models.CharField(
         max_length=8, choices=DiscountKind.CHOICES, default=DiscountKind.NONE, blank=True
     )
-    discount_value = models.DecimalField(
+    discount_value = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
-    discount_total = models.DecimalField(
+    discount_total = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
     # Every tax on the invoice, inclusive and exclusive, and the summary per rate:
     # [{"name", "percent", "inclusive", "taxable", "tax"}] with amounts as strings.
-    tax_total = models.DecimalField(
+    tax_total = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
     tax_summary = models.JSONField(default=list, blank=True)
@@ -299,20 +298,20 @@ class LineItem(models.Model):
     name = models.CharField(max_length=200)
     description = models.CharField(max_length=500, blank=True)
     quantity = models.DecimalField(max_digits=14, decimal_places=4)
-    unit_price = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    unit_price = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     # The line's net: quantity x unit price less the line's own discount.
-    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     discount_kind = models.CharField(
         max_length=8, choices=DiscountKind.CHOICES, default=DiscountKind.NONE, blank=True
     )
-    discount_value = models.DecimalField(
+    discount_value = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
-    discount_amount = models.DecimalField(
+    discount_amount = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
     # This line's share of the invoice-wide discount.
-    invoice_discount_amount = models.DecimalField(
+    invoice_discount_amount = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
     # The rate chosen, and a copy of it: the copy is what the invoice is computed from.
@@ -324,7 +323,7 @@ class LineItem(models.Model):
         max_digits=PERCENT_DIGITS, decimal_places=PERCENT_PLACES, null=True, blank=True
     )
     tax_inclusive = models.BooleanField(default=False)
-    tax_amount = models.DecimalField(
+    tax_amount = AmountField(
         max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
     )
 
@@ -424,6 +423,9 @@ EVENT_TITLES = {
     "payment.started": "Payer chose how to pay",
     "payment.expired": "Payment timer ended",
     "invoice.credited": "Credit note issued",
+    "payment.requoted": "New price quoted (nothing had arrived yet)",
+    "deposit.awaiting_valuation": "Deposit held: awaiting valuation",
+    "deposit.valued": "Held deposit valued and credited",
 }
 
 
@@ -498,7 +500,7 @@ class Receipt(models.Model):
     key = models.CharField(max_length=120)
     order_number = models.CharField(max_length=48, blank=True)
     paid_at = models.DateTimeField()
-    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
     method = models.CharField(max_length=200)
     reference = models.CharField(max_length=500, blank=True)
@@ -538,10 +540,8 @@ class CreditNote(models.Model):
     reference = models.CharField(max_length=32)
     reason = models.TextField()
     currency = models.CharField(max_length=8, choices=CURRENCY_CHOICES)
-    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
-    tax = models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
-    )
+    amount = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    tax = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0"))
     # [{"position", "name", "quantity", "amount", "tax"}] with amounts as strings.
     lines = models.JSONField(default=list)
     # Where money had arrived: how it goes back (no refund flow exists yet: outside).

@@ -2,10 +2,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus
+from merchants.fields import exact_totals
 from merchants.models import Merchant
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
@@ -96,20 +97,20 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
         invoices.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n")
     )
     outstanding = [
-        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
+        CurrencyTotal(row["currency"], row["total"] or Decimal(0), row["n"])
         # Open-amount invoices ask for nothing in particular; they add no outstanding total.
-        for row in invoices.filter(status__in=OUTSTANDING, total__gt=0)
-        .order_by("currency")
-        .values("currency")
-        .annotate(amount=Sum("total"), n=Count("pk"))
+        for row in exact_totals(
+            invoices.filter(status__in=OUTSTANDING, total__gt=0), ["currency"], "total"
+        )
     ]
     since = timezone.now() - timedelta(days=days)
     paid = [
-        CurrencyTotal(row["currency"], row["amount"] or Decimal(0), row["n"])
-        for row in invoices.filter(status=InvoiceStatus.PAID, finalized_at__gte=since)
-        .order_by("currency")
-        .values("currency")
-        .annotate(amount=Sum("total"), n=Count("pk"))
+        CurrencyTotal(row["currency"], row["total"] or Decimal(0), row["n"])
+        for row in exact_totals(
+            invoices.filter(status=InvoiceStatus.PAID, finalized_at__gte=since),
+            ["currency"],
+            "total",
+        )
     ]
     overdue = invoices.filter(status__in=OUTSTANDING, due_date__lt=timezone.localdate()).count()
     recent = list(invoices.select_related("customer").order_by("-created_at", "-pk")[:6])
@@ -119,3 +120,27 @@ def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary
         .order_by("-created_at", "-pk")[:8]
     )
     return DashboardSummary(counts, outstanding, paid, overdue, recent, events)
+
+
+def invoice_held_deposits(*, invoice: Invoice) -> list[dict]:
+    """Deposits of the invoice held as awaiting valuation and not valued since, from its
+    events (the invoice knows its money through them): the transfer snapshots. Reads the
+    events invoice_detail prefetched, so the page costs no extra query."""
+    held: dict[int, dict] = {}
+    events = sorted(
+        (
+            e
+            for e in invoice.events.all()
+            if e.type in ("deposit.awaiting_valuation", "deposit.valued")
+        ),
+        key=lambda e: (e.created_at, e.pk),
+    )
+    for event in events:
+        transfer = (event.data or {}).get("transfer") or {}
+        if not isinstance(transfer, dict) or "id" not in transfer:
+            continue
+        if event.type == "deposit.valued":
+            held.pop(transfer["id"], None)
+        else:
+            held[transfer["id"]] = transfer
+    return list(held.values())

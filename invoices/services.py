@@ -49,7 +49,14 @@ from invoices.rules import (
 )
 from merchants.integrations import check_callback_url
 from merchants.models import FeePayer, Merchant, User
-from merchants.money import PAYMENT_ASSETS, Currency, UnknownCurrency, get_currency, quantize
+from merchants.money import (
+    PAYMENT_ASSETS,
+    Currency,
+    UnknownCurrency,
+    get_currency,
+    price_gap,
+    quantize,
+)
 
 MAX_TERMS_DAYS = 365
 TEXT_LIMITS = {"notes": 5000, "terms": 5000, "po_number": 64, "footer": 1000}
@@ -718,6 +725,10 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
     except UnknownCurrency:
         add("currency", f"Unknown currency {data.currency!r}.")
         raise ValidationError(errors) from None
+    if invoice is None or invoice.currency != currency.code:
+        gap = price_gap(currency.code)
+        if gap:
+            add("currency", f"{currency.code} cannot be priced right now: {gap}")
 
     if data.customer is not None and data.customer.merchant_id != merchant.pk:
         add("customer", "Choose one of your customers.")
@@ -730,6 +741,17 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
     unknown_assets = [code for code in data.accepted_assets if code not in PAYMENT_ASSETS]
     if unknown_assets:
         add("accepted_assets", f"Unknown payment asset: {', '.join(map(str, unknown_assets))}.")
+    kept = set(invoice.accepted_assets) if invoice is not None else set()
+    unpriced = [
+        code
+        for code in data.accepted_assets
+        if code in PAYMENT_ASSETS and code not in kept and price_gap(code)
+    ]
+    if unpriced:
+        add(
+            "accepted_assets",
+            f"{', '.join(unpriced)} cannot be priced right now: {price_gap(unpriced[0])}",
+        )
     if len(set(data.accepted_assets)) != len(data.accepted_assets):
         add("accepted_assets", "Each asset may be listed once.")
     if data.pricing_mode == PricingMode.TIMER_FIXED_ASSET and len(data.accepted_assets) != 1:

@@ -54,6 +54,7 @@ from invoices.selectors import (
     dashboard_summary,
     email_scope,
     invoice_detail,
+    invoice_held_deposits,
     invoice_list,
     invoice_scope,
 )
@@ -376,6 +377,7 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
         "customer_email": customer_email(invoice),
         "receipts": list(invoice.receipts.all()),
         "stale_before": timezone.now() - SENDING_STALE,
+        "held_deposits": invoice_held_deposits(invoice=invoice),
     }
     if tab == "callbacks":
         context["callbacks"] = invoice.callbacks.prefetch_related("log")

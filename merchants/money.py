@@ -7,6 +7,8 @@ On-chain values in base units live in the wallets app, beside each asset's own d
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from django.conf import settings
+
 # The largest amount a single line or invoice may carry. Far above any real invoice, far below
 # what the database columns hold, so a fat-fingered or hostile value is refused, not stored.
 MAX_AMOUNT = Decimal("1000000000000")  # one trillion
@@ -95,3 +97,39 @@ def format_money(amount: Decimal | None, currency: str) -> str:
     if cur.symbol:
         return f"-{cur.symbol}{text[1:]}" if text.startswith("-") else f"{cur.symbol}{text}"
     return f"{text} {cur.code}"
+
+
+# Which codes can be priced: configuration only (no network), so every app can ask it to decide
+# what to offer. Where the prices then come from is checkout.rates' business.
+PRICE_PIVOT = "USD"
+
+
+def static_price_approved(code: str) -> bool:
+    """Whether the operator approved the static table's price for `code` (or it is a peg)."""
+    approved = settings.RATE_STATIC_APPROVED
+    in_table = any(code in pair for pair in settings.STATIC_RATES)
+    return code in settings.RATE_PEGGED or (in_table and ("*" in approved or code in approved))
+
+
+def price_gap(code: str) -> str:
+    """Why `code` cannot be priced against USD with the configured sources; "" when it can."""
+    if code == PRICE_PIVOT or static_price_approved(code):
+        return ""
+    if settings.RATE_PROVIDER == "http" and settings.RATE_HTTP_URL:
+        if code in settings.RATE_HTTP_CODES:
+            return ""
+        return (
+            f"The live rate source does not quote {code} (RATE_HTTP_CODES) and its static "
+            "price is not approved (RATE_STATIC_APPROVED)."
+        )
+    return (
+        f"No live rate source for {code} (set RATE_PROVIDER=http) and its static price is not "
+        "approved by the operator (RATE_STATIC_APPROVED)."
+    )
+
+
+def priced_currency_choices(keep: str = "") -> list[tuple[str, str]]:
+    """Invoice currencies that can be priced now (plus `keep`, an invoice's own)."""
+    return [
+        (code, label) for code, label in CURRENCY_CHOICES if code == keep or not price_gap(code)
+    ]

@@ -38,6 +38,9 @@ def _test_settings(settings, tmp_path):
     cache.clear()
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.SITE_URL = "http://testserver"
+    # The operator approves the static table in tests, as DEBUG does; the rate tests take the
+    # approval away to show what production does without a live source.
+    settings.RATE_STATIC_APPROVED = ["*"]
 
 
 @pytest.fixture

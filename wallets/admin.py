@@ -3,6 +3,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from merchants.money import price_gap
 from wallets.chain import Chain, ChainError
 from wallets.models import (
     Asset,
@@ -99,9 +100,24 @@ class NetworkAdmin(admin.ModelAdmin):
 
 @admin.register(Asset)
 class AssetAdmin(admin.ModelAdmin):
-    list_display = ["symbol", "name", "network", "decimals", "contract_address", "enabled"]
+    list_display = [
+        "symbol",
+        "name",
+        "network",
+        "decimals",
+        "contract_address",
+        "enabled",
+        "priced",
+    ]
     list_filter = ["network", "enabled", "symbol"]
     search_fields = ["symbol", "name", "contract_address"]
+    readonly_fields = ["priced"]
+
+    @admin.display(description="Offered to payers")
+    def priced(self, obj: Asset) -> str:
+        # Payers are never shown an asset without a real price; say why it is held back.
+        gap = price_gap(obj.symbol)
+        return f"No: {gap}" if gap else "Yes"
 
 
 @admin.register(Wallet)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Q
 
+from merchants.fields import exact_sum, exact_totals
 from merchants.models import Merchant
 from wallets.models import (
     CACHED_KINDS,
@@ -187,7 +188,9 @@ def _move_balances(legs: list[Leg]) -> None:
             raise InsufficientBalance(
                 f"{account.code} has {balance.amount} {balance.currency}; cannot take {-delta}."
             )
-        Balance.objects.filter(pk=balance.pk).update(amount=F("amount") + delta)
+        # The row is locked (and SQLite writes one at a time), so the new value is computed
+        # here: arithmetic in SQL would be float arithmetic on SQLite.
+        Balance.objects.filter(pk=balance.pk).update(amount=balance.amount + delta)
 
 
 def account_balance(account: LedgerAccount, currency: str) -> Decimal:
@@ -195,10 +198,7 @@ def account_balance(account: LedgerAccount, currency: str) -> Decimal:
     if account.kind in CACHED_KINDS:
         row = Balance.objects.filter(account=account, currency=currency).first()
         return row.amount if row else Decimal(0)
-    total = LedgerEntry.objects.filter(account=account, currency=currency).aggregate(
-        t=Sum("amount")
-    )
-    return total["t"] or Decimal(0)
+    return exact_sum(LedgerEntry.objects.filter(account=account, currency=currency), "amount")
 
 
 def ledger_reverse(*, posting: LedgerTransaction, reason: str) -> LedgerTransaction:
@@ -228,9 +228,11 @@ def balances_drift() -> list[Drift]:
     """Cached balances that disagree with the sum of their entries."""
     sums = {
         (row["account_id"], row["currency"]): row["total"]
-        for row in LedgerEntry.objects.filter(account__kind__in=CACHED_KINDS)
-        .values("account_id", "currency")
-        .annotate(total=Sum("amount"))
+        for row in exact_totals(
+            LedgerEntry.objects.filter(account__kind__in=CACHED_KINDS),
+            ["account_id", "currency"],
+            "amount",
+        )
     }
     cached = {(b.account_id, b.currency): b for b in Balance.objects.select_related("account")}
     codes = dict(LedgerAccount.objects.values_list("pk", "code"))

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from merchants.fields import AmountField
 from merchants.models import Merchant
 
 # On-chain integers up to 2**256 fit in 78 digits; never a BigIntegerField (it overflows at
@@ -250,7 +251,7 @@ class NativeBalance(models.Model):
     network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="+")
     deposit_address = models.ForeignKey(DepositAddress, on_delete=models.CASCADE, related_name="+")
     block_number = models.PositiveBigIntegerField()
-    balance = models.DecimalField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    balance = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -286,7 +287,7 @@ class Transfer(models.Model):
     block_hash = models.CharField(max_length=66)
     from_address = models.CharField(max_length=42)
     to_address = models.CharField(max_length=42)
-    amount = models.DecimalField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    amount = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
     status = models.CharField(
         max_length=16, choices=TransferStatus.choices, default=TransferStatus.EXECUTED
     )
@@ -295,6 +296,9 @@ class Transfer(models.Model):
     # Anything where it differs from `status` still has to be handled: a crash between scan
     # and settlement delays a deposit, it never loses it.
     handled_status = models.CharField(max_length=16, blank=True, db_index=True)
+    # Set while a confirmed transfer waits for a price to be credited (another asset than
+    # quoted, no rate available): held visibly, posted by a retry once a rate exists.
+    awaiting_valuation_since = models.DateTimeField(null=True, blank=True)
     seen_at = models.DateTimeField(auto_now_add=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     orphaned_at = models.DateTimeField(null=True, blank=True)
@@ -309,6 +313,12 @@ class Transfer(models.Model):
         ]
         indexes = [
             models.Index(fields=["network", "status"], name="transfer_network_status_idx"),
+            # The valuation retry reads only the few held transfers, never the history.
+            models.Index(
+                fields=["awaiting_valuation_since"],
+                condition=Q(awaiting_valuation_since__isnull=False),
+                name="transfer_awaiting_value_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -327,6 +337,10 @@ class Transfer(models.Model):
     @property
     def explorer_url(self) -> str:
         return self.network.tx_url(self.tx_hash) if self.has_tx_hash else ""
+
+    @property
+    def awaiting_valuation(self) -> bool:
+        return self.awaiting_valuation_since is not None
 
 
 # The ledger ------------------------------------------------------------------------------
@@ -413,7 +427,7 @@ class LedgerEntry(AppendOnly):
     )
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
     currency = models.CharField(max_length=16)
-    amount = models.DecimalField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES)
+    amount = AmountField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES)
 
     class Meta:
         ordering = ["pk"]
@@ -429,9 +443,7 @@ class Balance(models.Model):
 
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="balances")
     currency = models.CharField(max_length=16)
-    amount = models.DecimalField(
-        max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES, default=Decimal(0)
-    )
+    amount = AmountField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES, default=Decimal(0))
     non_negative = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 

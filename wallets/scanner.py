@@ -22,10 +22,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from merchants.fields import exact_totals
 from wallets.chain import Chain, ChainError, InternalTransfer, SeenTransfer, Unsupported
 from wallets.models import (
     BALANCE_TX_PREFIX,
@@ -479,10 +480,11 @@ def _recorded_native(
         since.setdefault(base.block_number if base else -1, []).append(deposit.pk)
     recorded: dict[int, int] = {}
     for after, ids in since.items():
-        rows = (
-            live.filter(deposit_address_id__in=ids, block_number__gt=after)
-            .values("deposit_address_id")
-            .annotate(total=Sum("amount"))
+        # Exact on every database (merchants.fields): SQLite's SUM() adds in floats.
+        rows = exact_totals(
+            live.filter(deposit_address_id__in=ids, block_number__gt=after),
+            ["deposit_address_id"],
+            "amount",
         )
         for row in rows:
             recorded[row["deposit_address_id"]] = int(row["total"])

@@ -3,8 +3,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.db.models import QuerySet
 
+from merchants.fields import exact_totals
 from merchants.models import Merchant
 from wallets.models import Balance, DepositAddress, LedgerEntry, Transfer, TransferStatus, Wallet
 
@@ -29,12 +30,12 @@ class Holding:
 
 def merchant_holdings(*, merchant: Merchant) -> list[Holding]:
     """What sits at the merchant's deposit addresses, per network and asset (not yet swept)."""
-    rows = (
-        Transfer.objects.filter(deposit_address__merchant=merchant)
-        .exclude(status=TransferStatus.ORPHANED)
-        .values("network__name", "asset__symbol", "asset__decimals", "status")
-        .annotate(total=Sum("amount"), n=Count("pk"))
-        .order_by("network__name", "asset__symbol")
+    rows = exact_totals(
+        Transfer.objects.filter(deposit_address__merchant=merchant).exclude(
+            status=TransferStatus.ORPHANED
+        ),
+        ["network__name", "asset__symbol", "asset__decimals", "status"],
+        "amount",
     )
     grouped: dict[tuple[str, str, int], dict[str, Decimal | int]] = {}
     for row in rows:
@@ -104,45 +105,71 @@ class FundedAddress:
 def funded_addresses(*, merchant: Merchant) -> Iterator[FundedAddress]:
     """Every deposit address of the merchant that received money, per network and asset,
     in key and index order: what a wallet needs to find funds beyond its gap limit."""
+    # Grouped here, streaming over rows in group order: an SQL SUM would be a float sum on
+    # SQLite (merchants.fields), and the export stays flat in memory however long it is.
+    keys = (
+        "deposit_address__key_fingerprint",
+        "deposit_address__derivation_index",
+        "network__name",
+        "asset__symbol",
+    )
     rows = (
         Transfer.objects.filter(deposit_address__merchant=merchant)
         .exclude(status=TransferStatus.ORPHANED)
-        .values(
-            "deposit_address__address",
-            "deposit_address__key_fingerprint",
-            "deposit_address__derivation_index",
-            "network__name",
-            "asset__symbol",
-            "asset__decimals",
-        )
-        .annotate(
-            confirmed=Sum("amount", filter=Q(status=TransferStatus.CONFIRMED)),
-            unconfirmed=Sum("amount", filter=~Q(status=TransferStatus.CONFIRMED)),
-            n=Count("pk"),
-            first_seen=Min("seen_at"),
-            last_seen=Max("seen_at"),
-        )
-        .order_by(
-            "deposit_address__key_fingerprint",
-            "deposit_address__derivation_index",
-            "network__name",
-            "asset__symbol",
+        .order_by(*keys, "pk")
+        .values_list(
+            *keys, "deposit_address__address", "asset__decimals", "status", "amount", "seen_at"
         )
     )
-    for row in rows.iterator(chunk_size=1000):
-        decimals = row["asset__decimals"]
-        yield FundedAddress(
-            address=row["deposit_address__address"],
-            key_fingerprint=row["deposit_address__key_fingerprint"],
-            derivation_index=row["deposit_address__derivation_index"],
-            network=row["network__name"],
-            symbol=row["asset__symbol"],
-            confirmed=Decimal(int(row["confirmed"] or 0)).scaleb(-decimals),
-            unconfirmed=Decimal(int(row["unconfirmed"] or 0)).scaleb(-decimals),
-            transfers=row["n"],
-            first_seen=row["first_seen"],
-            last_seen=row["last_seen"],
-        )
+    group: dict | None = None
+    for (
+        fingerprint,
+        index,
+        network,
+        symbol,
+        address,
+        decimals,
+        status,
+        amount,
+        seen,
+    ) in rows.iterator(chunk_size=1000):
+        key = (fingerprint, index, network, symbol)
+        if group is not None and group["key"] != key:
+            yield _funded(group)
+            group = None
+        if group is None:
+            group = {
+                "key": key,
+                "address": address,
+                "decimals": decimals,
+                "confirmed": Decimal(0),
+                "unconfirmed": Decimal(0),
+                "n": 0,
+                "first": seen,
+                "last": seen,
+            }
+        group["confirmed" if status == TransferStatus.CONFIRMED else "unconfirmed"] += amount
+        group["n"] += 1
+        group["first"], group["last"] = min(group["first"], seen), max(group["last"], seen)
+    if group is not None:
+        yield _funded(group)
+
+
+def _funded(group: dict) -> FundedAddress:
+    fingerprint, index, network, symbol = group["key"]
+    decimals = group["decimals"]
+    return FundedAddress(
+        address=group["address"],
+        key_fingerprint=fingerprint,
+        derivation_index=index,
+        network=network,
+        symbol=symbol,
+        confirmed=Decimal(int(group["confirmed"])).scaleb(-decimals),
+        unconfirmed=Decimal(int(group["unconfirmed"])).scaleb(-decimals),
+        transfers=group["n"],
+        first_seen=group["first"],
+        last_seen=group["last"],
+    )
 
 
 def wallet_addresses_handed_out(*, wallet: Wallet) -> int:

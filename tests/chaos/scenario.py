@@ -30,7 +30,7 @@ django.setup()
 
 from django.core.management import CommandError, call_command  # noqa: E402
 from django.db import connections  # noqa: E402
-from django.db.models import F, Sum  # noqa: E402
+from django.db.models import F  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from web3 import Web3  # noqa: E402
 
@@ -39,6 +39,7 @@ from checkout.services import payment_start  # noqa: E402
 from checkout.tasks import native_watch_addresses, watch_network  # noqa: E402
 from invoices.callbacks import callbacks_deliver_due  # noqa: E402
 from invoices.models import CallbackDelivery, Invoice  # noqa: E402
+from merchants.fields import exact_sum, exact_totals  # noqa: E402
 from merchants.integrations import webhook_endpoint_create  # noqa: E402
 from tests.factories import MerchantFactory, make_invoice  # noqa: E402
 from tests.invoices.test_callbacks import Receiver  # noqa: E402
@@ -237,7 +238,7 @@ def _summary(*, anvil, cases, sent, network, receiver, kills, completed, failed,
         per_case[case] = {
             "sent": str(sent[case]),
             "on_chain": str(on_chain),
-            "recorded": str(int(confirmed.aggregate(t=Sum("amount"))["t"] or 0)),
+            "recorded": str(int(exact_sum(confirmed, "amount"))),
             "confirmed_transfers": confirmed.count(),
             "live_transfers": transfers.exclude(status=TransferStatus.ORPHANED).count(),
             "payment": payment.status,
@@ -249,10 +250,12 @@ def _summary(*, anvil, cases, sent, network, receiver, kills, completed, failed,
             ).count(),
         }
     holdings = {
-        symbol: str(-total)
-        for symbol, total in LedgerEntry.objects.filter(account__code=f"holdings:{network.slug}")
-        .values_list("currency")
-        .annotate(total=Sum("amount"))
+        row["currency"]: str(-row["total"])
+        for row in exact_totals(
+            LedgerEntry.objects.filter(account__code=f"holdings:{network.slug}"),
+            ["currency"],
+            "amount",
+        )
     }
     ids = [r["headers"].get("webhook-id", "") for r in receiver.requests]
     deliveries = CallbackDelivery.objects.all()

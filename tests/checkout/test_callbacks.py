@@ -86,3 +86,53 @@ def test_callbacks_of_a_payment_reach_a_real_receiver_in_order(shop, acme):
         "invoice.deposit_confirmed",
         "invoice.paid",
     ]
+
+
+def test_the_api_callbacks_and_receipt_show_one_transfer_in_the_same_units(
+    shop, acme, alice, client, mailoutbox
+):
+    from invoices.models import Receipt
+    from merchants.integrations import api_key_create
+
+    webhook_endpoint_create(merchant=acme, url="https://erp.example/hooks")
+    key = api_key_create(merchant=acme, name="ERP", by=alice).plaintext
+    invoice = shop.invoice("100.00")
+    payment = shop.start(invoice)
+    tx = shop.send(payment, 100 * USDC)
+    shop.watch()
+    shop.confirm()
+
+    [listed] = client.get(
+        f"/api/v1/invoices/{invoice.pk}/transfers", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    confirmed = next(p for p in _payloads() if p["type"] == "invoice.deposit_confirmed")
+    called = confirmed["data"]["transfer"]
+    assert set(listed) == set(called)  # one snapshot, one set of names
+    for name in ("id", "tx_hash", "amount", "amount_base_units", "asset", "status"):
+        assert listed[name] == called[name], name
+    assert (listed["amount"], listed["amount_base_units"]) == ("100.000000", str(100 * USDC))
+    assert listed["tx_hash"] == tx and listed["awaiting_valuation"] is False
+    [printed] = Receipt.objects.get(invoice=invoice).transfers
+    assert (printed["tx_hash"], printed["amount"], printed["amount_base_units"]) == (
+        tx,
+        "100",
+        str(100 * USDC),
+    )
+
+
+def test_a_transfer_without_a_real_transaction_hash_says_so(shop):
+    from checkout.models import transfer_snapshot
+    from invoices.delivery import TransferRef
+    from wallets.models import Transfer
+
+    invoice = shop.invoice("100.00")
+    payment = shop.start(invoice)
+    shop.send(payment, 100 * USDC)
+    shop.watch()
+    transfer = Transfer.objects.get()
+    # As recorded when ETH is found by reconciling a balance: no transaction to name.
+    transfer.tx_hash = f"balance:{transfer.block_number}:{transfer.to_address}"
+    snapshot = transfer_snapshot(transfer, order_number=payment.order_number)
+    assert (snapshot["tx_hash"], snapshot["explorer_url"]) == (None, None)
+    ref = TransferRef.from_snapshot(snapshot, network_name="Anvil")
+    assert ref.tx_hash is None and ref.amount == 100

@@ -13,7 +13,6 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
-from django.db.models import Sum
 from django.utils import timezone
 from web3 import Web3
 
@@ -28,6 +27,7 @@ from checkout.settlement import settle_pending, settle_transfer
 from checkout.tasks import watch_network
 from invoices.models import TRANSITIONS, Invoice, InvoiceEvent, InvoiceStatus, PricingMode
 from invoices.services import invoice_accept_unresolved, invoice_cancel, invoice_mark_paid
+from merchants.fields import exact_totals
 from tests.chain import running_anvil
 from tests.checkout import statuslog
 from tests.conftest import require_postgres
@@ -608,7 +608,7 @@ def test_eight_workers_settling_everything_pending_credit_each_deposit_once(shop
 
     assert LedgerTransaction.objects.count() == 4
     assert credited(acme) == Decimal("100.00")  # 10 + 20 + 30 + 40
-    per_key = LedgerEntry.objects.values("transaction__idempotency_key").annotate(n=Sum("amount"))
+    per_key = exact_totals(LedgerEntry.objects.all(), ["transaction__idempotency_key"], "amount")
     assert len(per_key) == 4
     for invoice, payment in zip(invoices, payments, strict=True):
         refreshed(invoice, payment)

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from checkout.rates import HttpTickerRates, RateUnavailable, StaticRates, provider
 from checkout.services import CheckoutError, quote
+from merchants.money import price_gap
 from wallets.models import Asset
 
 TABLE = {
@@ -36,12 +37,17 @@ def test_static_rates_use_a_listed_pair_as_is():
     assert abs((timezone.now() - rate.at).total_seconds()) < 5
 
 
+def q18(value: Decimal) -> Decimal:
+    """A rate at the scale Payment.rate stores, so a quote uses exactly what it keeps."""
+    return value.quantize(Decimal(1).scaleb(-18), rounding=ROUND_HALF_UP)
+
+
 def test_static_rates_cross_other_pairs_through_usd():
     rates = StaticRates(TABLE)
-    assert rates.rate("ETH", "EUR").value == Decimal("3000") / Decimal("1.08")
-    assert rates.rate("USDC", "EUR").value == Decimal("0.999") / Decimal("1.08")
+    assert rates.rate("ETH", "EUR").value == q18(Decimal("3000") / Decimal("1.08"))
+    assert rates.rate("USDC", "EUR").value == q18(Decimal("0.999") / Decimal("1.08"))
     # A pair listed the other way round (USD → JPY) is inverted.
-    assert rates.rate("USDT", "JPY").value == Decimal(1) / (Decimal(1) / Decimal(150))
+    assert rates.rate("USDT", "JPY").value == q18(Decimal(1) / (Decimal(1) / Decimal(150)))
     assert rates.rate("EUR", "EUR").value == Decimal(1)
 
 
@@ -76,13 +82,15 @@ class FakeExchange:
 
     status: int = 200
     body: object = None  # None: a fresh, valid answer
-    price: str = "3123.45"
+    price: str = "3123.45"  # ETHUSDT
+    prices: dict[str, str] = field(default_factory=lambda: {"EURUSDT": "1.08"})
     delay: float = 0
     requests: list[str] = field(default_factory=list)
 
     def answer(self, symbol: str) -> tuple[int, bytes]:
         if self.body is None:
-            payload = {"symbol": symbol, "price": self.price, "time": int(time.time() * 1000)}
+            price = self.prices.get(symbol, self.price)
+            payload = {"symbol": symbol, "price": price, "time": int(time.time() * 1000)}
             return self.status, json.dumps(payload).encode()
         body = self.body if isinstance(self.body, str) else json.dumps(self.body)
         return self.status, body.encode()
@@ -136,14 +144,26 @@ def test_the_ticker_price_is_used_with_its_source_and_time(exchange):
     assert exchange.requests == ["/api/v3/ticker/price?symbol=ETHUSDT"]
 
 
-def test_the_ticker_price_is_converted_to_the_invoice_currency(exchange):
-    assert ticker(exchange).rate("ETH", "EUR").value == Decimal("3123.45") / Decimal("1.08")
+def test_the_ticker_price_is_converted_to_the_invoice_currency_at_the_live_cross(exchange):
+    exchange.prices["EURUSDT"] = "1.10"  # not the table's 1.08
+    assert ticker(exchange).rate("ETH", "EUR").value == q18(Decimal("3123.45") / Decimal("1.10"))
+    assert sorted(exchange.requests) == [
+        "/api/v3/ticker/price?symbol=ETHUSDT",
+        "/api/v3/ticker/price?symbol=EURUSDT",
+    ]
 
 
-def test_stablecoins_and_fiat_come_from_the_table_without_asking(exchange):
+def test_a_fiat_cross_comes_from_the_ticker(exchange):
+    exchange.prices["EURUSDT"] = "1.0925"
+    rate = ticker(exchange).rate("EUR", "USD")
+    assert (rate.value, rate.source) == (Decimal("1.0925"), f"ticker {exchange.url}")
+    assert ticker(exchange).rate("USDC", "EUR").value == q18(Decimal("0.999") / Decimal("1.0925"))
+
+
+def test_pegged_stablecoins_come_from_the_table_without_asking(exchange):
     rates = ticker(exchange)
     assert rates.rate("USDC", "USD").value == Decimal("0.999")
-    assert rates.rate("USDT", "EUR").value == Decimal(1) / Decimal("1.08")
+    assert rates.rate("USDT", "USDC").value == q18(Decimal(1) / Decimal("0.999"))
     assert exchange.requests == []
 
 
@@ -151,9 +171,9 @@ def test_answers_are_cached_so_a_second_quote_asks_nothing(exchange, settings):
     settings.RATE_CACHE_SECONDS = 30
     first = ticker(exchange).rate("ETH", "USD")
     exchange.price = "9999"  # the exchange moved, but the cache still holds the first answer
-    second = ticker(exchange).rate("ETH", "EUR")
+    second = ticker(exchange).rate("ETH", "USD")
     assert len(exchange.requests) == 1
-    assert second.value == first.value / Decimal("1.08")
+    assert second.value == first.value
 
 
 def test_the_cache_runs_out_and_the_ticker_is_asked_again(exchange, settings):
@@ -243,14 +263,45 @@ def test_the_static_provider_is_the_default(settings):
     assert isinstance(provider(), StaticRates)
 
 
-def test_the_http_provider_asks_the_ticker_for_eth_and_the_table_for_the_rest(exchange, settings):
+def test_the_http_provider_asks_the_ticker_for_eth_and_fiat_and_the_peg_for_stablecoins(
+    exchange, settings
+):
     settings.RATE_PROVIDER = "http"
     settings.RATE_HTTP_URL = exchange.url
+    settings.RATE_STATIC_APPROVED = []
     chosen = provider()
     assert isinstance(chosen, HttpTickerRates)
     assert chosen.rate("ETH", "USD").value == Decimal("3123.45")  # not the table's 3000
     assert chosen.rate("USDC", "USD").value == Decimal(1)
-    assert len(exchange.requests) == 1
+    assert chosen.rate("USDC", "EUR").value == q18(Decimal(1) / Decimal("1.08"))
+    assert len(exchange.requests) == 2
+    # The ticker down and no approved static price: refused, never the table's 3000.
+    cache.clear()
+    exchange.status = 503
+    with pytest.raises(RateUnavailable):
+        chosen.rate("ETH", "USD")
+
+
+def test_without_a_live_source_only_pegged_stablecoins_are_priced(settings):
+    settings.RATE_PROVIDER = "static"
+    settings.RATE_STATIC_APPROVED = []
+    rates = provider()
+    assert rates.rate("USDC", "USD").value == Decimal(1)
+    with pytest.raises(RateUnavailable, match="not approved by the operator"):
+        rates.rate("ETH", "USD")
+    with pytest.raises(RateUnavailable, match="not approved by the operator"):
+        rates.rate("USDC", "EUR")
+
+
+def test_the_operator_approves_static_prices_code_by_code(settings):
+    settings.RATE_PROVIDER = "static"
+    settings.RATE_STATIC_APPROVED = ["EUR"]
+    rates = provider()
+    assert rates.rate("USDC", "EUR").value == q18(Decimal(1) / Decimal("1.08"))
+    with pytest.raises(RateUnavailable):
+        rates.rate("ETH", "USD")
+    assert price_gap("EUR") == ""
+    assert "RATE_STATIC_APPROVED" in price_gap("ETH")
 
 
 @pytest.mark.django_db
@@ -259,6 +310,7 @@ def test_an_eth_quote_locks_the_ticker_rate_and_refuses_when_it_is_missing(
 ):
     settings.RATE_PROVIDER = "http"
     settings.RATE_HTTP_URL = exchange.url
+    settings.RATE_STATIC_APPROVED = []  # production: no static ETH price to fall back on
     exchange.price = "2000"
     eth = Asset.objects.get(network=shop.network, symbol="ETH")
     invoice = shop.invoice("30.00")

@@ -443,6 +443,7 @@ def test_paid_on_chain_sends_a_receipt_with_transactions_and_tells_the_owners(
                 asset="USDC",
                 amount=Decimal("419.880000"),
                 explorer_url=f"https://basescan.org/tx/{tx}",
+                amount_base_units="419880000",
             )
         ],
     )
@@ -456,6 +457,7 @@ def test_paid_on_chain_sends_a_receipt_with_transactions_and_tells_the_owners(
             "network": "Base",
             "asset": "USDC",
             "amount": "419.88",
+            "amount_base_units": "419880000",
             "explorer_url": f"https://basescan.org/tx/{tx}",
         }
     ]
@@ -497,6 +499,31 @@ def test_receipt_link_to_a_script_url_is_dropped(invoice, send):
     )
     row = send(invoice_paid_deliver, invoice=invoice, receipt=receipt)
     assert row.transfers[0]["explorer_url"] == ""
+
+
+def test_a_receipt_for_eth_found_by_balance_says_it_has_no_transaction(invoice, send, mailoutbox):
+    receipt = ReceiptInput(
+        key="order-eth",
+        paid_at=timezone.now(),
+        amount=Decimal("30"),
+        method="ETH on Base",
+        transfers=[
+            TransferRef(
+                tx_hash=None,
+                network="Base",
+                asset="ETH",
+                amount=Decimal("0.01"),
+                amount_base_units=str(10**16),
+            )
+        ],
+    )
+    row = send(invoice_paid_deliver, invoice=invoice, receipt=receipt)
+    assert row.transfers[0]["tx_hash"] is None
+    payer = next(m for m in mailoutbox if m.to == ["ada@example.org"])
+    assert "none of its own (0.01 ETH found in the address balance)" in payer.body
+    assert "None" not in payer.body
+    text = pdf_text(payer.attachments[0][1]).replace("\n", " ")
+    assert "found in the address balance" in text
 
 
 def test_unresolved_payment_tells_the_owners_once(invoice, send, mailoutbox):

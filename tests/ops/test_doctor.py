@@ -221,9 +221,21 @@ def test_missing_rate(production, anvil_network):
         pair: rate for pair, rate in production.STATIC_RATES.items() if pair != ("CHF", "USD")
     }
     _, output = doctor()
+    # A code nothing can price is not offered (merchants.money.price_gap): the doctor says so,
+    # and checks the pairs that are offered.
+    (line,) = [f for f in findings(output, "WARNING") if f.startswith("rates:")]
+    assert "not offered: CHF" in line and "EUR" not in line
+    assert [f for f in findings(output, "ERROR") if f.startswith("rates:")] == []
+
+
+def test_an_offered_pair_the_provider_cannot_price_is_an_error(production, anvil_network):
+    production.RATE_PROVIDER = "http"
+    production.RATE_HTTP_URL = "http://127.0.0.1:9/price"  # nothing listens there
+    production.RATE_STATIC_APPROVED = []
+    _, output = doctor()
     (line,) = [f for f in findings(output, "ERROR") if f.startswith("rates:")]
-    assert "USDC/CHF" in line and "ETH/CHF" in line and "USDT/CHF" in line
-    assert "USDC/EUR" not in line
+    assert "ETH/USD" in line and "USDC/EUR" in line
+    assert "USDC/USD" not in line  # the peg needs no source
 
 
 def test_dev_chain_outside_debug(production, anvil_network):

@@ -369,7 +369,7 @@ def _check_scanner(report, topic, network, cursor, head: int) -> None:
 
 def check_rates(report: Report) -> None:
     from checkout.rates import RateUnavailable, provider
-    from merchants.money import CURRENCIES
+    from merchants.money import CURRENCIES, price_gap
     from wallets.models import Asset, Network
 
     active = Network.objects.active()
@@ -378,8 +378,18 @@ def check_rates(report: Report) -> None:
     )
     rates = provider()
     missing = []
+    # Codes without a live source or an approved static price are not offered at all (not an
+    # error, but the operator should know why).
+    unpriced = sorted({code for code in (*assets, *CURRENCIES) if price_gap(code)})
+    if unpriced:
+        report.warning(
+            "rates",
+            f"not offered: {', '.join(unpriced)} ({price_gap(unpriced[0])})",
+        )
     for asset in assets:
         for currency in CURRENCIES:
+            if asset in unpriced or currency in unpriced:
+                continue
             try:
                 rates.rate(asset, currency)
             except RateUnavailable:

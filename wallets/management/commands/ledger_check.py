@@ -5,8 +5,8 @@ from collections import defaultdict
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Sum
 
+from merchants.fields import amount_storage_faults, exact_totals
 from wallets.chain import Chain, ChainError
 from wallets.ledger import balances_drift, balances_rebuild
 from wallets.models import (
@@ -44,6 +44,13 @@ class Command(BaseCommand):
         balances_only: bool = False,
         **options,
     ) -> None:
+        # An amount that is not stored exactly cannot be trusted by any sum below: say so
+        # first, and never "fix" balances from it.
+        faults = amount_storage_faults()
+        for fault in faults:
+            self.stdout.write(f"inexact amount: {fault}")
+        if faults:
+            raise CommandError(f"{len(faults)} amount(s) are not stored exactly.")
         problems = []
         drift = balances_drift()
         for item in drift:
@@ -68,25 +75,29 @@ class Command(BaseCommand):
     def _holdings(self) -> int:
         """Holdings per network and asset equal the confirmed transfers settled into them."""
         settled: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-        rows = (
+        # Exact sums (merchants.fields): SQLite's SUM() would add these in floats.
+        rows = exact_totals(
+            # Held as awaiting valuation: confirmed and shown, not posted until it has a price.
             Transfer.objects.filter(
-                status=TransferStatus.CONFIRMED, handled_status=TransferStatus.CONFIRMED
-            )
-            .values("network__slug", "asset__symbol", "asset__decimals")
-            .annotate(total=Sum("amount"))
+                status=TransferStatus.CONFIRMED,
+                handled_status=TransferStatus.CONFIRMED,
+                awaiting_valuation_since__isnull=True,
+            ),
+            ["network__slug", "asset__symbol", "asset__decimals"],
+            "amount",
         )
         for row in rows:
             key = (row["network__slug"], row["asset__symbol"])
             settled[key] = Decimal(int(row["total"])).scaleb(-row["asset__decimals"])
         held: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-        entries = (
-            LedgerEntry.objects.filter(account__code__startswith="holdings:")
-            .values_list("account__code", "currency")
-            .annotate(total=Sum("amount"))
+        entries = exact_totals(
+            LedgerEntry.objects.filter(account__code__startswith="holdings:"),
+            ["account__code", "currency"],
+            "amount",
         )
-        for code, symbol, total in entries:
+        for row in entries:
             # Holdings are debit-normal: stored negative.
-            held[(code.removeprefix("holdings:"), symbol)] = -total
+            held[(row["account__code"].removeprefix("holdings:"), row["currency"])] = -row["total"]
         problems = 0
         for key in sorted(set(settled) | set(held)):
             if settled[key] != held[key]:
