@@ -3,7 +3,9 @@ import shutil
 
 import pytest
 from django.core.cache import cache
+from django.core.servers.basehttp import WSGIServer
 from django.db import connection
+from django.test.testcases import LiveServerThread
 
 from config.celery import app as celery_app
 from merchants.models import Role
@@ -15,6 +17,21 @@ from tests.factories import (
     MerchantFactory,
 )
 from tests.skips import disallowed, skip_reason
+
+
+class _SerialLiveServer(WSGIServer):
+    """One request at a time, for a test database that is one shared in-memory SQLite
+    connection: the threaded live server would run the browser's parallel requests (a preview
+    and a totals refresh) on that one connection at once, and sqlite3 answers "bad parameter or
+    other API misuse", which drops the session mid-test. Django's handler sends
+    `Connection: close` from a server without threads, so a kept-alive browser never blocks it."""
+
+    def __init__(self, *args, connections_override=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+if connection.vendor == "sqlite":
+    LiveServerThread.server_class = _SerialLiveServer
 
 
 def on_postgres() -> bool:
