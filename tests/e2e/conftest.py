@@ -4,11 +4,17 @@ pytest-django's live server."""
 import os
 
 import pytest
+from playwright.sync_api import expect
 
 # Playwright's sync API runs an event loop in this thread; Django refuses ORM calls from a
 # thread with a running loop unless told it is safe. The tests touch the database only
 # between browser steps, never concurrently with it.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+# The previews render a PDF or an email on the server; on this 2-core machine with the rest of
+# the suite beside it, that can pass Playwright's 5 s default. A bound on waiting, not a timing
+# assertion: a preview that never comes still fails.
+expect.set_options(timeout=20_000)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
