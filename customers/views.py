@@ -17,6 +17,7 @@ from customers.services import (
     customer_update,
 )
 from merchants.access import MerchantRequest, merchant_view
+from merchants.forms import form_add_service_errors
 from merchants.models import Role
 
 PAGE_SIZE = 25
@@ -44,8 +45,7 @@ def _save_with_form(form, save) -> bool:
     try:
         save()
     except ValidationError as error:
-        for field, errors in error.message_dict.items():
-            form.add_error(field if field in form.fields else None, errors)
+        form_add_service_errors(form, error)
         return False
     return True
 

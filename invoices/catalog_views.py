@@ -15,12 +15,8 @@ from invoices.services import (
     tax_rate_save,
 )
 from merchants.access import MerchantRequest, merchant_view
+from merchants.forms import form_add_service_errors
 from merchants.models import Role
-
-
-def _form_errors(form, error: ValidationError) -> None:
-    for key, messages_ in error.message_dict.items():
-        form.add_error(key if key in form.fields else None, messages_)
 
 
 @merchant_view(Role.OWNER)
@@ -36,7 +32,7 @@ def tax_rate_list(request: MerchantRequest, pk: int | None = None) -> HttpRespon
         try:
             tax_rate_save(rate=form.instance)
         except ValidationError as error:
-            _form_errors(form, error)
+            form_add_service_errors(form, error)
         else:
             messages.success(request, f"Tax rate {form.instance} saved.")
             return redirect("tax_rate_list")
@@ -77,7 +73,7 @@ def payment_method_list(request: MerchantRequest, pk: int | None = None) -> Http
         try:
             payment_method_save(method=form.instance)
         except ValidationError as error:
-            _form_errors(form, error)
+            form_add_service_errors(form, error)
         else:
             messages.success(request, f"Payment method {form.instance} saved.")
             return redirect("payment_method_list")

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from invoices.callbacks import callback_redeliver, callback_test_send
 from invoices.models import CallbackDelivery
 from merchants.access import MerchantRequest, merchant_view
+from merchants.forms import form_add_service_errors
 from merchants.integrations import (
     EVENT_TYPES,
     invoice_callback_signer,
@@ -43,11 +44,6 @@ class EndpointForm(forms.Form):
     enabled = forms.BooleanField(required=False, initial=True)
 
 
-def _show_errors(form: EndpointForm, error: ValidationError) -> None:
-    for field, errors in error.message_dict.items():
-        form.add_error(field if field in form.fields else None, errors)
-
-
 def _endpoints(request: MerchantRequest):
     return WebhookEndpoint.objects.filter(merchant=request.merchant)
 
@@ -65,7 +61,7 @@ def webhook_list(request: MerchantRequest) -> HttpResponse:
                 events=form.cleaned_data["events"],
             )
         except ValidationError as error:
-            _show_errors(form, error)
+            form_add_service_errors(form, error)
         else:
             messages.success(
                 request, "Endpoint added. Send it a test event to check your receiver."
@@ -100,7 +96,7 @@ def webhook_detail(request: MerchantRequest, pk: int) -> HttpResponse:
         try:
             webhook_endpoint_update(endpoint=endpoint, **form.cleaned_data)
         except ValidationError as error:
-            _show_errors(form, error)
+            form_add_service_errors(form, error)
         else:
             messages.success(request, "Endpoint saved.")
             return redirect("webhook_detail", pk=endpoint.pk)

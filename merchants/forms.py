@@ -1,4 +1,5 @@
 from django import forms
+from django.core.exceptions import ValidationError
 
 from merchants.models import SELLER_FIELDS, Merchant, Role, User
 from merchants.validators import LogoField
@@ -76,3 +77,9 @@ class ApiKeyForm(forms.Form):
         max_length=80,
         help_text="Where the key is used, e.g. “Shop” or “ERP”, to know which to revoke.",
     )
+
+
+def form_add_service_errors(form: forms.BaseForm, error: ValidationError) -> None:
+    """A service's field errors, put on the form's fields; the rest above the form."""
+    for field, messages in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages)
