@@ -18,6 +18,7 @@ from customers.api import router as customers_router
 from invoices.api import catalog_router
 from invoices.api import router as invoices_router
 from merchants.api import (
+    IDEMPOTENCY_HEADER,
     ApiError,
     ApiKeyAuth,
     PerKeyThrottle,
@@ -36,6 +37,26 @@ COMMON_ERRORS = {
 }
 
 
+# No text we store may hold a NUL character (PostgreSQL cannot), and the API refuses one in
+# any input (merchants.api.refuse_nul_characters); every input string says so.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+def _no_nul(schema: Any) -> None:
+    """Give every string in an input schema that has no pattern of its own the NUL rule."""
+    if isinstance(schema, list):
+        for item in schema:
+            _no_nul(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    plain = not {"pattern", "enum", "format"} & set(schema)
+    if schema.get("type") == "string" and plain:
+        schema["pattern"] = NO_NUL_PATTERN
+    for value in schema.values():
+        _no_nul(value)
+
+
 class DocumentedApi(NinjaAPI):
     """The OpenAPI document states every status and error shape each operation answers."""
 
@@ -48,8 +69,17 @@ class DocumentedApi(NinjaAPI):
                 extra = dict(COMMON_ERRORS)
                 if "{" in path:
                     extra["404"] = "No such object of yours."
+                if "requestBody" in operation:
+                    extra["400"] = "The body is not JSON."
+                headers = {p["name"] for p in operation.get("parameters", [])}
+                if IDEMPOTENCY_HEADER in headers:
+                    extra["409"] = "The Idempotency-Key was used with another request."
                 for status, text in extra.items():
                     responses.setdefault(status, {"description": text, "content": error})
+                _no_nul(operation.get("parameters", []))
+        for name, component in schema.get("components", {}).get("schemas", {}).items():
+            if name.endswith("In"):
+                _no_nul(component)
         return schema
 
 

@@ -11,10 +11,11 @@ from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 from pydantic import ConfigDict
 
+from customers.api import NAME_PATTERN, email_field
 from customers.models import Customer
 from customers.selectors import customer_scope
 from customers.services import customer_create
-from invoices.callbacks import invoice_snapshot
+from invoices.callbacks import credit_note_snapshot, invoice_snapshot
 from invoices.delivery import invoice_send
 from invoices.models import Actor, Invoice, InvoiceKind, InvoiceStatus, PaymentMethod, TaxRate
 from invoices.rules import NO_DISCOUNT, Discount, LineItemInput
@@ -24,6 +25,7 @@ from invoices.services import (
     INTEGRATION_FIELDS,
     InvoiceInput,
     InvoiceStateError,
+    credit_note_issue,
     invoice_cancel,
     invoice_close,
     invoice_create,
@@ -35,6 +37,7 @@ from merchants.api import (
     IDEMPOTENT_POST,
     ApiError,
     Error,
+    cursor_field,
     from_validation_error,
     idempotent,
     merchant_of,
@@ -45,10 +48,29 @@ from merchants.models import Merchant
 router = Router(tags=["invoices"])
 
 DecimalText = Field(pattern=DECIMAL_PATTERN, examples=["19.99"])
+# A full http(s) URL at a host name: the part of what the invoice's URL checks accept that a
+# pattern can state (they also take literal addresses, which the SSRF rules then judge).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_URL_CHARS = r"[A-Za-z0-9._~%!$&'()*+,;=:@/-]"
+URL_PATTERN = (
+    # The look-ahead keeps the host within the 253 characters a host name may have.
+    rf"^(https?://(?=[^/:?]{{1,253}}([/:?]|$))({_LABEL}\.)+[A-Za-z]{{2,63}}(:[1-9][0-9]{{0,3}})?"
+    rf"(/{_URL_CHARS}*)?(\?{_URL_CHARS}*)?)?$"
+)
+
+
+def url_field(default: str | None) -> Any:
+    return Field(
+        default,
+        max_length=500,
+        pattern=URL_PATTERN,
+        description="A full http(s) URL; empty for none.",
+    )
 
 
 class In(Schema):
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: the URL pattern needs a look-ahead, which pydantic's own lacks.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 ID = Field(ge=1, le=2**63 - 1)
@@ -73,8 +95,8 @@ class ItemIn(In):
 class CustomerIn(In):
     """Found by email among your customers, or created."""
 
-    name: str = Field(min_length=1, max_length=200)
-    email: str = Field(min_length=3, max_length=254)
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    email: str = email_field()
     company: str = Field("", max_length=200)
 
 
@@ -96,8 +118,8 @@ class InvoiceCreateIn(In):
     customer: CustomerIn | None = None
     foreign_id: str = Field("", max_length=128)
     tracking_id: str = Field("", max_length=128)
-    callback_url: str = Field("", max_length=500)
-    payment_page_url: str = Field("", max_length=500)
+    callback_url: str = url_field("")
+    payment_page_url: str = url_field("")
     payment_page_button: str = Field("", max_length=40)
     discount: DiscountIn | None = Field(None, description="Off the whole invoice, before tax.")
     notes: str = Field("", max_length=5000, description="Shown to the customer.")
@@ -121,8 +143,8 @@ class InvoiceCreateIn(In):
 
 class InvoiceUpdateIn(In):
     tracking_id: str | None = Field(None, max_length=128)
-    callback_url: str | None = Field(None, max_length=500)
-    payment_page_url: str | None = Field(None, max_length=500)
+    callback_url: str | None = url_field(None)
+    payment_page_url: str | None = url_field(None)
     payment_page_button: str | None = Field(None, max_length=40)
     items: list[ItemIn] | None = Field(None, max_length=200)
     amount: str | None = Field(None, pattern=DECIMAL_PATTERN)
@@ -135,7 +157,7 @@ class InvoiceFilters(Schema):
     created_after: date | None = None
     created_before: date | None = None
     foreign_id: str | None = Field(None, max_length=128)
-    cursor: str | None = Field(None, max_length=100)
+    cursor: str | None = cursor_field()
     limit: int = Field(25, ge=1, le=100)
 
 
@@ -207,13 +229,22 @@ class BuyerOut(Schema):
     address_lines: list[str]
 
 
+class CreditLineOut(Schema):
+    position: int = Field(description="The invoice line's position (1-based)")
+    name: str
+    quantity: str = Field(description="Units of the line this note credits")
+    of_quantity: str = Field(description="The line's quantity on the invoice")
+    amount: str = Field(description="Credited, exclusive tax included")
+    tax: str
+
+
 class CreditNoteOut(Schema):
     id: int
     reference: str
     amount: str
     tax: str
     reason: str
-    lines: list[int] = Field(description="Positions (1-based) of the credited lines")
+    lines: list[CreditLineOut]
     refund: str | None
     created_at: datetime
 
@@ -514,7 +545,20 @@ def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdate
             )
         if "items" in given or "amount" in given:
             items = _items(invoice.merchant, payload.items, payload.amount, invoice.description)
-            invoice = _state(invoice_update_items, invoice=invoice, items=items, actor=Actor.API)
+            try:
+                invoice = _state(
+                    invoice_update_items, invoice=invoice, items=items, actor=Actor.API
+                )
+            except ValidationError as error:
+                # The invoice's own discount (not part of this request) is above the new
+                # items' subtotal: the request conflicts with the stored invoice, hence 409.
+                by_field = error.message_dict if hasattr(error, "error_dict") else {}
+                conflict = by_field.get("discount_value")
+                if conflict:
+                    raise ApiError(
+                        409, conflict[0], code="discount_conflict", fields={"items": conflict}
+                    ) from None
+                raise
     return _snapshot(invoice.pk)
 
 
@@ -551,6 +595,77 @@ def close_invoice(request: HttpRequest, invoice_id: int):
     if invoice.kind != InvoiceKind.PERMANENT:
         raise ApiError(409, "Only permanent invoices are closed.", code="invalid_state")
     return _snapshot(_state(invoice_close, invoice=invoice, actor=Actor.API).pk)
+
+
+class CreditLineIn(In):
+    position: int = Field(ge=1, le=32767, description="The invoice line's position (1-based)")
+    quantity: str | None = Field(
+        None,
+        pattern=DECIMAL_PATTERN,
+        examples=["2"],
+        description="Units to credit; left out: all that is left of the line.",
+    )
+
+
+class CreditNoteIn(In):
+    reason: str = Field(min_length=1, max_length=2000, pattern=NAME_PATTERN)
+    lines: list[CreditLineIn] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Left out: credit everything not credited yet.",
+    )
+
+
+class CreditNoteCreated(CreditNoteOut):
+    invoice: InvoiceOut
+
+
+@router.post(
+    "/{int:invoice_id}/credit-notes",
+    response={201: CreditNoteCreated, 404: Error, 409: Error, 422: Error},
+    summary="Credit an issued invoice, in full, by lines or by part of a line's quantity",
+    openapi_extra=IDEMPOTENT_POST,
+    description="Each line is credited pro rata to its quantity (discounts and tax "
+    "included), never beyond what is left of it across all credit notes. The customer gets "
+    "the credit note by email; an invoice credited in full is closed; the `invoice.credited` "
+    "callback carries the note.",
+)
+@idempotent
+def create_credit_note(request: HttpRequest, invoice_id: int, payload: CreditNoteIn):
+    invoice = invoice_or_404(merchant_of(request), invoice_id)
+    requested = payload.lines or []
+    index_of = {line.position: index for index, line in enumerate(requested)}
+    if len(index_of) != len(requested):
+        raise ApiError(
+            422, "Name each line once.", fields={"lines": ["Each position may appear once."]}
+        )
+    quantities = {
+        line.position: Decimal(line.quantity) if line.quantity is not None else None
+        for line in requested
+    }
+    try:
+        note = credit_note_issue(
+            invoice=invoice, reason=payload.reason, quantities=quantities or None, actor=Actor.API
+        )
+    except InvoiceStateError as error:
+        raise ApiError(409, str(error), code="invalid_state") from None
+    except ValidationError as error:
+        raise _by_request_index(error, index_of) from None
+    return 201, {**credit_note_snapshot(note), "invoice": _snapshot(invoice.pk)}
+
+
+def _by_request_index(error: ValidationError, index_of: dict[int, int]) -> ApiError:
+    """The service names lines by position; the client sent a list: name them by index."""
+    api_error = from_validation_error(error)
+    renamed: dict[str, list[str]] = {}
+    for key, messages in api_error.fields.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "lines" and parts[1].isdigit():
+            key = f"lines.{index_of.get(int(parts[1]), parts[1])}.{parts[2]}"
+        renamed[key] = messages
+    api_error.fields = renamed
+    return api_error
 
 
 # What an integrator picks from: tax rates and other payment methods ---------------------------

@@ -25,6 +25,7 @@ from invoices.models import (
     CallbackAttempt,
     CallbackDelivery,
     CallbackStatus,
+    CreditNote,
     Invoice,
     InvoiceEvent,
 )
@@ -56,6 +57,7 @@ CALLBACK_TYPES = {
     "invoice.cancelled": "invoice.cancelled",
     "invoice.marked_paid": "invoice.marked_paid",
     "invoice.closed": "invoice.closed",
+    "invoice.credited": "invoice.credited",
     "deposit.reverted": "deposit.reverted",
 }
 EXCERPT_CHARS = 1000
@@ -151,19 +153,7 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "seller": {k: v for k, v in document["seller"].items() if k != "display_name"},
         "buyer": document["buyer"],
         "payment_methods": document["payment_methods"],
-        "credit_notes": [
-            {
-                "id": note.pk,
-                "reference": note.reference,
-                "amount": money(note.amount),
-                "tax": money(note.tax),
-                "reason": note.reason,
-                "lines": [line["position"] for line in note.lines],
-                "refund": note.refund or None,
-                "created_at": iso(note.created_at),
-            }
-            for note in invoice.credit_notes.all()
-        ],
+        "credit_notes": [credit_note_snapshot(note) for note in invoice.credit_notes.all()],
         "foreign_id": invoice.foreign_id or None,
         "tracking_id": invoice.tracking_id or None,
         "callback_url": invoice.callback_url or None,
@@ -174,6 +164,35 @@ def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
         "issued_at": iso(invoice.issued_at),
         "expires_at": iso(invoice.expires_at),
         "finalized_at": iso(invoice.finalized_at),
+    }
+
+
+def credit_note_snapshot(note: CreditNote) -> dict[str, Any]:
+    """A credit note as the API and the `invoice.credited` callback show it."""
+
+    def money(value: Any) -> str:
+        return str(quantize(Decimal(value), note.currency))
+
+    return {
+        "id": note.pk,
+        "reference": note.reference,
+        "amount": money(note.amount),
+        "tax": money(note.tax),
+        "reason": note.reason,
+        "lines": [
+            {
+                "position": line["position"],
+                "name": line["name"],
+                "quantity": line["quantity"],
+                # Notes from before partial credits credited whole lines.
+                "of_quantity": line.get("of", line["quantity"]),
+                "amount": money(line["amount"]),
+                "tax": money(line["tax"]),
+            }
+            for line in note.lines
+        ],
+        "refund": note.refund or None,
+        "created_at": iso(note.created_at),
     }
 
 
@@ -190,7 +209,7 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
             "asset": data.get("asset"),
             "network": data.get("network"),
         }
-    body = {
+    body: dict[str, Any] = {
         "type": type,
         "timestamp": iso(event.created_at),
         "data": {
@@ -202,6 +221,9 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
             "note": event.note or None,
         },
     }
+    if type == "invoice.credited":
+        note = invoice.credit_notes.get(pk=data["credit_note"])
+        body["data"]["credit_note"] = {**credit_note_snapshot(note), "full": data["full"]}
     return json.dumps(body, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 

@@ -1,9 +1,11 @@
 import re
 from collections.abc import Sequence
+from datetime import date
 from decimal import Decimal
 
 from django import forms
 from django.http import QueryDict
+from django.utils import timezone
 
 from customers.models import Customer
 from customers.selectors import customer_list
@@ -24,10 +26,12 @@ from invoices.rules import (
     check_price,
     check_quantity,
 )
+from invoices.selectors import credited_quantities
 from merchants.models import FeePayer, Merchant
 from merchants.money import (
     CURRENCY_CHOICES,
     PAYMENT_ASSET_CHOICES,
+    QUANTITY_DECIMALS,
     Currency,
     UnknownCurrency,
     get_currency,
@@ -121,6 +125,7 @@ class InvoiceForm(forms.Form):
 
     def __init__(self, *args, merchant: Merchant, invoice: Invoice | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._kept_due_date = invoice.due_date if invoice is not None else None
         self.fields["payment_methods"].queryset = PaymentMethod.objects.filter(  # type: ignore[attr-defined]
             merchant=merchant, archived_at__isnull=True
         )
@@ -146,6 +151,14 @@ class InvoiceForm(forms.Form):
             self.initial.setdefault("fee_payer", merchant.default_fee_payer)
             self.initial.setdefault("footer", merchant.invoice_footer)
             self.initial.setdefault("terms_days", merchant.default_terms_days)
+
+    def clean_due_date(self) -> date | None:
+        # A typo guard for people typing dates; the API takes a past due date (an import, or
+        # work billed late), and the invoice is then simply overdue. A draft keeps its own.
+        due = self.cleaned_data.get("due_date")
+        if due is not None and due < timezone.localdate() and due != self._kept_due_date:
+            raise forms.ValidationError("The due date is in the past.")
+        return due
 
     def clean(self) -> dict:
         cleaned = super().clean() or {}
@@ -408,20 +421,46 @@ class InvoiceFilterForm(forms.Form):
 
 
 class CreditNoteForm(forms.Form):
+    """A reason, and per line the units to credit (blank: none of it). All blank credits
+    everything left. `rows` pairs each line with its field, for the table."""
+
     reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
-    lines = forms.TypedMultipleChoiceField(
-        coerce=int,
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        label="Lines to credit",
-        help_text="Leave all unticked to credit everything not credited yet.",
-    )
 
     def __init__(self, *args, invoice: Invoice, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        credited = {line["position"] for note in invoice.credit_notes.all() for line in note.lines}
-        self.fields["lines"].choices = [  # type: ignore[attr-defined]
-            (item.position, f"{item.position}. {item.name}")
-            for item in invoice.items.all()
-            if item.position not in credited
-        ]
+        credited = credited_quantities(invoice)
+        self.rows: list[dict] = []
+        for item in invoice.items.all():
+            left = item.quantity - credited.get(item.position, Decimal(0))
+            name = f"quantity_{item.position}"
+            if left > 0:
+                self.fields[name] = forms.DecimalField(
+                    required=False,
+                    min_value=Decimal("0.0001"),
+                    max_value=left,
+                    decimal_places=QUANTITY_DECIMALS,
+                    label=f"Units of {item.name} to credit",
+                    widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}),
+                )
+            self.rows.append(
+                {
+                    "item": item,
+                    "credited": credited.get(item.position, Decimal(0)),
+                    "left": left,
+                    "field": self[name] if left > 0 else None,
+                }
+            )
+
+    @property
+    def creditable(self) -> bool:
+        return any(row["field"] is not None for row in self.rows)
+
+    @property
+    def quantities(self) -> dict[int, Decimal | None] | None:
+        """Position -> units for the service; None (everything left) when all are blank."""
+        chosen = {
+            row["item"].position: self.cleaned_data[row["field"].name]
+            for row in self.rows
+            if row["field"] is not None and self.cleaned_data.get(row["field"].name) is not None
+        }
+        return chosen or None

@@ -14,6 +14,14 @@ the printed totals:
 4. tax per line on base = net - invoice discount share: exclusive base x p / 100, inclusive
    base x p / (100 + p) (the tax already inside the price);
 5. total = subtotal - invoice discount + exclusive taxes. Inclusive taxes are shown, not added.
+
+A credit note credits part or all of a line's quantity (`credit_line`). What a line is worth
+to the payer is its net less its share of the invoice discount, plus its exclusive tax (an
+inclusive tax is already in the net). Crediting is pro rata and cumulative: after `c` of the
+line's `Q` units are credited, each of its figures (net, invoice discount share, tax) counts
+as credited `figure x c / Q`, rounded half-up; a credit note gets the difference between that
+after and before it. So crediting 2 of 5, then 3 of 5, gives exactly the line's figures in
+total: rounding never makes the credits of a line add up to more, or less, than it charged.
 """
 
 from collections.abc import Sequence
@@ -281,4 +289,59 @@ def check_total(total: Decimal, currency: Currency) -> None:
         limit = format_amount(MAX_AMOUNT, currency)
         raise ValidationError(
             f"The invoice total may be at most {limit} {currency.code}.", code="total_too_large"
+        )
+
+
+# Credit notes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreditableLine:
+    """A stored invoice line, as crediting needs it."""
+
+    position: int
+    quantity: Decimal
+    net: Decimal
+    invoice_discount: Decimal
+    tax: Decimal
+    tax_inclusive: bool = False
+
+
+@dataclass(frozen=True)
+class CreditFigures:
+    amount: Decimal  # what the payer is credited, tax included
+    tax: Decimal  # of which tax (exclusive or inclusive)
+
+
+def credit_line(
+    line: CreditableLine, *, credited: Decimal, quantity: Decimal, currency: Currency
+) -> CreditFigures:
+    """What crediting `quantity` more units of a line is worth, when `credited` units of it
+    are credited already, by the cumulative pro-rata rule of this module's docstring.
+    Expects `0 < quantity <= line.quantity - credited` (see `check_credit_quantity`)."""
+
+    def share(figure: Decimal, units: Decimal) -> Decimal:
+        return quantize(figure * units / line.quantity, currency)
+
+    def worth(units: Decimal) -> tuple[Decimal, Decimal]:
+        tax = share(line.tax, units)
+        payable = share(line.net, units) - share(line.invoice_discount, units)
+        return payable + (Decimal(0) if line.tax_inclusive else tax), tax
+
+    after, tax_after = worth(credited + quantity)
+    before, tax_before = worth(credited)
+    return CreditFigures(amount=after - before, tax=tax_after - tax_before)
+
+
+def check_credit_quantity(quantity: Decimal, *, remaining: Decimal) -> None:
+    if not quantity.is_finite() or quantity <= 0:
+        raise ValidationError("Credit more than zero.", code="credit_not_positive")
+    if decimal_places(quantity) > QUANTITY_DECIMALS:
+        raise ValidationError(
+            f"Quantity may have at most {QUANTITY_DECIMALS} decimals.", code="quantity_precision"
+        )
+    if quantity > remaining:
+        left = format(remaining.normalize(), "f")
+        raise ValidationError(
+            f"At most {left} of this line is left to credit.", code="credit_above_remaining"
         )

@@ -144,3 +144,13 @@ def invoice_held_deposits(*, invoice: Invoice) -> list[dict]:
         else:
             held[transfer["id"]] = transfer
     return list(held.values())
+
+
+def credited_quantities(invoice: Invoice) -> dict[int, Decimal]:
+    """Units credited so far per line position, over every credit note of the invoice."""
+    credited: dict[int, Decimal] = {}
+    for note in invoice.credit_notes.all():
+        for line in note.lines:
+            position = line["position"]
+            credited[position] = credited.get(position, Decimal(0)) + Decimal(line["quantity"])
+    return credited

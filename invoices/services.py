@@ -4,7 +4,7 @@ Status changes lock the invoice row, check the move against `TRANSITIONS`, and w
 `InvoiceEvent` in the same transaction, so the timeline can never disagree with the status.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -37,16 +37,20 @@ from invoices.models import (
 )
 from invoices.rules import (
     NO_DISCOUNT,
+    CreditableLine,
     Discount,
     InvoiceFigures,
     LineItemInput,
+    check_credit_quantity,
     check_discount,
     check_percent,
     check_price,
     check_quantity,
     check_total,
     compute_invoice,
+    credit_line,
 )
+from invoices.selectors import credited_quantities
 from merchants.integrations import check_callback_url
 from merchants.models import FeePayer, Merchant, User
 from merchants.money import (
@@ -756,10 +760,6 @@ def _validate(*, merchant: Merchant, data: InvoiceInput, invoice: Invoice | None
         add("accepted_assets", "Each asset may be listed once.")
     if data.pricing_mode == PricingMode.TIMER_FIXED_ASSET and len(data.accepted_assets) != 1:
         add("accepted_assets", "A pre-selected currency needs exactly one accepted asset.")
-    # A past due date is refused when set, not when an old draft that already had it is saved.
-    due_date_changed = invoice is None or invoice.due_date != data.due_date
-    if data.due_date is not None and data.due_date < timezone.localdate() and due_date_changed:
-        add("due_date", "The due date is in the past.")
 
     _check_items(data.items, currency, add, merchant=merchant, discount=data.discount)
     if data.terms_days is not None and not 0 <= data.terms_days <= MAX_TERMS_DAYS:
@@ -850,12 +850,16 @@ def credit_note_issue(
     *,
     invoice: Invoice,
     reason: str,
+    quantities: Mapping[int, Decimal | None] | None = None,
     positions: list[int] | None = None,
     by: User | None = None,
     actor: str = Actor.USER,
 ) -> CreditNote:
-    """Credit lines of an issued invoice (`positions`; None credits every line not yet
-    credited). An invoice credited in full is closed; its customer gets the credit note."""
+    """Credit an issued invoice: `quantities` maps line positions to the units to credit
+    (None: what is left of the line), `positions` credits what is left of those lines, and
+    neither credits everything left.
+    Amounts follow `rules.credit_line`; no line is ever credited beyond its quantity across
+    all credit notes. An invoice credited in full is closed; its customer gets the note."""
     from invoices.delivery import credit_note_deliver  # delivery builds on these services
 
     reason = reason.strip()
@@ -868,23 +872,24 @@ def credit_note_issue(
             .only("pk", "next_credit_note_number")
             .get(pk=invoice.merchant_id)
         )
+        # What is left to credit is read under the invoice's lock, so two credit notes
+        # racing for the same units are decided one after the other.
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if locked.status not in CREDITABLE:
             raise InvoiceStateError(
                 f"A {locked.get_status_display().lower()} invoice cannot be credited."
             )
-        credited = {line["position"] for note in locked.credit_notes.all() for line in note.lines}
         items = {item.position: item for item in locked.items.all()}
-        left = [position for position in items if position not in credited]
-        chosen = left if positions is None else sorted(set(positions))
-        if not chosen:
-            raise ValidationError({"lines": "Every line of this invoice is credited already."})
-        above = [p for p in chosen if p not in items or p in credited]
-        if above:
-            raise ValidationError(
-                {"lines": "Choose lines that are on the invoice and not credited yet."}
+        credited = credited_quantities(locked)
+        left = {p: item.quantity - credited.get(p, Decimal(0)) for p, item in items.items()}
+        chosen = _credit_choice(left, quantities=quantities, positions=positions)
+        currency = get_currency(locked.currency)
+        lines = [
+            _credit_line(
+                items[position], credited=credited.get(position, Decimal(0)), quantity=quantity
             )
-        lines = [_credit_line(items[position]) for position in chosen]
+            for position, quantity in sorted(chosen.items())
+        ]
         amount = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         if amount <= 0:
             raise ValidationError({"lines": "The chosen lines add up to nothing to credit."})
@@ -898,7 +903,7 @@ def credit_note_issue(
             number=number,
             reference=f"CN-{number:05d}",
             reason=reason,
-            currency=locked.currency,
+            currency=currency.code,
             amount=amount,
             tax=sum((Decimal(line["tax"]) for line in lines), Decimal(0)),
             lines=lines,
@@ -906,8 +911,14 @@ def credit_note_issue(
             document=locked.document or document_snapshot(locked),
             created_by=by,
         )
-        data = {"credit_note": note.pk, "reference": note.reference, "amount": str(amount)}
-        if len(credited) + len(chosen) == len(items) and locked.status != InvoiceStatus.CLOSED:
+        full = all(left[p] == chosen.get(p, Decimal(0)) for p in items)
+        data = {
+            "credit_note": note.pk,
+            "reference": note.reference,
+            "amount": str(amount),
+            "full": full,
+        }
+        if full and locked.status != InvoiceStatus.CLOSED:
             _move(
                 invoice=locked,
                 to=InvoiceStatus.CLOSED,
@@ -915,33 +926,82 @@ def credit_note_issue(
                 actor=actor,
                 by=by,
                 note=reason,
-                data={**data, "full": True},
+                data=data,
                 allowed=frozenset(
                     {InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.PAID}
                 ),
             )
         else:
             _record(
-                invoice=locked,
-                type="invoice.credited",
-                actor=actor,
-                by=by,
-                note=reason,
-                data={**data, "full": False},
+                invoice=locked, type="invoice.credited", actor=actor, by=by, note=reason, data=data
             )
         credit_note_deliver(credit_note=note)
     return note
 
 
-def _credit_line(item: LineItem) -> dict[str, Any]:
-    """What the customer paid for a line: its net less its share of the invoice discount,
-    plus its exclusive tax (an inclusive tax is already in the net)."""
-    exclusive = item.tax_amount if not item.tax_inclusive else Decimal(0)
-    payable = item.amount - item.invoice_discount_amount + exclusive
+def _credit_choice(
+    left: dict[int, Decimal],
+    *,
+    quantities: Mapping[int, Decimal | None] | None,
+    positions: list[int] | None,
+) -> dict[int, Decimal]:
+    """Position -> units to credit, checked against what is left; field errors by line."""
+    if quantities is None and positions is None:
+        rest = {p: units for p, units in left.items() if units > 0}
+        if not rest:
+            raise ValidationError({"lines": "Every line of this invoice is credited already."})
+        return rest
+    if quantities is None:
+        unknown = [p for p in positions or [] if left.get(p, Decimal(0)) <= 0]
+        if unknown or not positions:
+            raise ValidationError(
+                {"lines": "Choose lines that are on the invoice and not credited yet."}
+            )
+        return {p: left[p] for p in positions}
+    errors: dict[str, list[str]] = {}
+    chosen: dict[int, Decimal] = {}
+    for position, units in quantities.items():
+        key = f"lines.{position}.quantity"
+        if position not in left:
+            errors[key] = ["This invoice has no such line."]
+            continue
+        if units is None and left[position] <= 0:
+            errors[key] = ["Nothing is left to credit on this line."]
+            continue
+        chosen[position] = left[position] if units is None else units
+        try:
+            check_credit_quantity(chosen[position], remaining=left[position])
+        except ValidationError as error:
+            errors[key] = error.messages
+    if errors:
+        raise ValidationError(errors)
+    if not chosen:
+        raise ValidationError({"lines": "Choose what to credit."})
+    return chosen
+
+
+def _credit_line(item: LineItem, *, credited: Decimal, quantity: Decimal) -> dict[str, Any]:
+    """The credit note's copy of what it credits of one line."""
+    currency = get_currency(item.invoice.currency)
+    figures = credit_line(
+        CreditableLine(
+            position=item.position,
+            quantity=item.quantity,
+            net=item.amount,
+            invoice_discount=item.invoice_discount_amount,
+            tax=item.tax_amount,
+            tax_inclusive=item.tax_inclusive,
+        ),
+        credited=credited,
+        quantity=quantity,
+        currency=currency,
+    )
     return {
         "position": item.position,
         "name": item.name,
-        "quantity": format(item.quantity.normalize(), "f"),
-        "amount": str(quantize(payable, item.invoice.currency)),
-        "tax": str(quantize(item.tax_amount, item.invoice.currency)),
+        "quantity": format(quantity.normalize(), "f"),
+        "of": format(item.quantity.normalize(), "f"),
+        "unit_price": str(quantize(item.unit_price, currency)),
+        "amount": str(figures.amount),
+        "tax": str(figures.tax),
     }

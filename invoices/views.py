@@ -358,8 +358,7 @@ def invoice_show(request: MerchantRequest, pk: int) -> HttpResponse:
         "invoice": invoice,
         "integration_form": IntegrationForm(instance=invoice),
         "mark_paid_form": MarkPaidForm(merchant=request.merchant),
-        "credit_form": CreditNoteForm(invoice=invoice),
-        "can_credit": invoice.status in CREDITABLE,
+        "can_credit": invoice.status in CREDITABLE and CreditNoteForm(invoice=invoice).creditable,
         "credit_notes": list(invoice.credit_notes.all()),
         # The methods it accepts stand for the merchant's: one query fewer on every page view.
         "has_payment_methods": bool(invoice.payment_methods.all())
@@ -439,25 +438,50 @@ def invoice_mark_paid_view(request: MerchantRequest, pk: int) -> HttpResponse:
 
 
 @merchant_view(Role.STAFF)
-@require_POST
 def invoice_credit(request: MerchantRequest, pk: int) -> HttpResponse:
-    invoice = get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
-    form = CreditNoteForm(request.POST, invoice=invoice)
-    if not form.is_valid():
-        messages.error(request, "Say why the invoice is credited, and pick lines on it.")
-        return redirect("invoice_detail", pk=invoice.pk)
-    positions = form.cleaned_data["lines"] or None
-    return _apply(
-        request,
-        invoice,
-        lambda: credit_note_issue(
-            invoice=invoice,
-            reason=form.cleaned_data["reason"],
-            positions=positions,
-            by=request.user,
-        ),
-        "Credit note issued.",
+    """The credit-note form: per line, the units to credit (part of a line or all of it)."""
+    invoice = get_object_or_404(
+        invoice_scope(merchant=request.merchant).prefetch_related("items", "credit_notes"), pk=pk
     )
+    if invoice.status not in CREDITABLE:
+        messages.error(
+            request, f"A {invoice.get_status_display().lower()} invoice cannot be credited."
+        )
+        return redirect("invoice_detail", pk=invoice.pk)
+    form = CreditNoteForm(request.POST or None, invoice=invoice)
+    if request.method == "POST" and form.is_valid():
+        try:
+            credit_note_issue(
+                invoice=invoice,
+                reason=form.cleaned_data["reason"],
+                quantities=form.quantities,
+                by=request.user,
+            )
+        except InvoiceStateError as error:
+            messages.error(request, str(error))
+            return redirect("invoice_detail", pk=invoice.pk)
+        except ValidationError as error:
+            _credit_errors_on_form(form, error)
+        else:
+            messages.success(request, "Credit note issued.")
+            return redirect("invoice_detail", pk=invoice.pk)
+    status = 422 if form.is_bound else 200
+    return render(
+        request,
+        "invoices/credit.html",
+        {"invoice": invoice, "form": form, "receipts": invoice.receipts.exists()},
+        status=status,
+    )
+
+
+def _credit_errors_on_form(form: CreditNoteForm, error: ValidationError) -> None:
+    # The service names lines `lines.<position>.quantity`; the form's fields `quantity_<n>`.
+    for key, messages_ in error.message_dict.items():
+        parts = key.split(".")
+        name = f"quantity_{parts[1]}" if len(parts) == 3 else None
+        target = name if name in form.fields else ("reason" if key == "reason" else None)
+        for message in messages_:
+            form.add_error(target, message)
 
 
 @merchant_view()

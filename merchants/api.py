@@ -5,11 +5,10 @@ Errors always look like `{"detail": "...", "code": "...", "fields": {"name": [".
 client needs one parser; `fields` names the offending input (`items.0.unit_price`).
 """
 
-import base64
-import binascii
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -21,7 +20,7 @@ from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from ninja import Schema
+from ninja import Field, Schema
 from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
 
@@ -31,6 +30,12 @@ from merchants.models import ApiKey, IdempotencyRecord, Merchant
 # A decimal written as a JSON string: JSON numbers become floats in most clients.
 DECIMAL_PATTERN = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Visible ASCII, spaces only inside: what `idempotent` accepts, stated in the schema.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
+# A page cursor is the id the next page continues below. Any such number is a valid cursor
+# (at worst it answers an empty page), so the schema's pattern is the whole rule.
+CURSOR_PATTERN = r"^[0-9]{1,19}$"
+MAX_ID = 2**63 - 1
 
 
 class Error(Schema):
@@ -48,9 +53,15 @@ IDEMPOTENT_POST = {
             "in": "header",
             "name": IDEMPOTENCY_HEADER,
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": IDEMPOTENCY_KEY_PATTERN,
+            },
             "description": "Any unique string per operation (e.g. your order id). A retry "
-            "with the same key and body replays the first answer for 24 hours.",
+            "with the same key and body replays the first answer for 24 hours; the same key "
+            "with another request is refused with 409.",
         }
     ]
 }
@@ -230,12 +241,12 @@ def idempotent(view: Callable[..., Any]) -> Callable[..., HttpResponse]:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
             return _run(view, request, *args, **kwargs)
-        if not 1 <= len(key) <= 255 or not key.isprintable():
+        if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
             return error_response(
                 ApiError(
                     422,
-                    "An Idempotency-Key is 1 to 255 printable characters.",
-                    fields={IDEMPOTENCY_HEADER: ["1 to 255 printable characters."]},
+                    "An Idempotency-Key is 1 to 255 visible ASCII characters.",
+                    fields={IDEMPOTENCY_HEADER: ["1 to 255 visible ASCII characters."]},
                 )
             )
         method = request.method or "POST"
@@ -265,9 +276,10 @@ def idempotent(view: Callable[..., Any]) -> Callable[..., HttpResponse]:
 
 def _replay(record: IdempotencyRecord, fingerprint: str) -> HttpResponse:
     if record.fingerprint != fingerprint:
+        # 409, not 422: the request itself is fine; it conflicts with what the key is bound to.
         return error_response(
             ApiError(
-                422,
+                409,
                 "This Idempotency-Key was used with a different request; use a new key.",
                 code="idempotency_mismatch",
                 fields={IDEMPOTENCY_HEADER: ["Used before with a different request."]},
@@ -284,26 +296,30 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> HttpResponse:
 
 
 def encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
+    return str(pk)
 
 
 def decode_cursor(cursor: str) -> int:
     """The primary key to continue below; newest first, so new rows never shift a page."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        label, _, value = raw.partition(":")
-        if label != "pk" or not value.isdigit():
-            raise ValueError(raw)
-        return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise ApiError(
-            422, "This cursor is not one we gave out.", fields={"cursor": ["Unknown cursor."]}
-        ) from None
+            422, "A cursor is a next_cursor we gave out.", fields={"cursor": ["Unknown cursor."]}
+        )
+    # Beyond the largest id it simply means "from the start" (and SQLite compares no further).
+    return min(int(cursor), MAX_ID)
+
+
+def cursor_field() -> Any:
+    return Field(
+        None,
+        pattern=CURSOR_PATTERN,
+        description="`next_cursor` of the previous page; the first page without it.",
+    )
 
 
 def page(queryset: Any, *, cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
     """One page of a queryset ordered by -pk, and the cursor of the next (None at the end)."""
-    if cursor:
+    if cursor is not None:
         queryset = queryset.filter(pk__lt=decode_cursor(cursor))
     rows = list(queryset.order_by("-pk")[: limit + 1])
     more = len(rows) > limit

@@ -52,6 +52,7 @@ EVENT_TYPES = (
     "invoice.cancelled",
     "invoice.marked_paid",
     "invoice.closed",
+    "invoice.credited",
     "deposit.reverted",
 )
 TEST_EVENT = "webhook.test"

@@ -5,7 +5,7 @@ from datetime import date, datetime
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
-from merchants.api import merchant_of, page
+from merchants.api import cursor_field, merchant_of, page
 from wallets.selectors import ledger_entries, merchant_balances
 
 router = Router(tags=["balances"])
@@ -32,7 +32,7 @@ class EntryFilters(Schema):
     kind: str | None = Field(None, max_length=40)
     date_from: date | None = None
     date_to: date | None = None
-    cursor: str | None = Field(None, max_length=100)
+    cursor: str | None = cursor_field()
     limit: int = Field(50, ge=1, le=200)
 
 
