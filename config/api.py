@@ -18,6 +18,7 @@ from customers.api import router as customers_router
 from invoices.api import catalog_router
 from invoices.api import router as invoices_router
 from merchants.api import (
+    DECIMAL_PATTERN,
     IDEMPOTENCY_HEADER,
     ApiError,
     ApiKeyAuth,
@@ -124,7 +125,8 @@ def schema_error(request: HttpRequest, error: SchemaError) -> HttpResponse:
         elif item.get("type") == "string_type":
             message = 'Send a string; amounts are decimal strings such as "19.99".'
         elif item.get("type") == "string_pattern_mismatch":
-            message = 'Send a decimal string such as "19.99".'
+            decimal = (item.get("ctx") or {}).get("pattern") == DECIMAL_PATTERN
+            message = 'Send a decimal string such as "19.99".' if decimal else "Not a valid value."
         elif item.get("type") == "missing":
             message = "This field is required."
         fields.setdefault(_field_name(item.get("loc", ())), []).append(message)

@@ -75,7 +75,7 @@ class CustomerIn(Schema):
     notes: str = Field("", max_length=5000, description="Private; never shown to the customer.")
 
 
-def _no_default(schema: dict[str, Any]) -> None:
+def no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
@@ -91,14 +91,14 @@ class CustomerUpdateIn(Schema):
         min_length=1,
         max_length=200,
         pattern=NAME_PATTERN,
-        json_schema_extra=_no_default,
+        json_schema_extra=no_default,
     )
     email: str = Field(
         None,  # type: ignore[assignment]
         min_length=3,
         max_length=254,
         pattern=EMAIL_PATTERN,
-        json_schema_extra=_no_default,
+        json_schema_extra=no_default,
     )
     company: str | None = Field(None, max_length=200)
     address_line1: str | None = Field(None, max_length=200)
@@ -155,7 +155,11 @@ def customer_out(customer: Customer) -> dict:
 
 
 def _get(merchant: Merchant, customer_id: int) -> Customer:
-    customer = customer_scope(merchant=merchant).filter(pk=customer_id).first()
+    # DELETE archives: from then on the customer is gone from the API by id (404), as HTTP
+    # has it, though the invoices that name them keep them and the list still shows them
+    # with include_archived.
+    scope = customer_scope(merchant=merchant).filter(archived_at__isnull=True)
+    customer = scope.filter(pk=customer_id).first()
     if customer is None:
         raise ApiError(404, "No such customer.", code="not_found")
     return customer
@@ -219,7 +223,8 @@ def update_customer(request: HttpRequest, customer_id: int, payload: CustomerUpd
     "/{int:customer_id}",
     response={200: CustomerOut, 404: Error},
     summary="Archive a customer",
-    description="Customers are archived, not deleted: their invoices keep them.",
+    description="Customers are archived, not deleted: their invoices keep them, and "
+    "`GET /v1/customers?include_archived=true` lists them, but by id they answer 404.",
 )
 def archive_customer(request: HttpRequest, customer_id: int):
     return customer_out(customer_archive(customer=_get(merchant_of(request), customer_id)))

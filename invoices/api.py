@@ -10,8 +10,9 @@ from django.db import transaction
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 from pydantic import ConfigDict
+from pydantic.config import JsonDict
 
-from customers.api import NAME_PATTERN, email_field
+from customers.api import NAME_PATTERN, email_field, no_default
 from customers.models import Customer
 from customers.selectors import customer_scope
 from customers.services import customer_create
@@ -37,6 +38,7 @@ from merchants.api import (
     IDEMPOTENT_POST,
     ApiError,
     Error,
+    IsoDate,
     cursor_field,
     from_validation_error,
     idempotent,
@@ -48,13 +50,16 @@ from merchants.models import Merchant
 router = Router(tags=["invoices"])
 
 DecimalText = Field(pattern=DECIMAL_PATTERN, examples=["19.99"])
-# A full http(s) URL at a host name: the part of what the invoice's URL checks accept that a
-# pattern can state (they also take literal addresses, which the SSRF rules then judge).
+# A full http(s) URL at a host name, `localhost` or an IPv4 address: the part of what the
+# invoice's URL checks accept that a pattern can state. Where the address may point is the
+# SSRF rule's to judge (private and loopback addresses are refused in production, 422).
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_HOST = rf"(({_LABEL}\.)+[A-Za-z]{{2,63}}|localhost|({_OCTET}\.){{3}}{_OCTET})"
 _URL_CHARS = r"[A-Za-z0-9._~%!$&'()*+,;=:@/-]"
 URL_PATTERN = (
     # The look-ahead keeps the host within the 253 characters a host name may have.
-    rf"^(https?://(?=[^/:?]{{1,253}}([/:?]|$))({_LABEL}\.)+[A-Za-z]{{2,63}}(:[1-9][0-9]{{0,3}})?"
+    rf"^(https?://(?=[^/:?]{{1,253}}([/:?]|$)){_HOST}(:[1-9][0-9]{{0,3}})?"
     rf"(/{_URL_CHARS}*)?(\?{_URL_CHARS}*)?)?$"
 )
 
@@ -100,7 +105,27 @@ class CustomerIn(In):
     company: str = Field("", max_length=200)
 
 
+# Fields that exclude each other, stated in the schema as the handlers apply them: by
+# presence in the request, whatever the value.
+NOT_BOTH_ITEMS_AND_AMOUNT: JsonDict = {"not": {"required": ["items", "amount"]}}
+NOT_BOTH_CUSTOMERS: JsonDict = {"not": {"required": ["customer", "customer_id"]}}
+NO_EMAIL_FOR_DRAFTS: JsonDict = {
+    "not": {
+        "required": ["send_email", "issue"],
+        "properties": {"send_email": {"const": True}, "issue": {"const": False}},
+    }
+}
+
+
 class InvoiceCreateIn(In):
+    model_config = ConfigDict(
+        extra="forbid",
+        regex_engine="python-re",
+        json_schema_extra={
+            "allOf": [NOT_BOTH_ITEMS_AND_AMOUNT, NOT_BOTH_CUSTOMERS, NO_EMAIL_FOR_DRAFTS]
+        },
+    )
+
     currency: str = Field(max_length=8, examples=["USD"])
     items: list[ItemIn] = Field(default_factory=list, max_length=200)
     amount: str | None = Field(
@@ -109,7 +134,7 @@ class InvoiceCreateIn(In):
         description="A single amount instead of items (becomes one item named by `description`).",
     )
     description: str = Field("", max_length=2000)
-    due_date: date | None = None
+    due_date: IsoDate | None = None
     kind: Literal["one_time", "permanent"] = "one_time"
     pricing_mode: Literal["no_timer", "timer", "timer_fixed_asset"] = "no_timer"
     accepted_assets: list[str] = Field(default_factory=list, max_length=20)
@@ -142,20 +167,34 @@ class InvoiceCreateIn(In):
 
 
 class InvoiceUpdateIn(In):
+    model_config = ConfigDict(
+        extra="forbid", regex_engine="python-re", json_schema_extra=NOT_BOTH_ITEMS_AND_AMOUNT
+    )
+
     tracking_id: str | None = Field(None, max_length=128)
     callback_url: str | None = url_field(None)
     payment_page_url: str | None = url_field(None)
     payment_page_button: str | None = Field(None, max_length=40)
-    items: list[ItemIn] | None = Field(None, max_length=200)
-    amount: str | None = Field(None, pattern=DECIMAL_PATTERN)
+    # Optional but never null (None only tells "left out" apart), like a customer's name.
+    items: list[ItemIn] = Field(
+        None,  # type: ignore[assignment, arg-type]
+        min_length=1,
+        max_length=200,
+        json_schema_extra=no_default,
+    )
+    amount: str = Field(
+        None,  # type: ignore[assignment]
+        pattern=DECIMAL_PATTERN,
+        json_schema_extra=no_default,
+    )
 
 
 class InvoiceFilters(Schema):
     status: Literal[tuple(InvoiceStatus.values)] | None = None  # type: ignore[valid-type]
     # Bounded like a database id: beyond 64 bits SQLite cannot even compare.
     customer_id: int | None = Field(None, ge=1, le=2**63 - 1)
-    created_after: date | None = None
-    created_before: date | None = None
+    created_after: IsoDate | None = None
+    created_before: IsoDate | None = None
     foreign_id: str | None = Field(None, max_length=128)
     cursor: str | None = cursor_field()
     limit: int = Field(25, ge=1, le=100)
@@ -328,9 +367,14 @@ def _discount(discount: DiscountIn | None) -> Discount:
 
 
 def _items(
-    merchant: Merchant, items: list[ItemIn] | None, amount: str | None, description: str
+    merchant: Merchant,
+    items: list[ItemIn] | None,
+    amount: str | None,
+    description: str,
+    *,
+    both: bool,
 ) -> list[LineItemInput]:
-    if items and amount is not None:
+    if both:
         raise ApiError(
             422,
             "Send line items or a single amount, not both.",
@@ -380,7 +424,7 @@ def _payment_methods(merchant: Merchant, ids: list[int]) -> list[PaymentMethod]:
 
 
 def _customer(merchant: Merchant, payload: InvoiceCreateIn) -> Customer | None:
-    if payload.customer_id is not None and payload.customer is not None:
+    if {"customer", "customer_id"} <= payload.model_fields_set:
         raise ApiError(
             422,
             "Give customer_id or customer, not both.",
@@ -436,7 +480,13 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
     foreign_id = payload.foreign_id.strip()
     if foreign_id and (duplicate := _duplicate(merchant, foreign_id)):
         raise duplicate
-    items = _items(merchant, payload.items, payload.amount, payload.description)
+    items = _items(
+        merchant,
+        payload.items,
+        payload.amount,
+        payload.description,
+        both={"items", "amount"} <= payload.model_fields_set,
+    )
     given = payload.model_fields_set
     if payload.send_email and not payload.issue:
         raise ApiError(
@@ -544,7 +594,13 @@ def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdate
                 **integration,  # type: ignore[arg-type]
             )
         if "items" in given or "amount" in given:
-            items = _items(invoice.merchant, payload.items, payload.amount, invoice.description)
+            items = _items(
+                invoice.merchant,
+                payload.items,
+                payload.amount,
+                invoice.description,
+                both={"items", "amount"} <= given,
+            )
             try:
                 invoice = _state(
                     invoice_update_items, invoice=invoice, items=items, actor=Actor.API

@@ -11,8 +11,9 @@ import math
 import re
 import time
 from collections.abc import Callable
+from datetime import date
 from functools import wraps
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -23,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import Field, Schema
 from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
+from pydantic import BeforeValidator
 
 from merchants.integrations import api_key_authenticate
 from merchants.models import ApiKey, IdempotencyRecord, Merchant
@@ -290,6 +292,22 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> HttpResponse:
     )
     response["Idempotent-Replayed"] = "true"
     return response
+
+
+# Dates ---------------------------------------------------------------------------------------
+
+
+def _iso_date(value: Any) -> Any:
+    # pydantic would also read "0" or 1700000000 as a Unix time; the schema says
+    # `format: date`, so only YYYY-MM-DD is a date here.
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("Send a date as YYYY-MM-DD.")
+    if not isinstance(value, str | date):
+        raise ValueError("Send a date as YYYY-MM-DD.")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 
 # Cursor pagination ---------------------------------------------------------------------------

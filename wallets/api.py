@@ -1,11 +1,11 @@
 """The merchant's balances and ledger entries over the REST API."""
 
-from datetime import date, datetime
+from datetime import datetime
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
-from merchants.api import cursor_field, merchant_of, page
+from merchants.api import IsoDate, cursor_field, merchant_of, page
 from wallets.selectors import ledger_entries, merchant_balances
 
 router = Router(tags=["balances"])
@@ -30,8 +30,8 @@ class EntryOut(Schema):
 class EntryFilters(Schema):
     currency: str | None = Field(None, max_length=16)
     kind: str | None = Field(None, max_length=40)
-    date_from: date | None = None
-    date_to: date | None = None
+    date_from: IsoDate | None = None
+    date_to: IsoDate | None = None
     cursor: str | None = cursor_field()
     limit: int = Field(50, ge=1, le=200)
 

@@ -17,7 +17,14 @@ import pytest
 
 from config.api import api
 from customers.models import Customer
-from invoices.models import CallbackDelivery, Invoice, InvoiceEvent, InvoiceKind, LineItem
+from invoices.models import (
+    CallbackDelivery,
+    CreditNote,
+    Invoice,
+    InvoiceEvent,
+    InvoiceKind,
+    LineItem,
+)
 from merchants.integrations import api_key_create
 from merchants.models import IdempotencyRecord
 from tests.factories import make_invoice
@@ -69,6 +76,14 @@ CASES = [
     ),
     Case("POST", "/api/v1/invoices/{invoice_id}/cancel", 404, NO_INVOICE, 200),
     Case("POST", "/api/v1/invoices/{invoice_id}/close", 404, NO_INVOICE, 200, target="permanent"),
+    Case(
+        "POST",
+        "/api/v1/invoices/{invoice_id}/credit-notes",
+        404,
+        NO_INVOICE,
+        201,
+        body={"reason": "Returned", "lines": [{"position": 1, "quantity": "1"}]},
+    ),
     Case("GET", "/api/v1/invoices/{invoice_id}/payments", 404, NO_INVOICE, 200),
     Case("GET", "/api/v1/invoices/{invoice_id}/transfers", 404, NO_INVOICE, 200),
     Case("GET", "/api/v1/customers/{customer_id}", 404, NO_CUSTOMER, 200),
@@ -187,6 +202,7 @@ def everything() -> dict[str, list[dict[str, Any]]]:
             Customer,
             CallbackDelivery,
             IdempotencyRecord,
+            CreditNote,
         )
     }
 

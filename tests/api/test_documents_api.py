@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from invoices.callbacks import invoice_snapshot
-from invoices.models import Invoice, PaymentMethod, TaxRate
+from invoices.models import CreditNote, Invoice, PaymentMethod, TaxRate
 from merchants.integrations import api_key_create
 from tests.api.test_api import INVOICES, get, post
 
@@ -202,3 +202,73 @@ def test_every_operation_documents_its_error_statuses(client):
             for status in expected:
                 content = operation["responses"][status]["content"]["application/json"]
                 assert content["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def _credit_notes(invoice_id: int) -> str:
+    return f"{INVOICES}/{invoice_id}/credit-notes"
+
+
+@pytest.fixture
+def seats(client, acme_key):
+    response = post(
+        client,
+        INVOICES,
+        acme_key,
+        {"currency": "USD", "items": [{"name": "Seats", "quantity": "5", "unit_price": "19.99"}]},
+    )
+    assert response.status_code == 201
+    return response.json()["id"]
+
+
+def test_credit_part_of_a_line_over_the_api(client, acme_key, seats):
+    response = post(
+        client,
+        _credit_notes(seats),
+        acme_key,
+        {"reason": "2 seats returned", "lines": [{"position": 1, "quantity": "2"}]},
+        **{"Idempotency-Key": "cn-1"},
+    )
+
+    assert response.status_code == 201
+    note = response.json()
+    assert (note["reference"], note["amount"], note["reason"]) == (
+        "CN-00001",
+        "39.98",
+        "2 seats returned",
+    )
+    assert note["lines"] == [
+        {
+            "position": 1,
+            "name": "Seats",
+            "quantity": "2",
+            "of_quantity": "5",
+            "amount": "39.98",
+            "tax": "0.00",
+        }
+    ]
+    assert note["invoice"]["status"] == "open"
+    assert note["invoice"]["credit_notes"][0]["lines"] == note["lines"]
+    # Everything left (no lines): the other 3 seats; the invoice is closed.
+    rest = post(client, _credit_notes(seats), acme_key, {"reason": "The rest"})
+    assert (rest.status_code, rest.json()["amount"]) == (201, "59.97")
+    assert rest.json()["invoice"]["status"] == "closed"
+    again = post(client, _credit_notes(seats), acme_key, {"reason": "Again"})
+    assert (again.status_code, again.json()["code"]) == (409, "invalid_state")
+
+
+@pytest.mark.parametrize(
+    ("lines", "fields"),
+    [
+        ([{"position": 1, "quantity": "6"}], {"lines.0.quantity": ["At most 5 of this line is left to credit."]}),
+        ([{"position": 1, "quantity": "0"}], {"lines.0.quantity": ["Credit more than zero."]}),
+        ([{"position": 1, "quantity": "-1"}], {"lines.0.quantity": ['Send a decimal string such as "19.99".']}),
+        ([{"position": 1, "quantity": 2}], {"lines.0.quantity": ['Send a string; amounts are decimal strings such as "19.99".']}),
+        ([{"position": 2, "quantity": "1"}], {"lines.0.quantity": ["This invoice has no such line."]}),
+    ],
+)  # fmt: skip
+def test_absurd_credit_quantities_are_field_errors(client, acme_key, seats, lines, fields):
+    response = post(client, _credit_notes(seats), acme_key, {"reason": "x", "lines": lines})
+
+    assert response.status_code == 422
+    assert response.json()["fields"] == fields
+    assert not CreditNote.objects.exists()

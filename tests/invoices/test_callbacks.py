@@ -8,10 +8,12 @@ import signal
 import threading
 import time
 from datetime import timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
+from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -26,7 +28,7 @@ from invoices.callbacks import (
     callbacks_queue_due,
 )
 from invoices.models import CallbackDelivery, CallbackStatus
-from invoices.services import invoice_cancel
+from invoices.services import credit_note_issue, invoice_cancel
 from merchants.integrations import (
     invoice_callback_signer,
     webhook_endpoint_create,
@@ -495,3 +497,64 @@ def test_a_failed_attempt_is_queued_again_once_when_its_retry_comes_due(
     delivery.refresh_from_db()
     assert delivery.status == CallbackStatus.DELIVERED
     assert len(r.requests) == 2
+
+
+def test_invoice_credited_callback_carries_the_credit_note_and_verifies(
+    acme, acme_customer, receiver
+):
+    r = receiver()
+    endpoint = _endpoint(acme, r.url, events=["invoice.credited"])
+    invoice = make_invoice(
+        acme,
+        customer=acme_customer,
+        issue=True,
+        items=[("Seats", "5", "19.99")],
+        foreign_id="ord-9",
+        tracking_id="trk-1",
+    )
+
+    with transaction.atomic():
+        note = credit_note_issue(
+            invoice=invoice, reason="2 seats returned", quantities={1: Decimal(2)}
+        )
+        # Written in the credit note's transaction, before it commits.
+        assert CallbackDelivery.objects.filter(event_type="invoice.credited").count() == 1
+    assert callbacks_deliver_due() == 1
+
+    request = r.requests[0]
+    payload = Webhook(endpoint.secret).verify(request["body"], _headers(request))
+    assert payload["type"] == "invoice.credited"
+    assert (payload["data"]["foreign_id"], payload["data"]["tracking_id"]) == ("ord-9", "trk-1")
+    assert payload["data"]["invoice"]["status"] == "open"
+    assert payload["data"]["credit_note"] == {
+        "id": note.pk,
+        "reference": "CN-00001",
+        "amount": "39.98",
+        "tax": "0.00",
+        "reason": "2 seats returned",
+        "lines": [
+            {
+                "position": 1,
+                "name": "Seats",
+                "quantity": "2",
+                "of_quantity": "5",
+                "amount": "39.98",
+                "tax": "0.00",
+            }
+        ],
+        "refund": None,
+        "created_at": note.created_at.isoformat(),
+        "full": False,
+    }
+    assert payload["data"]["invoice"]["credit_notes"][0]["reference"] == "CN-00001"
+
+
+def test_a_failed_credit_note_writes_no_callback(acme, receiver):
+    _endpoint(acme, receiver().url)
+    invoice = make_invoice(acme, issue=True)
+    CallbackDelivery.objects.all().delete()
+
+    with pytest.raises(ValidationError):
+        credit_note_issue(invoice=invoice, reason="Too much", quantities={1: Decimal(3)})
+
+    assert not CallbackDelivery.objects.exists()
