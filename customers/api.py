@@ -37,7 +37,7 @@ COUNTRY_PATTERN = r"^([A-Z]{2})?$"
 # EmailValidator accepts (it also takes quoted local parts and address literals), written
 # without leading or trailing spaces since those are stripped.
 COUNTRY_CODES = ["", *(code for code, _ in countries)]
-NAME_PATTERN = r"\S"
+NAME_PATTERN = r"^[^\x00]*\S[^\x00]*$"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 EMAIL_PATTERN = rf"^{_ATOM}(\.{_ATOM})*@({_LABEL}\.)+[A-Za-z]{{2,63}}$"

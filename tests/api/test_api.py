@@ -937,3 +937,19 @@ def test_nul_character_in_a_body_field_is_refused(
     assert list(response.json()["fields"]) == [field]
     assert list(Invoice.objects.values()) == invoices_before
     assert list(Customer.objects.values()) == customers_before
+
+
+def test_a_past_due_date_is_taken_over_the_api_and_the_invoice_is_overdue(client, acme_key):
+    # An import, or work billed late: OpenAPI cannot say "not in the past", and the
+    # integrator's system is the record; only the browser form guards against a typo.
+    response = post(client, INVOICES, acme_key, {**TWO_ITEMS, "due_date": "2020-01-31"})
+
+    assert response.status_code == 201
+    assert response.json()["due_date"] == "2020-01-31"
+
+
+def test_a_date_is_only_yyyy_mm_dd(client, acme_key):
+    response = get(client, INVOICES, acme_key, created_before="0")
+
+    assert response.status_code == 422
+    assert list(response.json()["fields"]) == ["created_before"]
