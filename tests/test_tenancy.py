@@ -361,6 +361,7 @@ CASES = [
         writes=True,
     ),
     Case("payment_method_delete", POST, OWNER, 302, obj="payment_method", writes=True),
+    Case("invoice_credit", GET, STAFF, 200, obj="open"),
     Case("invoice_credit", POST, STAFF, 302, obj="open", data=_credit_form, writes=True),
     Case("credit_note_pdf", GET, VIEWER, 200, obj="credit_note"),
     Case("credit_note_pdf", POST, VIEWER, 200, obj="credit_note"),

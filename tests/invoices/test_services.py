@@ -355,7 +355,6 @@ def test_another_merchants_customer_is_refused(acme, globex):
         ({"pricing_mode": "sometimes"}, "pricing_mode"),
         ({"kind": "forever"}, "kind"),
         ({"fee_payer": "nobody"}, "fee_payer"),
-        ({"due_date": timezone.localdate() - timedelta(days=1)}, "due_date"),
         ({"callback_url": "ftp://files.example/x"}, "callback_url"),
     ],
 )

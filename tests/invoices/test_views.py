@@ -1,4 +1,4 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -842,3 +842,21 @@ def test_accepting_an_unresolved_invoice_needs_a_note_and_marks_it_paid(client_f
     invoice.refresh_from_db()
     assert invoice.status == "paid"
     assert invoice.events.get(type="invoice.accepted").note == "Keep the extra as a tip"
+
+
+def test_the_editor_refuses_a_past_due_date_but_a_draft_keeps_its_own(
+    client_for, bob, acme_customer
+):
+    past = "2020-01-31"
+
+    response = client_for(bob).post(
+        reverse("invoice_new"), _editor_data(acme_customer, due_date=past)
+    )
+
+    assert "The due date is in the past." in response.content.decode()
+    assert _counts() == (0, 0, 0)
+    draft = make_invoice(acme_customer.merchant, customer=acme_customer, due_date=date(2020, 1, 31))
+    response = client_for(bob).post(
+        reverse("invoice_edit", kwargs={"pk": draft.pk}), _editor_data(acme_customer, due_date=past)
+    )
+    assert response.status_code == 302
