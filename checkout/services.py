@@ -324,8 +324,9 @@ def payments_fail_stuck(*, now=None) -> int:
     now = now or timezone.now()
     limit = now - timedelta(hours=settings.PROCESSING_TIMEOUT_HOURS)
     failed = 0
+    # A compliance hold ends its own way (settlement.payments_fail_held).
     for payment in Payment.objects.filter(
-        status=PaymentStatus.PROCESSING, processing_since__lte=limit
+        status=PaymentStatus.PROCESSING, processing_since__lte=limit, held_since__isnull=True
     ):
         if payment_move(payment=payment, to=PaymentStatus.FAILED):
             failed += 1

@@ -25,6 +25,7 @@ after one) and the invoice goes to Unresolved for the merchant to accept or refu
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
@@ -41,26 +42,31 @@ from checkout.models import (
     transfer_snapshot,
 )
 from checkout.rates import RateUnavailable, provider
+from checkout.screening import deposit_hit, screen_deposit
 from checkout.services import PAYABLE, payment_move, tolerance
 from invoices.delivery import (
     ReceiptInput,
     TransferRef,
+    invoice_compliance_hold_deliver,
     invoice_paid_deliver,
     invoice_unresolved_deliver,
 )
-from invoices.models import Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
+from invoices.models import Actor, FailureReason, Invoice, InvoiceEvent, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
-from merchants.models import FeePayer
+from merchants.fields import exact_sum
+from merchants.models import FeePayer, User
 from merchants.money import get_currency, quantize
+from wallets.chain import ChainError
 from wallets.ledger import (
     Leg,
     fees_account,
     fx_account,
+    held_account,
     holdings_account,
     ledger_post,
     merchant_account,
 )
-from wallets.models import Transfer, TransferStatus
+from wallets.models import LedgerEntry, Transfer, TransferStatus
 from wallets.scanner import ScanReport
 
 logger = logging.getLogger(__name__)
@@ -304,6 +310,14 @@ def settle_transfer(transfer_id: int) -> None:
         logger.warning("Transfer %s reached an address no payment uses", transfer)
         _mark_handled(transfer)
         return
+    if transfer.status == TransferStatus.CONFIRMED and transfer.handled_status != transfer.status:
+        # Before any lock: the freeze lists are asked of the node. A node that cannot answer
+        # leaves the transfer unhandled, and the next round (settle_pending) asks again.
+        try:
+            screen_deposit(transfer)
+        except ChainError as error:
+            logger.warning("Transfer %s not screened yet: %s", transfer, error)
+            return
     with transaction.atomic():
         invoice, payment = _lock(payment_id)
         # Re-read under the locks: a twin worker (or the same transfer listed twice in one
@@ -317,11 +331,135 @@ def settle_transfer(transfer_id: int) -> None:
         )
         payment.received, payment.confirmed = totals.received, totals.confirmed
         if transfer.status == TransferStatus.CONFIRMED:
+            hit = deposit_hit(transfer)
+            if hit is not None and payment.held_since is None:
+                _hold(invoice, payment, transfer, f"{hit.source}: {hit.detail}")
             # Before the announcement, so "deposit_confirmed" says whether it was credited.
             _post_or_hold(invoice, payment, transfer)
         _announce(invoice, payment, transfer)
-        _apply(settlement_verdict(_facts(invoice, payment, transfer, totals)), invoice, payment)
+        if not payment.is_held:
+            # A held payment moves no further until an admin releases it or its time ends.
+            _apply(settlement_verdict(_facts(invoice, payment, transfer, totals)), invoice, payment)
         _mark_handled(transfer)
+
+
+# Compliance holds ------------------------------------------------------------------------------
+
+
+def _hold(invoice: Invoice, payment: Payment, transfer: Transfer, reason: str) -> None:
+    """Hold the payment: what this order had credited moves to the held account, and its
+    later deposits are booked there, until an admin releases it or its time ends."""
+    now = timezone.now()
+    Payment.objects.filter(pk=payment.pk, held_since__isnull=True).update(
+        held_since=now, hold_reason=reason[:300]
+    )
+    payment.held_since, payment.hold_reason = now, reason[:300]
+    currency = invoice.currency
+    credited = exact_sum(
+        LedgerEntry.objects.filter(
+            transaction__reference=payment.order_number,
+            account=merchant_account(invoice.merchant),
+            currency=currency,
+        ),
+        "amount",
+    )
+    if credited > 0:
+        ledger_post(
+            kind="compliance_hold",
+            idempotency_key=f"hold:{payment.pk}",
+            reference=payment.order_number,
+            memo=f"Compliance hold: {reason}",
+            legs=[
+                Leg(merchant_account(invoice.merchant), currency, -credited),
+                Leg(held_account(invoice.merchant), currency, credited),
+            ],
+        )
+    note = (
+        f"Order {payment.order_number} is held: the sender {transfer.from_address} was screened "
+        f"out ({reason}). The money is not credited; an admin may release it, otherwise it is "
+        "refunded when the payment time ends."
+    )
+    _event_once(invoice, "payment.compliance_hold", transfer, payment, note)
+    invoice_compliance_hold_deliver(invoice=invoice, key=payment.order_number, reason=note)
+
+
+def payment_release(*, payment: Payment, by: User | None = None) -> Payment:
+    """An admin lets a held payment through: its money is credited, and settlement carries on
+    where the hold stopped it."""
+    with transaction.atomic():
+        invoice, payment = _lock(payment.pk)
+        if not payment.is_held:
+            raise InvoiceStateError(f"Order {payment.order_number} is not held.")
+        now = timezone.now()
+        Payment.objects.filter(pk=payment.pk).update(released_at=now, released_by=by)
+        payment.released_at, payment.released_by = now, by
+        held = exact_sum(
+            LedgerEntry.objects.filter(
+                transaction__reference=payment.order_number,
+                account=held_account(invoice.merchant),
+                currency=invoice.currency,
+            ),
+            "amount",
+        )
+        if held > 0:
+            ledger_post(
+                kind="compliance_release",
+                idempotency_key=f"release:{payment.pk}",
+                reference=payment.order_number,
+                memo=f"Compliance hold released by {by or 'an admin'}",
+                legs=[
+                    Leg(held_account(invoice.merchant), invoice.currency, -held),
+                    Leg(merchant_account(invoice.merchant), invoice.currency, held),
+                ],
+            )
+        invoice_record_event(
+            invoice=invoice,
+            type="payment.compliance_released",
+            note=f"Order {payment.order_number} released from its compliance hold.",
+            data={"payment": payment_snapshot(payment)},
+            actor=Actor.ADMIN,
+            by=by,
+        )
+        last = (
+            Transfer.objects.filter(
+                deposit_address_id=payment.deposit_address_id, status=TransferStatus.CONFIRMED
+            )
+            .select_related("asset", "network")
+            .order_by("-block_number", "-log_index")
+            .first()
+        )
+        if last is not None:
+            totals = _totals(payment)
+            _apply(settlement_verdict(_facts(invoice, payment, last, totals)), invoice, payment)
+    return payment
+
+
+def payments_fail_held(*, now=None) -> int:
+    """Held payments whose time ended fail, and their invoice fails "compliance" (the refund
+    sweep then asks the payer for an address). Without a timer, the processing timeout."""
+    now = now or timezone.now()
+    limit = now - timedelta(hours=settings.PROCESSING_TIMEOUT_HOURS)
+    ended = Payment.objects.filter(
+        held_since__isnull=False, released_at__isnull=True, status__in=OPEN_PAYMENT
+    ).filter(Q(expires_at__lte=now) | Q(expires_at__isnull=True, held_since__lte=limit))
+    failed = 0
+    for payment_id in ended.values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            invoice, payment = _lock(payment_id)
+            if not payment.is_held or not payment_move(payment=payment, to=P.FAILED):
+                continue
+            failed += 1
+            if invoice.status in PAYABLE:
+                _invoice_to(
+                    invoice,
+                    S.FAILED,
+                    "invoice.failed",
+                    payment=payment,
+                    failure_reason=FailureReason.COMPLIANCE_HOLD,
+                    note=f"Order {payment.order_number} stayed on compliance hold until its "
+                    "time ended; the money goes back to the payer.",
+                )
+    return failed
 
 
 def _facts(invoice: Invoice, payment: Payment, transfer: Transfer, totals: Totals) -> Facts:
@@ -502,11 +640,15 @@ def _post_to_ledger(payment: Payment, transfer: Transfer, valuation: Valuation) 
         raise ZeroCredit(f"Transfer {transfer.pk} would credit {valuation.credit}.")
     invoice = payment.invoice
     symbol = transfer.asset.symbol
+    # A held payment's money is the merchant's, but not available to them yet.
+    owner = (
+        held_account(invoice.merchant) if payment.is_held else merchant_account(invoice.merchant)
+    )
     legs = [
         Leg(holdings_account(transfer.network.slug), symbol, -received),
         Leg(fx_account(), symbol, received),
         Leg(fx_account(), invoice.currency, -valuation.value),
-        Leg(merchant_account(invoice.merchant), invoice.currency, valuation.credit),
+        Leg(owner, invoice.currency, valuation.credit),
         Leg(fees_account(), invoice.currency, valuation.fee),
     ]
     tx = transfer.tx_hash if transfer.has_tx_hash else "none (found by balance)"

@@ -8,13 +8,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 from checkout.models import OPEN_PAYMENT, Payment
+from checkout.refunds import refunds_open_automatic, refunds_watch
 from checkout.services import (
     payments_cancel_ended,
     payments_expire,
     payments_fail_stuck,
     payments_requote,
 )
-from checkout.settlement import settle_pending, settle_report
+from checkout.settlement import payments_fail_held, settle_pending, settle_report
+from wallets.chain import ChainError
 from wallets.models import ChainCursor, Network
 from wallets.scanner import round_queue, scan_network
 
@@ -60,6 +62,10 @@ def watch_network(network_id: int) -> None:
         )
     settle_report(report)
     settle_pending(network_id=network.pk)
+    try:
+        refunds_watch(network=network)
+    except ChainError as error:
+        logger.warning("Refunds on %s not checked this round: %s", network.slug, error)
 
 
 def native_watch_addresses(*, network: Network) -> list[str]:
@@ -75,12 +81,15 @@ def native_watch_addresses(*, network: Network) -> list[str]:
 
 @shared_task(ignore_result=True)
 def end_payments() -> None:
-    """Timers that ran out, deposits stuck unconfirmed, payments of invoices that ended,
-    volatile quotes to renew."""
+    """Timers that ran out, compliance holds whose time ended, deposits stuck unconfirmed,
+    payments of invoices that ended, volatile quotes to renew, and the refund requests of
+    invoices that failed or were cancelled after money arrived."""
     payments_expire()
+    payments_fail_held()
     payments_fail_stuck()
     payments_cancel_ended()
     payments_requote()
+    refunds_open_automatic()
 
 
 @shared_task(ignore_result=True)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from checkout.models import Payment, PaymentStatus
+from checkout.models import Payment, PaymentStatus, RefundRequest, RefundStatus
 from checkout.services import (
     PAYABLE,
     CheckoutError,
@@ -101,6 +101,12 @@ def _context(invoice: Invoice) -> dict:
         if invoice.expires_at
         else None,
         "final": payment is not None and payment.status in FINAL_PAYMENT,
+        "refunds": list(
+            RefundRequest.objects.filter(invoice=invoice)
+            .exclude(status=RefundStatus.DECLINED)
+            .select_related("asset")
+            .order_by("pk")
+        ),
     }
 
 

@@ -418,6 +418,10 @@ PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
 PAYMENT_ATTEMPTS_PER_MINUTE = env_int("PAYMENT_ATTEMPTS_PER_MINUTE", 10, minimum=1)
 # Deposits unconfirmed this long fail their payment; later deposits still count, as Unresolved.
 PROCESSING_TIMEOUT_HOURS = env_int("PROCESSING_TIMEOUT_HOURS", 24, minimum=1)
+# Compliance screening asks each token contract's own freeze list about a deposit's sender
+# (eth_call to the network's node). Off under tests, whose in-process chains have no node URL;
+# the screening tests turn it on against anvil.
+SCREENING_FREEZE_LISTS = env_bool("SCREENING_FREEZE_LISTS", not TESTING)
 
 # Merchant API and callbacks.
 # Requests one API key may make per minute; more get 429 with Retry-After.

@@ -3,7 +3,10 @@ pragma solidity ^0.8.24;
 
 /// @title DemoToken
 /// @notice A minimal ERC-20 for Stablebill's local dev chain: demo USDT and USDC stand-ins.
-/// @dev Self-contained on purpose (no imports). The owner may mint, which backs the demo faucet.
+/// @dev Self-contained on purpose (no imports). The owner may mint, which backs the demo faucet,
+///      and freeze addresses the way the real stablecoins do, so compliance screening can be
+///      tested on a dev chain: USDT answers `isBlackListed(address)`, USDC
+///      `isBlacklisted(address)`; this token answers both. A frozen address cannot send.
 ///      Never deploy this anywhere that holds real value.
 contract DemoToken {
     string public name;
@@ -14,14 +17,18 @@ contract DemoToken {
 
     mapping(address => uint256) public balanceOf;
     mapping(address => mapping(address => uint256)) public allowance;
+    /// @notice Frozen addresses, under USDT's name for the getter.
+    mapping(address => bool) public isBlackListed;
 
     event Transfer(address indexed from, address indexed to, uint256 value);
     event Approval(address indexed owner, address indexed spender, uint256 value);
+    event FrozenSet(address indexed account, bool frozen);
 
     error NotOwner();
     error ZeroAddress();
     error InsufficientBalance(uint256 balance, uint256 needed);
     error InsufficientAllowance(uint256 allowed, uint256 needed);
+    error AccountFrozen(address account);
 
     constructor(string memory name_, string memory symbol_, uint8 decimals_) {
         name = name_;
@@ -65,8 +72,21 @@ contract DemoToken {
         emit Transfer(address(0), to, value);
     }
 
+    /// @notice USDC's name for the same freeze list.
+    function isBlacklisted(address account) external view returns (bool) {
+        return isBlackListed[account];
+    }
+
+    /// @notice Freeze or unfreeze `account`. Only the deployer may call it.
+    function setFrozen(address account, bool frozen) external {
+        if (msg.sender != owner) revert NotOwner();
+        isBlackListed[account] = frozen;
+        emit FrozenSet(account, frozen);
+    }
+
     function _transfer(address from, address to, uint256 value) private {
         if (to == address(0)) revert ZeroAddress();
+        if (isBlackListed[from]) revert AccountFrozen(from);
         uint256 balance = balanceOf[from];
         if (balance < value) revert InsufficientBalance(balance, value);
         unchecked {

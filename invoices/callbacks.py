@@ -59,6 +59,9 @@ CALLBACK_TYPES = {
     "invoice.closed": "invoice.closed",
     "invoice.credited": "invoice.credited",
     "deposit.reverted": "deposit.reverted",
+    "refund.requested": "refund.requested",
+    "refund.sent": "refund.sent",
+    "refund.confirmed": "refund.confirmed",
 }
 EXCERPT_CHARS = 1000
 
@@ -218,6 +221,7 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
             "tracking_id": invoice.tracking_id or None,
             "payment": data.get("payment"),
             "transfer": transfer,
+            "refund": data.get("refund"),
             "note": event.note or None,
         },
     }

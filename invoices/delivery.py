@@ -66,6 +66,7 @@ KIND_NOTES = {
     EmailKind.MERCHANT_UNRESOLVED: "Needs-decision notification",
     EmailKind.REFUND_CLAIM: "Refund claim",
     EmailKind.CREDIT_NOTE: "Credit note",
+    EmailKind.COMPLIANCE_HOLD: "Compliance hold notification",
 }
 
 
@@ -358,6 +359,22 @@ def invoice_refund_claim_email(
         key=f"refund_claim:{invoice.pk}:{key}",
         recipients=[customer_email(invoice)],
         context={"claim_url": claim_url, "received": received},
+    )
+
+
+def invoice_compliance_hold_deliver(
+    *, invoice: Invoice, key: str, reason: str
+) -> EmailDelivery | None:
+    """Tell the merchant's owners and the operator's admins that screening held a payment.
+    Once per `key`."""
+    admins = User.objects.filter(is_superuser=True, is_active=True).values_list("email", flat=True)
+    recipients = sorted(set(merchant_recipients(invoice.merchant)) | set(admins))
+    return _queue_once(
+        invoice=invoice,
+        kind=EmailKind.COMPLIANCE_HOLD,
+        key=f"compliance_hold:{invoice.pk}:{key}",
+        recipients=recipients,
+        context={"reason": reason},
     )
 
 

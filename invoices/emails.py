@@ -183,6 +183,18 @@ def merchant_unresolved_email(invoice: Invoice, *, reason: str, to: Sequence[str
     return build(EmailKind.MERCHANT_UNRESOLVED, context, to=to)
 
 
+def compliance_hold_email(invoice: Invoice, *, reason: str, to: Sequence[str]) -> Email:
+    context = {
+        **_common(invoice.merchant),
+        "invoice": invoice,
+        "customer": invoice.customer,
+        "reason": reason,
+        "dashboard_url": _dashboard_url(invoice),
+        "to": list(to),
+    }
+    return build(EmailKind.COMPLIANCE_HOLD, context, to=to)
+
+
 def refund_claim_email(
     invoice: Invoice, *, claim_url: str, received: str, to: Sequence[str]
 ) -> Email:
@@ -243,6 +255,8 @@ def email_for_delivery(delivery: EmailDelivery, *, attach: bool = True) -> Email
     if delivery.kind == EmailKind.CREDIT_NOTE:
         note = invoice.credit_notes.get(pk=data["credit_note"])
         return credit_note_email(note, to=to, attach=attach)
+    if delivery.kind == EmailKind.COMPLIANCE_HOLD:
+        return compliance_hold_email(invoice, reason=data.get("reason", ""), to=to)
     if delivery.kind == EmailKind.REFUND_CLAIM:
         return refund_claim_email(
             invoice, claim_url=data["claim_url"], received=data.get("received", ""), to=to

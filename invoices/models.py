@@ -64,6 +64,12 @@ class FailureReason(models.TextChoices):
     COMPLIANCE_HOLD = "compliance_hold", "Compliance hold"
 
 
+class RefundState(models.TextChoices):
+    NONE = "", "Not refunded"
+    PARTIAL = "partially_refunded", "Partially refunded"
+    FULL = "refunded", "Refunded"
+
+
 class InvoiceKind(models.TextChoices):
     ONE_TIME = "one_time", "One-time"
     PERMANENT = "permanent", "Permanent"
@@ -180,6 +186,8 @@ class Invoice(models.Model):
     )
     status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=S.DRAFT)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
+    # What the confirmed refunds gave back of the money received (the checkout's refunds).
+    refund_state = models.CharField(max_length=20, choices=RefundState.choices, blank=True)
     kind = models.CharField(
         max_length=16, choices=InvoiceKind.choices, default=InvoiceKind.ONE_TIME
     )
@@ -426,6 +434,14 @@ EVENT_TITLES = {
     "payment.requoted": "New price quoted (nothing had arrived yet)",
     "deposit.awaiting_valuation": "Deposit held: awaiting valuation",
     "deposit.valued": "Held deposit valued and credited",
+    "refund.requested": "Refund requested",
+    "refund.address_given": "Payer gave a refund address",
+    "refund.sent": "Refund sent",
+    "refund.not_paid": "Refund transaction did not pay it",
+    "refund.confirmed": "Refund confirmed",
+    "refund.declined": "Refund declined",
+    "payment.compliance_hold": "Payment held by compliance screening",
+    "payment.compliance_released": "Compliance hold released",
 }
 
 
@@ -438,6 +454,7 @@ class EmailKind(models.TextChoices):
     MERCHANT_UNRESOLVED = "merchant_unresolved", "Needs-decision notification to you"
     REFUND_CLAIM = "refund_claim", "Refund claim"
     CREDIT_NOTE = "credit_note", "Credit note"
+    COMPLIANCE_HOLD = "compliance_hold", "Compliance hold notification"
 
 
 class EmailStatus(models.TextChoices):
@@ -544,7 +561,8 @@ class CreditNote(models.Model):
     tax = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0"))
     # [{"position", "name", "quantity", "amount", "tax"}] with amounts as strings.
     lines = models.JSONField(default=list)
-    # Where money had arrived: how it goes back (no refund flow exists yet: outside).
+    # Where money had arrived: how it goes back (outside Stablebill, unless a refund request
+    # was opened from the credit note: checkout's RefundRequest.credit_note).
     refund = models.CharField(max_length=200, blank=True)
     document = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(

@@ -461,10 +461,23 @@ def invoice_payment_status(
 
 
 def invoice_record_event(
-    *, invoice: Invoice, type: str, note: str = "", data: dict[str, Any] | None = None
+    *,
+    invoice: Invoice,
+    type: str,
+    note: str = "",
+    data: dict[str, Any] | None = None,
+    actor: str = Actor.SYSTEM,
+    by: User | None = None,
 ) -> InvoiceEvent:
     """A timeline entry that changes no status (a deposit seen on an invoice already processing)."""
-    return _record(invoice=invoice, type=type, actor=Actor.SYSTEM, by=None, note=note, data=data)
+    return _record(invoice=invoice, type=type, actor=actor, by=by, note=note, data=data)
+
+
+def invoice_set_refund_state(*, invoice: Invoice, state: str) -> None:
+    """Refunded or partially refunded, as the checkout's confirmed refunds add up; call it in
+    the refund's transaction."""
+    Invoice.objects.filter(pk=invoice.pk).update(refund_state=state, updated_at=timezone.now())
+    invoice.refund_state = state
 
 
 # Internals ---------------------------------------------------------------------------------

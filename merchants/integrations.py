@@ -54,6 +54,9 @@ EVENT_TYPES = (
     "invoice.closed",
     "invoice.credited",
     "deposit.reverted",
+    "refund.requested",
+    "refund.sent",
+    "refund.confirmed",
 )
 TEST_EVENT = "webhook.test"
 

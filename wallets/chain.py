@@ -14,6 +14,7 @@ import requests
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import (
     BlockNotFound,
+    ContractLogicError,
     MethodUnavailable,
     ProviderConnectionError,
     Web3RPCError,
@@ -67,6 +68,13 @@ VALUE_FRAMES = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
 # Function selectors (first 4 bytes of the keccak of the signature).
 AGGREGATE3 = bytes(Web3.keccak(text="aggregate3((address,bool,bytes)[])")[:4])
 GET_ETH_BALANCE = bytes(Web3.keccak(text="getEthBalance(address)")[:4])
+ERC20_TRANSFER = bytes(Web3.keccak(text="transfer(address,uint256)")[:4])
+# The stablecoins' own freeze lists: USDT spells it isBlackListed, USDC isBlacklisted.
+FREEZE_LIST_CALLS = {
+    "isBlackListed": bytes(Web3.keccak(text="isBlackListed(address)")[:4]),
+    "isBlacklisted": bytes(Web3.keccak(text="isBlacklisted(address)")[:4]),
+}
+ZERO_ADDRESS = "0x" + "0" * 40
 
 T = TypeVar("T")
 
@@ -107,6 +115,18 @@ class InternalTransfer:
     sender: str
     recipient: str
     amount: int
+
+
+@dataclass(frozen=True)
+class MinedTransaction:
+    """A transaction as its receipt tells it: where it was mined, whether it succeeded, and
+    every value it moved at top level (ERC-20 Transfer logs, and the native value)."""
+
+    tx_hash: str
+    succeeded: bool
+    block_number: int
+    block_hash: str
+    transfers: tuple["SeenTransfer", ...]
 
 
 @dataclass(frozen=True)
@@ -419,6 +439,87 @@ class Chain:
             lambda: int(contract.functions.balanceOf(Web3.to_checksum_address(owner)).call()),
         )
 
+    def freeze_listed(self, token: str, account: str) -> bool | None:
+        """Whether the token contract's own freeze list holds `account` (asked by eth_call
+        under both spellings); None when the contract has no such list."""
+        target = Web3.to_checksum_address(token)
+        answers = []
+        for name, selector in FREEZE_LIST_CALLS.items():
+            data = selector + bytes(12) + bytes.fromhex(account.lower().removeprefix("0x"))
+
+            def ask(data: bytes = data) -> bytes | None:
+                try:
+                    return bytes(self.w3.eth.call({"to": target, "data": data}))  # type: ignore[typeddict-item]
+                except ContractLogicError:
+                    return None  # no such function: the call reverts
+
+            raw = self._call(name, ask)
+            if raw is not None and len(raw) == 32:
+                answers.append(int.from_bytes(raw, "big") != 0)
+        return any(answers) if answers else None
+
+    def mined_transaction(self, tx_hash: str) -> MinedTransaction | None:
+        """The receipt and value transfers of one transaction; None while it is not mined
+        (or the node does not know it)."""
+        receipts = self._batch(
+            "eth_getTransactionReceipt", [("eth_getTransactionReceipt", [tx_hash])], 1
+        )
+        receipt = receipts[0]
+        if not receipt:
+            return None
+        txs = self._batch("eth_getTransactionByHash", [("eth_getTransactionByHash", [tx_hash])], 1)
+        tx = txs[0] or {}
+        number = _int(receipt["blockNumber"])
+        block_hash = _hex(receipt["blockHash"])
+        succeeded = _int(receipt["status"]) == 1
+        found: list[SeenTransfer] = []
+        if succeeded:
+            for log in receipt.get("logs") or []:
+                topics = log.get("topics") or []
+                if topics and _hex(topics[0]) == TRANSFER_TOPIC:
+                    parsed = _parse_transfer_log(log)
+                    if parsed is not None:
+                        found.append(parsed)
+            value = _int(tx.get("value") or 0)
+            if value > 0 and tx.get("to"):
+                found.append(
+                    SeenTransfer(
+                        tx_hash=_hex(tx_hash),
+                        log_index=-1,
+                        block_number=number,
+                        block_hash=block_hash,
+                        token="",
+                        sender=str(tx["from"]).lower(),
+                        recipient=str(tx["to"]).lower(),
+                        amount=value,
+                    )
+                )
+        return MinedTransaction(_hex(tx_hash), succeeded, number, block_hash, tuple(found))
+
+    def token_transfers_to(
+        self, from_block: int, to_block: int, tokens: list[str], recipient: str
+    ) -> list[SeenTransfer]:
+        """ERC-20 Transfer logs of `tokens` to one recipient (its topic filtered by the
+        node), halving the range when refused."""
+        if not tokens or from_block > to_block:
+            return []
+        query = {
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "address": [Web3.to_checksum_address(t) for t in tokens],
+            "topics": [TRANSFER_TOPIC, None, "0x" + "0" * 24 + recipient.lower()[2:]],
+        }
+        try:
+            logs = self._call("eth_getLogs", lambda: self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+        except RangeRefused:
+            if from_block == to_block:
+                raise
+            middle = (from_block + to_block) // 2
+            return self.token_transfers_to(
+                from_block, middle, tokens, recipient
+            ) + self.token_transfers_to(middle + 1, to_block, tokens, recipient)
+        return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
+
     def token_transfers(
         self, from_block: int, to_block: int, tokens: list[str]
     ) -> list[SeenTransfer]:
@@ -537,6 +638,27 @@ class Signer:
 
 def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
+
+
+def checksum_address(address: str) -> str:
+    """The EIP-55 spelling of a 0x address (raises ValueError for anything else)."""
+    if not _is_address(address) or not all(c in "0123456789abcdefABCDEF" for c in address[2:]):
+        raise ValueError("not a 0x address of 20 bytes")
+    return str(Web3.to_checksum_address(address.lower()))
+
+
+def checksum_ok(address: str) -> bool:
+    """A mixed-case address must match its EIP-55 checksum; one case only carries none."""
+    body = address[2:]
+    if body == body.lower() or body == body.upper():
+        return True
+    return checksum_address(address) == address
+
+
+def erc20_transfer_data(recipient: str, amount: int) -> str:
+    """Calldata of `transfer(recipient, amount)`, for a browser wallet to send."""
+    target = bytes(12) + bytes.fromhex(recipient.lower().removeprefix("0x"))
+    return "0x" + (ERC20_TRANSFER + target + _word(amount)).hex()
 
 
 def encode_balance_calls(multicall: str, addresses: list[str]) -> bytes:

@@ -33,6 +33,10 @@ from wallets.models import (
     LedgerTransaction,
 )
 
+# Postings that pay money out of holdings to an outside address (a refund to a payer). The
+# transfer that carried it is verified by the poster, not recorded as a deposit here.
+OUTGOING_KINDS = frozenset({"refund"})
+
 
 class LedgerError(Exception):
     pass
@@ -85,6 +89,16 @@ def holdings_account(network_slug: str) -> LedgerAccount:
 
 def fx_account() -> LedgerAccount:
     return account_for(kind=AccountKind.FX, code="fx", name="Currency exchange")
+
+
+def held_account(merchant: Merchant) -> LedgerAccount:
+    """Money received for a merchant that a compliance hold keeps out of their balance."""
+    return account_for(
+        kind=AccountKind.HELD,
+        code=f"held:{merchant.pk}",
+        name=f"{merchant.name} held by compliance",
+        merchant=merchant,
+    )
 
 
 def fees_account() -> LedgerAccount:

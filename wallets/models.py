@@ -351,6 +351,7 @@ class AccountKind(models.TextChoices):
     HOLDINGS = "holdings", "Holdings at deposit addresses"
     FX = "fx", "Currency exchange"
     FEES = "fees", "Platform fees"
+    HELD = "held", "Held by compliance"
     OFF_LEDGER = "external", "Outside world"
 
 
@@ -360,7 +361,7 @@ class AccountKind(models.TextChoices):
 DEBIT_NORMAL_KINDS = frozenset({AccountKind.HOLDINGS})
 # Merchant balances are money owed to the merchant: they can never go below zero. They are
 # also the only balances cached in Balance rows (see ledger._move_balances).
-NON_NEGATIVE_KINDS = frozenset({AccountKind.MERCHANT})
+NON_NEGATIVE_KINDS = frozenset({AccountKind.MERCHANT, AccountKind.HELD})
 CACHED_KINDS = NON_NEGATIVE_KINDS
 
 

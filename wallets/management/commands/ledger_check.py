@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from merchants.fields import amount_storage_faults, exact_totals
 from wallets.chain import Chain, ChainError
-from wallets.ledger import balances_drift, balances_rebuild
+from wallets.ledger import OUTGOING_KINDS, balances_drift, balances_rebuild
 from wallets.models import (
     BALANCE_TX_PREFIX,
     LedgerEntry,
@@ -90,8 +90,12 @@ class Command(BaseCommand):
             key = (row["network__slug"], row["asset__symbol"])
             settled[key] = Decimal(int(row["total"])).scaleb(-row["asset__decimals"])
         held: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        # Money paid out of holdings (refunds) left by transfers this app does not record
+        # as deposits; those postings are checked by whoever verified the payout on chain.
         entries = exact_totals(
-            LedgerEntry.objects.filter(account__code__startswith="holdings:"),
+            LedgerEntry.objects.filter(account__code__startswith="holdings:").exclude(
+                transaction__kind__in=OUTGOING_KINDS
+            ),
             ["account__code", "currency"],
             "amount",
         )

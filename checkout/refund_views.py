@@ -1,0 +1,248 @@
+"""The payer's refund page (no account, by the refund's token) and the merchant's refunds tab
+with its actions. Views parse, call one service of checkout.refunds, render."""
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from checkout.models import Payment, RefundKind, RefundRequest, RefundStatus
+from checkout.refunds import (
+    RefundError,
+    parse_amount,
+    refund_by_token,
+    refund_decline,
+    refund_give_address,
+    refund_mark_outside,
+    refund_report_sent,
+    refund_request,
+    refund_resolve_unresolved,
+    refundable,
+    refunds_of,
+    wallet_call,
+)
+from checkout.views import TOKEN
+from invoices.models import CreditNote, Invoice, InvoiceStatus
+from invoices.selectors import invoice_scope
+from merchants.access import MerchantRequest, merchant_view
+from merchants.models import Role
+
+R = RefundStatus
+
+
+# The payer's page --------------------------------------------------------------------------------
+
+
+def _public_refund(token: str) -> RefundRequest:
+    refund = refund_by_token(token if TOKEN.fullmatch(token) else "")
+    if refund is None:
+        raise Http404("No such refund.")
+    return refund
+
+
+def refund_page(request: HttpRequest, token: str) -> HttpResponse:
+    """What is refunded, why and on which network; the payer gives the address once."""
+    refund = _public_refund(token)
+    context: dict = {
+        "refund": refund,
+        "invoice": refund.invoice,
+        "merchant": refund.invoice.merchant,
+        "errors": {},
+        "values": {},
+    }
+    status = 200
+    if request.method == "POST":
+        values = {
+            "address": request.POST.get("address", "")[:200],
+            "again": request.POST.get("again", "")[:200],
+        }
+        context["values"] = values
+        try:
+            refund_give_address(
+                refund=refund,
+                address=values["address"],
+                again=values["again"],
+                no_memo_needed=request.POST.get("no_memo_needed") == "on",
+            )
+        except RefundError as error:
+            if error.field:
+                context["errors"] = {error.field: str(error)}
+                status = 400
+            else:
+                context["error"] = str(error)
+                status = 409
+        else:
+            return redirect("refund_page", token=refund.token)
+        refund.refresh_from_db()
+    elif request.method != "GET":
+        return HttpResponse(status=405)
+    response = render(request, "checkout/refund.html", context, status=status)
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+# The merchant's refunds tab ----------------------------------------------------------------------
+
+
+def _invoice(request: MerchantRequest, pk: int) -> Invoice:
+    return get_object_or_404(invoice_scope(merchant=request.merchant), pk=pk)
+
+
+def _refund(request: MerchantRequest, pk: int) -> RefundRequest:
+    return get_object_or_404(
+        RefundRequest.objects.filter(invoice__merchant=request.merchant).select_related(
+            "asset", "network", "payment", "invoice"
+        ),
+        pk=pk,
+    )
+
+
+def _back(invoice_id: int) -> HttpResponse:
+    return redirect(reverse("invoice_detail", kwargs={"pk": invoice_id}) + "?tab=refunds")
+
+
+@merchant_view()
+@vary_on_headers("HX-Request")
+def invoice_refunds(request: MerchantRequest, pk: int) -> HttpResponse:
+    """The invoice page's refunds tab (loaded into invoices/detail.html)."""
+    invoice = _invoice(request, pk)
+    payments = list(
+        Payment.objects.filter(invoice=invoice, confirmed__gt=0)
+        .select_related("asset", "network")
+        .order_by("-pk")
+    )
+    refundable_payments = [(p, p.asset.to_major(refundable(p))) for p in payments]
+    refunds = refunds_of(invoice)
+    rows = [(r, wallet_call(r)) for r in refunds]
+    unresolved = invoice.status == InvoiceStatus.UNRESOLVED
+    context = {
+        "invoice": invoice,
+        "rows": rows,
+        "choices": [(p, left) for p, left in refundable_payments if left > 0],
+        "credit_notes": list(CreditNote.objects.filter(invoice=invoice)),
+        "unresolved_payment": next((p for p, left in refundable_payments if left > 0), None)
+        if unresolved
+        else None,
+        "can_edit": request.membership.can_edit,  # type: ignore[attr-defined]
+        "pending": any(r.status == R.SENT for r in refunds),
+    }
+    return render(request, "checkout/_invoice_refunds.html", context)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def invoice_refund_new(request: MerchantRequest, pk: int) -> HttpResponse:
+    invoice = _invoice(request, pk)
+    raw = request.POST.get("payment", "")
+    payment = (
+        Payment.objects.filter(invoice=invoice, pk=int(raw) if raw.isdigit() else 0)
+        .select_related("asset", "network")
+        .first()
+    )
+    raw_note = request.POST.get("credit_note", "")
+    note = (
+        CreditNote.objects.filter(invoice=invoice, pk=int(raw_note)).first()
+        if raw_note.isdigit()
+        else None
+    )
+    try:
+        if payment is None:
+            raise RefundError("Choose the order whose money goes back.", "payment")
+        text = request.POST.get("amount", "").strip()
+        amount = parse_amount(text, payment.asset) if text else None
+        refund_request(
+            payment=payment,
+            kind=RefundKind.MANUAL,
+            reason=request.POST.get("reason", "") or (note.reason if note else ""),
+            amount=amount,
+            credit_note=note,
+            by=request.user,  # type: ignore[arg-type]
+        )
+    except RefundError as error:
+        messages.error(request, str(error))
+        return _back(invoice.pk)
+    messages.success(request, "Refund requested; the payer is asked for an address.")
+    return _back(invoice.pk)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def invoice_refund_resolve(request: MerchantRequest, pk: int) -> HttpResponse:
+    """Unresolved: refund the overpaid difference, or a late payment in full."""
+    invoice = _invoice(request, pk)
+    raw = request.POST.get("payment", "")
+    payment = (
+        Payment.objects.filter(invoice=invoice, pk=int(raw) if raw.isdigit() else 0)
+        .select_related("asset", "network", "invoice")
+        .first()
+    )
+    try:
+        if payment is None:
+            raise RefundError("Choose the order whose money goes back.")
+        refund_resolve_unresolved(payment=payment, by=request.user)  # type: ignore[arg-type]
+    except RefundError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Refund requested; the payer is asked for an address.")
+    return _back(invoice.pk)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def refund_sent(request: MerchantRequest, pk: int) -> HttpResponse:
+    """A transaction hash: reported by the page after the browser wallet sent it (JSON), or
+    pasted by the merchant (a form)."""
+    refund = _refund(request, pk)
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    try:
+        refund_report_sent(
+            refund=refund,
+            tx_hash=request.POST.get("tx_hash", ""),
+            by=request.user,  # type: ignore[arg-type]
+        )
+    except RefundError as error:
+        if wants_json:
+            return JsonResponse({"ok": False, "error": str(error)}, status=400)
+        messages.error(request, str(error))
+        return _back(refund.invoice_id)
+    if wants_json:
+        return JsonResponse({"ok": True})
+    messages.success(request, "Transaction recorded; the refund is confirmed once it is mined.")
+    return _back(refund.invoice_id)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def refund_outside(request: MerchantRequest, pk: int) -> HttpResponse:
+    refund = _refund(request, pk)
+    try:
+        refund_mark_outside(
+            refund=refund,
+            reference=request.POST.get("reference", ""),
+            by=request.user,  # type: ignore[arg-type]
+        )
+    except RefundError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Refund marked as paid outside Stablebill.")
+    return _back(refund.invoice_id)
+
+
+@merchant_view(Role.STAFF)
+@require_POST
+def refund_decline_view(request: MerchantRequest, pk: int) -> HttpResponse:
+    refund = _refund(request, pk)
+    try:
+        refund_decline(
+            refund=refund,
+            reason=request.POST.get("reason", ""),
+            by=request.user,  # type: ignore[arg-type]
+        )
+    except RefundError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Refund declined.")
+    return _back(refund.invoice_id)
