@@ -124,6 +124,11 @@ def refundable(payment: Payment, asset: Asset | None = None) -> Decimal:
     return max(Decimal(0), received - held)
 
 
+def whole(asset: Asset, units: Decimal | int) -> str:
+    """Base units as whole tokens for people: "40", "12.5"."""
+    return format(asset.to_major(units).normalize(), "f")
+
+
 def parse_amount(text: str, asset: Asset) -> Decimal:
     """Whole tokens as typed ("12.5") to base units; refuses more decimals than the asset has."""
     try:
@@ -243,7 +248,7 @@ def refund_request(
             raise RefundError("Enter an amount above zero.", "amount")
         if amount > left:
             raise RefundError(
-                f"Only {asset.to_major(left)} {asset.symbol} is left to refund on order "
+                f"Only {whole(asset, left)} {asset.symbol} is left to refund on order "
                 f"{payment.order_number}.",
                 "amount",
             )
@@ -267,7 +272,7 @@ def refund_request(
                 f"A refund of this kind exists already for order {payment.order_number}."
             ) from None
         refund.invoice, refund.payment = invoice, payment
-        label = f"{asset.to_major(amount)} {asset.symbol} on {asset.network.name}"
+        label = f"{whole(asset, amount)} {asset.symbol} on {asset.network.name}"
         _event(
             refund,
             "refund.requested",
@@ -314,12 +319,12 @@ def refund_resolve_unresolved(*, payment: Payment, by: User | None = None) -> Re
     paid), or a late payment in full (the invoice fails as expired)."""
     from invoices.services import invoice_accept_unresolved, invoice_payment_status
 
-    invoice = payment.invoice
-    if invoice.status != InvoiceStatus.UNRESOLVED:
-        raise RefundError("Only an invoice that needs your decision is resolved by a refund.")
-    due = payment.amount_due
-    overpaid = payment.status == "overpaid" and due is not None and payment.confirmed > due
     with transaction.atomic():
+        invoice, payment = _lock(payment)
+        if invoice.status != InvoiceStatus.UNRESOLVED:
+            raise RefundError("Only an invoice that needs your decision is resolved by a refund.")
+        due = payment.amount_due
+        overpaid = payment.status == "overpaid" and due is not None and payment.confirmed > due
         if overpaid:
             assert due is not None
             refund = refund_request(
@@ -394,21 +399,24 @@ def refund_give_address(
             "need one lose refunds sent without it.",
             "no_memo_needed",
         )
+    if refund.status != R.REQUESTED:
+        raise RefundError(_state_message(refund))
     answer = screen_refund_address(network=refund.network, address=lower)
+    # Recorded whatever follows: a refused address is a decision too.
+    refund.screenings.create(
+        address=lower,
+        source=answer.source,
+        result=answer.result,
+        detail=answer.detail,
+        network=refund.network,
+    )
+    if answer.hit:
+        raise RefundError("This address cannot receive this refund. Enter another.", "address")
     with transaction.atomic():
         _lock(refund)
         locked = _locked_refund(refund.pk)
         if locked.status != R.REQUESTED:
             raise RefundError(_state_message(locked))
-        locked.screenings.create(
-            address=lower,
-            source=answer.source,
-            result=answer.result,
-            detail=answer.detail,
-            network=locked.network,
-        )
-        if answer.hit:
-            raise RefundError("This address cannot receive this refund. Enter another.", "address")
         _move(locked, R.ADDRESS_GIVEN, address=lower, address_given_at=timezone.now())
         _event(locked, "refund.address_given", f"The payer gave {lower}.", actor=Actor.PAYER)
     return locked
@@ -594,7 +602,7 @@ def _follow(refund: RefundRequest, chain: Chain, head: int, needed: int) -> int:
         problem = "The transaction failed on chain; nothing was sent. Send the refund again."
     elif match is None:
         problem = (
-            f"Transaction {refund.tx_hash} does not send {refund.amount_major} "
+            f"Transaction {refund.tx_hash} does not send {whole(refund.asset, refund.amount)} "
             f"{refund.asset.symbol} to {refund.address}. Send the refund again, or paste the "
             "right transaction."
         )
@@ -708,7 +716,7 @@ def _post(
                 kind="refund",
                 idempotency_key=f"refund:{refund.pk}",
                 reference=payment.order_number,
-                memo=f"Refund {refund.pk}: {refund.amount_major} {refund.asset.symbol} to "
+                memo=f"Refund {refund.pk}: {whole(refund.asset, refund.amount)} {refund.asset.symbol} to "
                 f"{refund.address}, tx {mined.tx_hash}",
                 legs=legs,
             )
