@@ -10,10 +10,14 @@ fails until you do.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
+from checkout.models import Payment, RefundKind, RefundRequest
+from checkout.refunds import refund_give_address, refund_request
 from customers.models import Customer
 from invoices import views as invoice_views
 from invoices.models import (
@@ -62,6 +66,8 @@ NOT_TENANT_SCOPED = {
     # in tests/checkout/test_pages.py.
     "pay",
     "pay_start",
+    # The payer's refund page, by the refund's token: tests/checkout/test_refund_pages.py.
+    "refund_page",
 }
 
 
@@ -83,6 +89,34 @@ class World:
     tax_rate: TaxRate
     payment_method: PaymentMethod
     credit_note: CreditNote
+    refund: RefundRequest
+
+
+def _refund(open_invoice: Invoice, deposit: DepositAddress) -> RefundRequest:
+    """A refund of 1 of the 5 USDT that reached the open invoice's payment, with an address."""
+    usdt = Asset.objects.get(network__slug="ethereum", symbol="USDT")
+    payment = Payment.objects.create(
+        invoice=open_invoice,
+        number=1,
+        order_number=f"{open_invoice.reference}-01",
+        asset=usdt,
+        network=usdt.network,
+        deposit_address=deposit,
+        status="processing",
+        invoice_amount="300.00",
+        fee_payer="merchant",
+        rate="1",
+        rate_source="static",
+        rate_at=timezone.now(),
+        amount_due=300_000_000,
+        received=5_000_000,
+        confirmed=5_000_000,
+    )
+    refund = refund_request(
+        payment=payment, kind=RefundKind.MANUAL, reason="Returned", amount=Decimal(1_000_000)
+    )
+    address = "0x" + "5" * 40
+    return refund_give_address(refund=refund, address=address, again=address, no_memo_needed=True)
 
 
 def _funded_deposit(acme: Merchant) -> DepositAddress:
@@ -118,7 +152,9 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
     )
     unresolved = make_invoice(acme, customer=acme_customer, issue=True)
     Invoice.objects.filter(pk=unresolved.pk).update(status="unresolved")
+    deposit = _funded_deposit(acme)
     return World(
+        refund=_refund(open_invoice, deposit),
         acme=acme,
         unresolved=unresolved,
         customer=acme_customer,
@@ -138,7 +174,7 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         api_key=api_key_create(merchant=acme, name="Shop", by=alice).key,
         endpoint=endpoint,
         delivery=CallbackDelivery.objects.filter(invoice=open_invoice).first(),
-        deposit=_funded_deposit(acme),
+        deposit=deposit,
         tax_rate=TaxRate.objects.create(merchant=acme, name="VAT", percent="20"),
         payment_method=PaymentMethod.objects.create(
             merchant=acme, name="SEPA", iban="DE89370400440532013000"
@@ -365,6 +401,46 @@ CASES = [
     Case("invoice_credit", POST, STAFF, 302, obj="open", data=_credit_form, writes=True),
     Case("credit_note_pdf", GET, VIEWER, 200, obj="credit_note"),
     Case("credit_note_pdf", POST, VIEWER, 200, obj="credit_note"),
+    Case("invoice_refunds", GET, VIEWER, 200, obj="open"),
+    Case("invoice_refunds", POST, VIEWER, 200, obj="open"),
+    Case(
+        "invoice_refund_new",
+        POST,
+        STAFF,
+        302,
+        obj="open",
+        data=lambda w: {"payment": w.refund.payment_id, "amount": "1", "reason": "Broken"},
+        writes=True,
+    ),
+    # Nothing of this unresolved invoice arrived: the member is told so, nothing changes.
+    Case("invoice_refund_resolve", POST, STAFF, 302, obj="unresolved"),
+    Case(
+        "refund_sent",
+        POST,
+        STAFF,
+        302,
+        obj="refund",
+        data=lambda w: {"tx_hash": "0x" + "e" * 64},
+        writes=True,
+    ),
+    Case(
+        "refund_outside",
+        POST,
+        STAFF,
+        302,
+        obj="refund",
+        data=lambda w: {"reference": "Wire 7"},
+        writes=True,
+    ),
+    Case(
+        "refund_decline",
+        POST,
+        STAFF,
+        302,
+        obj="refund",
+        data=lambda w: {"reason": "Kept as credit"},
+        writes=True,
+    ),
 ]
 IDS = [case.id for case in CASES]
 OBJECT_CASES = [case for case in CASES if case.obj]
@@ -412,6 +488,9 @@ def _acme_state(acme: Merchant) -> dict:
         "credit_notes": list(CreditNote.objects.filter(merchant=acme).order_by("pk").values()),
         "payment_methods": list(
             PaymentMethod.objects.filter(merchant=acme).order_by("pk").values()
+        ),
+        "refunds": list(
+            RefundRequest.objects.filter(invoice__merchant=acme).order_by("pk").values()
         ),
     }
 

@@ -1,0 +1,136 @@
+"""The payer's refund page and the merchant's refunds tab, over HTTP."""
+
+import pytest
+from django.urls import reverse
+
+from checkout.models import RefundKind, RefundRequest, RefundStatus
+from checkout.refunds import refund_mark_outside, refund_request
+from tests.checkout.test_refunds import PAYER_WALLET, USDC, paid
+from wallets.models import LedgerTransaction
+
+
+@pytest.fixture
+def refund(shop):
+    _invoice, payment = paid(shop, 25 * USDC, total="25.00")
+    return refund_request(
+        payment=payment, kind=RefundKind.MANUAL, reason="The <b>parcel</b> was lost."
+    )
+
+
+def page(client, refund, **data):
+    url = reverse("refund_page", kwargs={"token": refund.token})
+    return client.post(url, data) if data else client.get(url)
+
+
+def test_refund_page_says_what_why_and_where_and_nothing_private(client, refund, alice):
+    response = page(client, refund)
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "25 USDC" in text and "Local dev chain" in text
+    assert "The &lt;b&gt;parcel&lt;/b&gt; was lost." in text  # escaped
+    assert refund.invoice.reference in text
+    assert alice.email not in text  # the merchant's people stay private
+    assert "memo" in text
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_payer_gives_the_address_twice_and_the_page_says_it_is_coming(client, refund):
+    response = page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    assert response.status_code == 302
+    refund.refresh_from_db()
+    assert (refund.status, refund.address) == (RefundStatus.ADDRESS_GIVEN, PAYER_WALLET.lower())
+    assert "Address received" in page(client, refund).content.decode()
+    # Given once: a second address is refused with a clear message, nothing changes.
+    other = "0x" + "7" * 40
+    response = page(client, refund, address=other, again=other, no_memo_needed="on")
+    assert response.status_code == 409
+    assert "cannot change" in response.content.decode()
+    refund.refresh_from_db()
+    assert refund.address == PAYER_WALLET.lower()
+
+
+@pytest.mark.parametrize(
+    ("address", "again", "field", "message"),
+    [
+        ("not an address", "not an address", "address", "40 hexadecimal"),
+        (PAYER_WALLET, "0x" + "1" * 40, "again", "differ"),
+        ("0x" + "0" * 40, "0x" + "0" * 40, "address", "zero address"),
+        ("", "", "address", "40 hexadecimal"),
+        ("0x\x00" + "1" * 39, "x", "address", "40 hexadecimal"),
+    ],
+)
+def test_bad_refund_addresses_get_a_400_with_the_field_message(
+    client, refund, address, again, field, message
+):
+    response = page(client, refund, address=address, again=again, no_memo_needed="on")
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert f'id="refund-{field}-error"' in text and message in text
+    refund.refresh_from_db()
+    assert (refund.status, refund.address) == (RefundStatus.REQUESTED, "")
+
+
+def test_the_memo_warning_must_be_confirmed(client, refund):
+    response = page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET)
+    assert response.status_code == 400
+    assert "need one lose refunds" in response.content.decode()
+
+
+def test_a_link_used_after_the_refund_was_paid_says_so_and_changes_nothing(client, refund, alice):
+    refund_mark_outside(refund=refund, reference="Cash at the counter", by=alice)
+    text = page(client, refund).content.decode()
+    assert "Refunded" in text and "Cash at the counter" in text
+    response = page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    assert response.status_code == 409
+    assert "was paid" in response.content.decode()
+    refund.refresh_from_db()
+    assert (refund.status, refund.address) == (RefundStatus.CONFIRMED, "")
+
+
+@pytest.mark.parametrize("token", ["nope", "x" * 65, "%00", "a/b"])
+def test_unknown_or_malformed_refund_tokens_are_not_found(client, db, token):
+    assert client.get(f"/refund/{token}/").status_code == 404
+
+
+def test_the_payment_page_links_the_refund(client, refund):
+    response = client.get(f"/pay/{refund.invoice.public_token}/")
+    text = response.content.decode()
+    assert "A refund of 25 USDC is waiting for your address." in text
+    assert f"/refund/{refund.token}/" in text
+
+
+def test_merchant_refunds_tab_requests_a_partial_refund_and_pastes_a_hash(
+    refund, client_for, alice
+):
+    client = client_for(alice)
+    invoice = refund.invoice
+    tab = client.get(reverse("invoice_refunds", kwargs={"pk": invoice.pk}))
+    assert tab.status_code == 200
+    assert "Waiting for the payer" in tab.content.decode()
+    # Everything is in a refund already: a second one is refused with a message.
+    response = client.post(
+        reverse("invoice_refund_new", kwargs={"pk": invoice.pk}),
+        {"payment": refund.payment_id, "amount": "5", "reason": "Again"},
+        follow=True,
+    )
+    assert "Nothing is left to refund" in response.content.decode()
+    assert RefundRequest.objects.filter(invoice=invoice).count() == 1
+
+    page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    tab = client.get(reverse("invoice_refunds", kwargs={"pk": invoice.pk})).content.decode()
+    assert "Send with browser wallet" in tab and f'data-to="{refund.asset.contract_address}"' in tab
+    bad = client.post(
+        reverse("refund_sent", kwargs={"pk": refund.pk}),
+        {"tx_hash": "0xabc"},
+        HTTP_ACCEPT="application/json",
+    )
+    assert bad.status_code == 400 and "transaction hash" in bad.json()["error"]
+    good = client.post(
+        reverse("refund_sent", kwargs={"pk": refund.pk}),
+        {"tx_hash": "0x" + "a" * 64},
+        HTTP_ACCEPT="application/json",
+    )
+    assert good.json() == {"ok": True}
+    refund.refresh_from_db()
+    assert (refund.status, refund.tx_hash) == (RefundStatus.SENT, "0x" + "a" * 64)
+    assert not LedgerTransaction.objects.filter(kind="refund").exists()

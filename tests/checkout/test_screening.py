@@ -1,0 +1,190 @@
+"""Compliance screening: the token contracts' freeze lists on anvil, the operator's local
+list, a hit holding the payment, its release by an admin, and the refund at the timer's end."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from checkout.models import (
+    PaymentStatus,
+    RefundKind,
+    RefundRequest,
+    SanctionedAddress,
+    Screening,
+)
+from checkout.refunds import refunds_open_automatic
+from checkout.screening import addresses_in
+from checkout.services import payment_start
+from checkout.settlement import payment_release, payments_fail_held
+from checkout.tasks import watch_network
+from contracts.deploy import DEPLOYER_KEY, PAYER_ADDRESS, load_artifact
+from invoices.models import EmailDelivery, EmailKind, FailureReason, InvoiceStatus
+from tests.chain import running_anvil
+from tests.checkout.test_refunds import USDC
+from tests.factories import CustomerFactory, UserFactory, make_invoice
+from tests.wallets.test_addresses import ABANDON_XPUB
+from tests.wallets.test_scanner_anvil import Anvil, _register
+from wallets.addresses import wallet_set
+from wallets.chain import Chain, Signer
+from wallets.ledger import account_balance, held_account, merchant_account
+from wallets.models import Asset
+
+SANCTIONED = "0x7F367cC41522cE07553e823bf3be79A889DEbe1B"
+
+
+@pytest.fixture
+def anvil():
+    with running_anvil() as rpc_url:
+        yield Anvil(rpc_url)
+
+
+def freeze(anvil: Anvil, token: str, account: str) -> None:
+    chain = Chain(anvil.rpc_url)
+    owner = Signer(chain, DEPLOYER_KEY)
+    tx = owner.call(
+        anvil.deployed[token],
+        load_artifact()["abi"],
+        "setFrozen",
+        [account, True],
+        nonce=owner.next_nonce(),
+    )
+    owner.wait(tx)
+
+
+def test_freeze_list_on_anvil_answers_for_frozen_and_free_addresses(anvil):
+    chain = Chain(anvil.rpc_url)
+    freeze(anvil, "USDT", PAYER_ADDRESS)
+    assert chain.freeze_listed(anvil.deployed["USDT"], PAYER_ADDRESS) is True
+    assert chain.freeze_listed(anvil.deployed["USDC"], PAYER_ADDRESS) is False
+    # A contract without a freeze list (Multicall3's code is not there: an empty account).
+    assert chain.freeze_listed("0x" + "4" * 40, PAYER_ADDRESS) is None
+
+
+@pytest.mark.django_db
+def test_sender_frozen_by_usdt_paying_usdc_is_held_then_released_by_an_admin(
+    anvil, acme, alice, settings
+):
+    settings.SCREENING_FREEZE_LISTS = True
+    admin = UserFactory(email="ops@operator.example", is_superuser=True, is_staff=True)
+    network = _register(anvil, confirmations=2)
+    wallet_set(merchant=acme, xpub=ABANDON_XPUB)
+    customer = CustomerFactory(merchant=acme, email="ada@example.org")
+    invoice = make_invoice(
+        acme,
+        customer=customer,
+        items=[("Lamp", "1", "100.00")],
+        issue=True,
+        accepted_assets=["USDC"],
+    )
+    payment = payment_start(
+        invoice=invoice, asset=Asset.objects.get(network=network, symbol="USDC")
+    )
+    # Frozen by one stablecoin: screened out for every token of the network.
+    freeze(anvil, "USDT", PAYER_ADDRESS)
+    anvil.pay(payment.deposit_address.address, 100 * USDC)
+    watch_network(network.pk)
+    anvil.mine(2)
+    watch_network(network.pk)
+
+    payment.refresh_from_db()
+    invoice.refresh_from_db()
+    assert payment.is_held and payment.status == PaymentStatus.PROCESSING
+    assert invoice.status == InvoiceStatus.PROCESSING
+    assert "frozen by USDT" in payment.hold_reason
+    assert account_balance(merchant_account(acme), "USD") == Decimal(0)
+    assert account_balance(held_account(acme), "USD") == Decimal(100)
+    decisions = sorted(
+        Screening.objects.filter(transfer__deposit_address=payment.deposit_address).values_list(
+            "source", "result", "address"
+        )
+    )
+    assert decisions == [
+        ("local sanctions list", "clear", PAYER_ADDRESS.lower()),
+        ("token freeze list", "hit", PAYER_ADDRESS.lower()),
+    ]
+    email = EmailDelivery.objects.get(invoice=invoice, kind=EmailKind.COMPLIANCE_HOLD)
+    assert email.recipients == sorted([alice.email, admin.email])
+    # Another round asks nothing twice and keeps holding.
+    watch_network(network.pk)
+    assert Screening.objects.filter(transfer__deposit_address=payment.deposit_address).count() == 2
+
+    payment_release(payment=payment, by=admin)
+    payment.refresh_from_db()
+    invoice.refresh_from_db()
+    assert payment.status == PaymentStatus.PAID and not payment.is_held
+    assert invoice.status == InvoiceStatus.PAID
+    assert account_balance(merchant_account(acme), "USD") == Decimal(100)
+    assert account_balance(held_account(acme), "USD") == Decimal(0)
+    assert invoice.events.filter(type="payment.compliance_released", actor="admin").exists()
+
+
+@pytest.mark.django_db
+def test_local_list_hit_fails_the_invoice_compliance_at_the_timer_end_and_asks_for_a_refund(
+    shop, tmp_path, settings
+):
+    # The CSV export: a header, an address column among others, a non-EVM line.
+    listing = tmp_path / "sdn.csv"
+    sender = shop.tester.payer.lower()
+    listing.write_text(
+        "name,chain,address\n"
+        f"Some entity,ETH,{sender}\n"
+        "Other,XBT,1BoatSLRHtKNngkdXEeobR76b53LETtpyT\n"
+        f"Another,ETH,{SANCTIONED}\n"
+    )
+    call_command("sanctions_import", str(listing), "--list", "OFAC SDN")
+    assert set(SanctionedAddress.objects.values_list("address", "list_name")) == {
+        (sender, "OFAC SDN"),
+        (SANCTIONED.lower(), "OFAC SDN"),
+    }
+    customer = CustomerFactory(merchant=shop.merchant, email="ada@example.org")
+    invoice = shop.invoice("50.00", customer=customer, pricing_mode="timer")
+    payment = shop.start(invoice)
+    shop.send(payment, 50 * USDC)
+    shop.watch()
+    shop.confirm()
+    payment.refresh_from_db()
+    assert payment.is_held and "OFAC SDN" in payment.hold_reason
+    assert account_balance(held_account(shop.merchant), "USD") == Decimal(50)
+
+    assert payments_fail_held(now=invoice.expires_at - timedelta(seconds=1)) == 0
+    assert payments_fail_held(now=invoice.expires_at + timedelta(seconds=1)) == 1
+    payment.refresh_from_db()
+    invoice.refresh_from_db()
+    assert payment.status == PaymentStatus.FAILED
+    assert (invoice.status, invoice.failure_reason) == (
+        InvoiceStatus.FAILED,
+        FailureReason.COMPLIANCE_HOLD,
+    )
+    assert refunds_open_automatic() == 1
+    refund = RefundRequest.objects.get(invoice=invoice)
+    assert (refund.kind, refund.amount) == (RefundKind.COMPLIANCE, 50 * USDC)
+    assert EmailDelivery.objects.filter(invoice=invoice, kind=EmailKind.REFUND_CLAIM).exists()
+
+
+def test_sanctions_import_reads_plain_lists_and_replaces_an_edition(db, tmp_path, capsys):
+    first = tmp_path / "list.txt"
+    first.write_text(f"{SANCTIONED}\n# comment\n\n0x{'1' * 40}\n{SANCTIONED.lower()}\n")
+    call_command("sanctions_import", str(first))
+    assert "2 address(es) added, 0 already listed, 0 removed; 1 line(s)" in capsys.readouterr().out
+    second = tmp_path / "list2.txt"
+    second.write_text(f"0x{'1' * 40}\n0x{'2' * 40}\n")
+    call_command("sanctions_import", str(second), "--replace")
+    assert "1 address(es) added, 1 already listed, 1 removed" in capsys.readouterr().out
+    assert sorted(SanctionedAddress.objects.values_list("address", flat=True)) == [
+        "0x" + "1" * 40,
+        "0x" + "2" * 40,
+    ]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("no addresses here\n")
+    with pytest.raises(CommandError, match="No 0x address"):
+        call_command("sanctions_import", str(empty))
+    with pytest.raises(CommandError, match="not a readable file"):
+        call_command("sanctions_import", str(tmp_path / "missing.txt"))
+
+
+def test_addresses_are_found_whole_never_cut_out_of_longer_hex():
+    found, without = addresses_in([f"{SANCTIONED}ff\n", "0x" + "a" * 40 + ",x\n"])
+    assert found == ["0x" + "a" * 40] and without == 1
