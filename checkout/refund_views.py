@@ -1,6 +1,8 @@
 """The payer's refund page (no account, by the refund's token) and the merchant's refunds tab
 with its actions. Views parse, call one service of checkout.refunds, render."""
 
+from decimal import ROUND_DOWN, Decimal
+
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -80,7 +82,9 @@ def refund_page(request: HttpRequest, token: str) -> HttpResponse:
         return HttpResponse(status=405)
     response = render(request, "checkout/refund.html", context, status=status)
     response["Cache-Control"] = "no-store"
-    response["Referrer-Policy"] = "no-referrer"
+    # Links out (the explorer) never carry the token; the form's own POST keeps its Origin
+    # (with no-referrer, browsers send "Origin: null" and the CSRF check refuses it).
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -118,11 +122,13 @@ def invoice_refunds(request: MerchantRequest, pk: int) -> HttpResponse:
     refunds = refunds_of(invoice)
     rows = [(r, wallet_call(r)) for r in refunds]
     unresolved = invoice.status == InvoiceStatus.UNRESOLVED
+    credit_notes = list(CreditNote.objects.filter(invoice=invoice).prefetch_related("refunds"))
     context = {
         "invoice": invoice,
         "rows": rows,
         "choices": [(p, left) for p, left in refundable_payments if left > 0],
-        "credit_notes": list(CreditNote.objects.filter(invoice=invoice)),
+        "credit_notes": credit_notes,
+        **_from_credit_note(request, credit_notes, refundable_payments),
         "unresolved_payment": next((p for p, left in refundable_payments if left > 0), None)
         if unresolved
         else None,
@@ -130,6 +136,28 @@ def invoice_refunds(request: MerchantRequest, pk: int) -> HttpResponse:
         "pending": any(r.status == R.SENT for r in refunds),
     }
     return render(request, "checkout/_invoice_refunds.html", context)
+
+
+def _from_credit_note(
+    request: MerchantRequest, notes: list[CreditNote], payments: list[tuple[Payment, Decimal]]
+) -> dict:
+    """ "Refund it" from a credit note: the form comes filled with the note's reason and its
+    amount in the order's asset at the order's rate (rounded down, never more than is left)."""
+    raw = request.GET.get("credit_note", "")
+    note = next((n for n in notes if raw.isdigit() and n.pk == int(raw)), None)
+    open_payments = [(p, left) for p, left in payments if left > 0]
+    if note is None or not open_payments:
+        return {}
+    payment, left = open_payments[0]
+    units = (note.amount / payment.rate).quantize(
+        Decimal(1).scaleb(-payment.asset.decimals), rounding=ROUND_DOWN
+    )
+    return {
+        "chosen_note": note.pk,
+        "chosen_payment": payment.pk,
+        "prefill_amount": format(min(units, left).normalize(), "f"),
+        "prefill_reason": note.reason,
+    }
 
 
 @merchant_view(Role.STAFF)

@@ -716,8 +716,8 @@ def _post(
                 kind="refund",
                 idempotency_key=f"refund:{refund.pk}",
                 reference=payment.order_number,
-                memo=f"Refund {refund.pk}: {whole(refund.asset, refund.amount)} {refund.asset.symbol} to "
-                f"{refund.address}, tx {mined.tx_hash}",
+                memo=f"Refund {refund.pk}: {whole(refund.asset, refund.amount)} "
+                f"{refund.asset.symbol} to {refund.address}, tx {mined.tx_hash}",
                 legs=legs,
             )
     except InsufficientBalance as error:

@@ -134,3 +134,32 @@ def test_merchant_refunds_tab_requests_a_partial_refund_and_pastes_a_hash(
     refund.refresh_from_db()
     assert (refund.status, refund.tx_hash) == (RefundStatus.SENT, "0x" + "a" * 64)
     assert not LedgerTransaction.objects.filter(kind="refund").exists()
+
+
+def test_a_credit_note_on_a_paid_invoice_starts_a_refund_linked_to_it(shop, client_for, alice):
+    from invoices.services import credit_note_issue
+
+    invoice, payment = paid(shop, 25 * USDC, total="25.00")
+    note = credit_note_issue(invoice=invoice, reason="Arrived damaged", by=alice)
+    client = client_for(alice)
+    detail = client.get(reverse("invoice_detail", kwargs={"pk": invoice.pk})).content.decode()
+    assert f"?tab=refunds&amp;credit_note={note.pk}" in detail
+    tab = client.get(
+        reverse("invoice_refunds", kwargs={"pk": invoice.pk}), {"credit_note": note.pk}
+    ).content.decode()
+    assert 'value="25"' in tab and 'value="Arrived damaged"' in tab
+    assert f'<option value="{note.pk}" selected>' in tab
+
+    client.post(
+        reverse("invoice_refund_new", kwargs={"pk": invoice.pk}),
+        {
+            "payment": payment.pk,
+            "amount": "25",
+            "reason": "Arrived damaged",
+            "credit_note": note.pk,
+        },
+    )
+    refund = RefundRequest.objects.get(invoice=invoice)
+    assert (refund.credit_note, refund.amount) == (note, 25 * USDC)
+    detail = client.get(reverse("invoice_detail", kwargs={"pk": invoice.pk})).content.decode()
+    assert "refund waiting for the payer&#x27;s address" in detail
