@@ -1,6 +1,7 @@
 """Refunds as stories: what opens them, what the payer may give as an address, how the
 merchant's transfer is confirmed, and the books after each (worked ledger examples)."""
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -21,8 +22,16 @@ from checkout.refunds import (
     refunds_watch,
     wallet_call,
 )
-from invoices.models import EmailDelivery, EmailKind, InvoiceEvent, InvoiceStatus, RefundState
+from invoices.models import (
+    CallbackDelivery,
+    EmailDelivery,
+    EmailKind,
+    InvoiceEvent,
+    InvoiceStatus,
+    RefundState,
+)
 from invoices.services import invoice_cancel
+from merchants.integrations import webhook_endpoint_create
 from tests.factories import CustomerFactory
 from wallets.ledger import account_balance, fees_account, holdings_account, merchant_account
 from wallets.models import LedgerEntry, LedgerTransaction
@@ -317,3 +326,30 @@ def test_a_reported_transaction_that_does_not_pay_the_refund_sends_it_back(shop,
     with pytest.raises(RefundError, match="transaction hash"):
         refund_report_sent(refund=refund, tx_hash="0x1234", by=alice)
     assert not LedgerTransaction.objects.filter(kind="refund").exists()
+
+
+def test_refund_callbacks_carry_the_refund_in_the_transfer_units(shop, alice):
+    webhook_endpoint_create(merchant=shop.merchant, url="https://hooks.acme.example/in")
+    _invoice, payment = paid(shop, 12_500_000, total="12.50")
+    refund = refund_request(payment=payment, kind=RefundKind.MANUAL, reason="Returned", by=alice)
+    refund_give_address(
+        refund=refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed=True
+    )
+    refund_report_sent(refund=refund, tx_hash=send_refund(shop, PAYER_WALLET, 12_500_000), by=alice)
+    confirm_refunds(shop)
+
+    sent = CallbackDelivery.objects.filter(event_type__startswith="refund.").order_by("pk")
+    assert [d.event_type for d in sent] == ["refund.requested", "refund.sent", "refund.confirmed"]
+    body = json.loads(sent.last().payload)
+    assert body["data"]["refund"] == {
+        **body["data"]["refund"],
+        "id": refund.pk,
+        "status": "confirmed",
+        "asset": "USDC",
+        "amount": "12.500000",  # the asset's decimals, as in the transfer
+        "amount_base_units": "12500000",
+        "address": PAYER_WALLET.lower(),
+        "claim_url": f"http://testserver/refund/{refund.token}/",
+    }
+    assert body["data"]["payment"]["order_number"] == payment.order_number
+    assert body["data"]["transfer"] is None
