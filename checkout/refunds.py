@@ -38,7 +38,12 @@ from checkout.models import (
 from checkout.screening import screen_refund_address
 from invoices.delivery import invoice_refund_claim_email
 from invoices.models import Actor, CreditNote, FailureReason, Invoice, InvoiceStatus
-from invoices.services import invoice_record_event, invoice_set_refund_state
+from invoices.services import (
+    invoice_accept_unresolved,
+    invoice_payment_status,
+    invoice_record_event,
+    invoice_set_refund_state,
+)
 from merchants.fields import exact_sum
 from merchants.models import User
 from merchants.money import get_currency
@@ -317,8 +322,6 @@ def refunds_open_automatic(*, now=None) -> int:
 def refund_resolve_unresolved(*, payment: Payment, by: User | None = None) -> RefundRequest:
     """An Unresolved invoice's money goes back: the overpaid difference (the invoice is then
     paid), or a late payment in full (the invoice fails as expired)."""
-    from invoices.services import invoice_accept_unresolved, invoice_payment_status
-
     with transaction.atomic():
         invoice, payment = _lock(payment)
         if invoice.status != InvoiceStatus.UNRESOLVED:

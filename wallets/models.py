@@ -359,8 +359,9 @@ class AccountKind(models.TextChoices):
 # (what we owe merchants, fees earned) read naturally; holdings are debit-normal, so a holding of
 # 100 USDC is stored as -100 and shown as 100.
 DEBIT_NORMAL_KINDS = frozenset({AccountKind.HOLDINGS})
-# Merchant balances are money owed to the merchant: they can never go below zero. They are
-# also the only balances cached in Balance rows (see ledger._move_balances).
+# Merchant balances are money owed to the merchant, available or held back (a compliance hold):
+# they can never go below zero. They are also the only balances cached in Balance rows (see
+# ledger._move_balances).
 NON_NEGATIVE_KINDS = frozenset({AccountKind.MERCHANT, AccountKind.HELD})
 CACHED_KINDS = NON_NEGATIVE_KINDS
 
