@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.utils import timezone
 
 from checkout.models import (
@@ -352,6 +352,22 @@ def payments_cancel_ended() -> int:
     )
     for payment in ended:
         cancelled += payment_move(payment=payment, to=PaymentStatus.CANCELLED)
+    # Part paid, every deposit confirmed, and the invoice ended (cancelled): no top-up is
+    # coming, so the payer's page stops asking for one; the money goes back by a refund.
+    # Held payments end their own way (settlement.payments_fail_held).
+    short = (
+        Payment.objects.filter(
+            status=PaymentStatus.PROCESSING,
+            received__gt=0,
+            received=F("confirmed"),
+            held_since__isnull=True,
+        )
+        .exclude(invoice__status__in=PAYABLE)
+        .exclude(invoice__status=InvoiceStatus.UNRESOLVED)
+    )
+    for payment in short:
+        if payment.amount_due is not None and payment.confirmed < payment.amount_due:
+            cancelled += payment_move(payment=payment, to=PaymentStatus.UNDERPAID)
     return cancelled
 
 

@@ -7,7 +7,13 @@ from decimal import Decimal
 import pytest
 from web3 import Web3
 
-from checkout.models import RefundKind, RefundRequest, RefundStatus, SanctionedAddress
+from checkout.models import (
+    PaymentStatus,
+    RefundKind,
+    RefundRequest,
+    RefundStatus,
+    SanctionedAddress,
+)
 from checkout.refunds import (
     RefundError,
     check_refund_address,
@@ -22,6 +28,7 @@ from checkout.refunds import (
     refunds_watch,
     wallet_call,
 )
+from checkout.services import payments_cancel_ended
 from invoices.models import (
     CallbackDelivery,
     EmailDelivery,
@@ -211,6 +218,10 @@ def test_cancelling_an_invoice_with_money_asks_the_payer_for_an_address_once(sho
     invoice.refresh_from_db()
     assert invoice.status == InvoiceStatus.PROCESSING
     invoice_cancel(invoice=invoice, by=alice)
+    # No top-up is coming to a cancelled invoice: the payment ends underpaid.
+    assert payments_cancel_ended() == 1
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.UNDERPAID
 
     assert refunds_open_automatic() == 1
     assert refunds_open_automatic() == 0  # the sweep runs every few seconds

@@ -159,6 +159,8 @@ def test_cancel_email_address_wallet_refund_confirmed(
     page.goto(f"{live_server.url}/pay/{invoice.public_token}/")
     banner = page.locator(".refund-link")
     expect(banner).to_contain_text("A refund of 40 USDC is waiting for your address.")
+    expect(page.locator("#status")).to_contain_text("This invoice was cancelled.")
+    expect(page.locator("#pay-address")).to_have_count(0)  # nothing more to send
     assert banner.get_by_role("link", name="Claim your refund").get_attribute("href") == (
         claim.removeprefix(live_server.url)
     )
