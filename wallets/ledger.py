@@ -15,11 +15,13 @@ Signs: positive is credit, negative is debit. A confirmed payment of a $100 invo
 """
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import connections, router, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from merchants.fields import exact_sum, exact_totals
 from merchants.models import Merchant
@@ -140,31 +142,83 @@ def ledger_post(
     legs = [leg for leg in legs if leg.amount != 0]
     _check_balanced(legs)
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                posted = LedgerTransaction.objects.create(
-                    kind=kind,
-                    idempotency_key=idempotency_key,
-                    reference=reference,
-                    memo=memo,
-                    reverses=reverses,
-                )
-        except IntegrityError:
-            # Retried (or raced by a twin): the first posting stands.
-            existing = LedgerTransaction.objects.get(idempotency_key=idempotency_key)
+        posted = LedgerTransaction(
+            kind=kind,
+            idempotency_key=idempotency_key,
+            reference=reference,
+            memo=memo,
+            reverses=reverses,
+        )
+        if not _insert([posted], once=True):
+            # Retried (or raced by a twin, whose commit the insert waited for): the first
+            # posting stands.
+            existing = LedgerTransaction.objects.prefetch_related("entries").get(
+                idempotency_key=idempotency_key
+            )
             if not _same_legs(existing, legs):
                 raise IdempotencyConflict(
                     f"Key {idempotency_key!r} was already posted with other legs."
-                ) from None
+                )
             return existing
-        LedgerEntry.objects.bulk_create(
-            LedgerEntry(
-                transaction=posted, account=leg.account, currency=leg.currency, amount=leg.amount
-            )
-            for leg in legs
+        _insert(
+            [
+                LedgerEntry(
+                    transaction=posted,
+                    account=leg.account,
+                    currency=leg.currency,
+                    amount=leg.amount,
+                )
+                for leg in legs
+            ]
         )
         _move_balances(legs)
     return posted
+
+
+# The write path is a few plain statements built from the models' own fields (their columns
+# and database conversions): a posting is the books' hottest write, and the ORM's compiling
+# of each statement, model bookkeeping and RETURNING of ids nobody reads cost more here than
+# the statements themselves.
+
+
+def _insert(rows: Sequence[LedgerTransaction | LedgerEntry], *, once: bool = False) -> bool:
+    """INSERT the rows (of one model) in one statement. With `once` (one LedgerTransaction):
+    only if its idempotency key is free, setting its pk; returns whether it was inserted.
+
+    `ON CONFLICT DO NOTHING` (PostgreSQL and SQLite alike) instead of an insert in a savepoint
+    that catches the unique violation: a savepoint is two more round trips on every posting,
+    for the rare retry. A concurrent twin's insert waits on the unique index until the first
+    commits, then finds the key taken (or inserts, if the first rolled back).
+    """
+    model = type(rows[0])
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    params = [
+        field.get_db_prep_save(field.pre_save(row, True), connection)
+        for row in rows
+        for field in fields
+    ]
+    # Only the models' own quoted names go into the text; every value is a parameter.
+    columns = ", ".join(quote(str(field.column)) for field in fields)
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([one] * len(rows))}"  # noqa: S608
+    if once:
+        key = quote(str(LedgerTransaction._meta.get_field("idempotency_key").column))
+        sql += f" ON CONFLICT ({key}) DO NOTHING RETURNING {quote(str(meta.pk.column))}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted = cursor.fetchone() if once else None
+    if not once:
+        return True
+    if inserted is None:
+        return False
+    (posted,) = rows
+    posted.pk = inserted[0]
+    posted._state.adding = False
+    posted._state.db = connection.alias
+    return True
 
 
 def _move_balances(legs: list[Leg]) -> None:
@@ -180,31 +234,73 @@ def _move_balances(legs: list[Leg]) -> None:
         if leg.account.kind in CACHED_KINDS:
             moves[(leg.account.pk, leg.currency)] += leg.amount
             accounts[leg.account.pk] = leg.account
-    if not moves:
+    # One fixed order (the rows are locked as they are updated), so two postings touching the
+    # same balances can never wait on each other in a cycle.
+    keys = sorted(key for key, delta in moves.items() if delta != 0)
+    if not keys:
         return
+    connection = connections[router.db_for_write(Balance)]
+    if connection.vendor == "sqlite":
+        _move_balances_in_python(keys, moves, accounts)
+        return
+    quote = connection.ops.quote_name
+    table = quote(Balance._meta.db_table)
+    # One statement per row: it locks the row, checks the floor and moves the amount, in
+    # PostgreSQL's exact numeric arithmetic. A row it leaves alone is missing or would go
+    # below zero.
+    move = (
+        f"UPDATE {table} SET amount = amount + %s, updated_at = %s "  # noqa: S608
+        "WHERE account_id = %s AND currency = %s AND (amount + %s >= 0 OR NOT non_negative)"
+    )
+    with connection.cursor() as cursor:
+        for account_id, currency in keys:
+            delta = moves[(account_id, currency)]
+            cursor.execute(move, [delta, timezone.now(), account_id, currency, delta])
+            if cursor.rowcount:
+                continue
+            if delta < 0:
+                raise _insufficient(accounts[account_id], currency, delta)
+            # The account's first money in this currency: make the row (or find that a twin
+            # just made it), then move it.
+            Balance.objects.bulk_create(
+                [Balance(account_id=account_id, currency=currency, non_negative=True)],
+                ignore_conflicts=True,
+            )
+            cursor.execute(move, [delta, timezone.now(), account_id, currency, delta])
+
+
+def _move_balances_in_python(
+    keys: list[tuple[int, str]],
+    moves: dict[tuple[int, str], Decimal],
+    accounts: dict[int, LedgerAccount],
+) -> None:
+    # SQLite stores amounts as exact TEXT, where arithmetic in SQL would be float arithmetic;
+    # the new value is computed here instead (SQLite writes one at a time, so nothing moves
+    # the row between the read and the write).
     Balance.objects.bulk_create(
         [
             Balance(account_id=account_id, currency=currency, non_negative=True)
-            for account_id, currency in moves
+            for account_id, currency in keys
         ],
         ignore_conflicts=True,
     )
-    # Lock the rows in one fixed order, so two postings touching the same balances can never
-    # wait on each other in a cycle.
-    keys = Q()
-    for account_id, currency in moves:
-        keys |= Q(account_id=account_id, currency=currency)
-    locked = Balance.objects.select_for_update().filter(keys).order_by("account_id", "currency")
-    for balance in locked:
+    keys_q = Q()
+    for account_id, currency in keys:
+        keys_q |= Q(account_id=account_id, currency=currency)
+    for balance in Balance.objects.filter(keys_q).order_by("account_id", "currency"):
         delta = moves[(balance.account_id, balance.currency)]
         if balance.amount + delta < 0:
-            account = accounts[balance.account_id]
-            raise InsufficientBalance(
-                f"{account.code} has {balance.amount} {balance.currency}; cannot take {-delta}."
-            )
-        # The row is locked (and SQLite writes one at a time), so the new value is computed
-        # here: arithmetic in SQL would be float arithmetic on SQLite.
-        Balance.objects.filter(pk=balance.pk).update(amount=balance.amount + delta)
+            raise _insufficient(accounts[balance.account_id], balance.currency, delta)
+        Balance.objects.filter(pk=balance.pk).update(
+            amount=balance.amount + delta, updated_at=timezone.now()
+        )
+
+
+def _insufficient(account: LedgerAccount, currency: str, delta: Decimal) -> InsufficientBalance:
+    # Only on the refusal path: the successful one never reads the balance.
+    row = Balance.objects.filter(account=account, currency=currency).first()
+    have = row.amount if row else Decimal(0)
+    return InsufficientBalance(f"{account.code} has {have} {currency}; cannot take {-delta}.")
 
 
 def account_balance(account: LedgerAccount, currency: str) -> Decimal:

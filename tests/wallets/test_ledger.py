@@ -126,6 +126,20 @@ def test_merchant_balance_never_goes_negative(acme):
     assert not LedgerTransaction.objects.filter(kind="payout").exists()
 
 
+def test_a_posting_is_a_fixed_few_statements(acme, django_assert_num_queries):
+    pay(acme, "payment:1")  # the accounts and the merchant's balance row exist
+    legs = payment_legs(acme)
+    # PostgreSQL: savepoint, the transaction (ON CONFLICT DO NOTHING), the entries in one
+    # INSERT, one UPDATE of the balance that checks its floor, release. SQLite reads the
+    # balance and computes it in Python (it has no exact arithmetic on its TEXT amounts).
+    with django_assert_num_queries(5 if on_postgres() else 7):
+        ledger_post(kind="payment", idempotency_key="payment:2", legs=legs)
+    # A replay: the refused insert, then the first posting and its entries to compare.
+    with django_assert_num_queries(5):
+        ledger_post(kind="payment", idempotency_key="payment:2", legs=legs)
+    assert balance(merchant_account(acme), "USD") == D("198.00")
+
+
 def test_entries_refuse_change_through_the_orm(acme):
     posting = pay(acme, "payment:1")
     entry = posting.entries.first()
@@ -217,3 +231,41 @@ def test_concurrent_replays_post_once_and_concurrent_postings_all_count():
     assert balance(holdings_account("base"), "USDC") == 5 * D(100) + threads * 5 * D(10)
     assert balances_drift() == []
     assert on_postgres()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_payouts_never_take_a_balance_below_zero():
+    require_postgres()
+    merchant = MerchantFactory()
+    pay(merchant, "payment:1")  # 99.00 USD to pay out
+    threads = 8
+    barrier = threading.Barrier(threads)
+    refused: list[int] = []
+    errors: list[BaseException] = []
+
+    def payout(index: int) -> None:
+        legs = [
+            Leg(merchant_account(merchant), "USD", -D("20.00")),
+            Leg(fx_account(), "USD", D("20.00")),
+        ]
+        try:
+            barrier.wait()
+            ledger_post(kind="payout", idempotency_key=f"payout:{index}", legs=legs)
+        except InsufficientBalance:
+            refused.append(index)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=payout, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert errors == []
+    # Four payouts of 20.00 fit in 99.00; the other four are refused and leave nothing behind.
+    assert len(refused) == 4
+    assert LedgerTransaction.objects.filter(kind="payout").count() == 4
+    assert balance(merchant_account(merchant), "USD") == D("19.00")
+    assert balances_drift() == []
