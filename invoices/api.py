@@ -518,7 +518,11 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
         )
         try:
             invoice = invoice_create(
-                merchant=merchant, data=data, actor=Actor.API, issue=payload.issue
+                merchant=merchant,
+                data=data,
+                actor=Actor.API,
+                issue=payload.issue,
+                whole_for_snapshot=not payload.send_email,
             )
         except ValidationError as error:
             # Lost a race with a concurrent request carrying the same foreign ID.
@@ -533,7 +537,9 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
                 raise ApiError(
                     422, error.messages[0], fields={"send_email": error.messages}
                 ) from None
-    return 201, _snapshot(invoice.pk)
+            return 201, _snapshot(invoice.pk)
+    # Handed back whole (its items, no credit notes yet): nothing needs reading back.
+    return 201, invoice_snapshot(invoice)
 
 
 @router.get("", response=InvoicePage, summary="List invoices, newest first")

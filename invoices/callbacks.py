@@ -231,12 +231,19 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
     return json.dumps(body, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
-def callbacks_enqueue(*, event: InvoiceEvent) -> list[CallbackDelivery]:
-    """Write the outbox rows for an event; call it inside the event's transaction."""
+def callbacks_enqueue(
+    *, event: InvoiceEvent, invoice: Invoice | None = None
+) -> list[CallbackDelivery]:
+    """Write the outbox rows for an event; call it inside the event's transaction.
+
+    `invoice`: the invoice as it now is, when the caller holds it whole (a creation, with its
+    items in hand); otherwise the row is read, so the callback shows what was committed.
+    """
     type = CALLBACK_TYPES.get(event.type)
     if type is None:
         return []
-    invoice = Invoice.objects.select_related("customer").get(pk=event.invoice_id)
+    if invoice is None:
+        invoice = Invoice.objects.select_related("customer").get(pk=event.invoice_id)
     targets: list[tuple[WebhookEndpoint | None, str]] = [
         (endpoint, endpoint.url)
         for endpoint in WebhookEndpoint.objects.filter(merchant_id=invoice.merchant_id)

@@ -13,9 +13,11 @@ from decimal import Decimal
 
 import pytest
 from django.core.cache import cache
+from django.core.serializers.json import DjangoJSONEncoder
 from django.test import Client
 
 from customers.models import Customer
+from invoices.callbacks import invoice_snapshot
 from invoices.models import Invoice, InvoiceKind
 from invoices.services import invoice_cancel, invoice_mark_paid
 from merchants.integrations import api_key_create, api_key_revoke
@@ -108,6 +110,35 @@ def test_create_with_line_items_answers_201_with_the_open_invoice(client, acme, 
             "tax": None,
         },
     ]
+
+
+def test_create_answers_what_reading_the_invoice_back_shows(client, acme, acme_key):
+    customer = CustomerFactory(merchant=acme, name="Ada", email="ada@example.org")
+    body = {
+        **TWO_ITEMS,
+        "customer_id": customer.pk,
+        "discount": {"kind": "percent", "value": "10"},
+        "notes": "Thanks",
+        "terms_days": 14,
+    }
+    created = post(client, INVOICES, acme_key, body).json()
+    # The answer is built from the rows in hand, not read back: it must be what the rows
+    # read back show.
+    stored = Invoice.objects.select_related("customer").get(pk=created["id"])
+    assert created == json.loads(json.dumps(invoice_snapshot(stored), cls=DjangoJSONEncoder))
+    assert created["customer"]["id"] == customer.pk
+    assert created["discount"]["amount"] == "32.00"
+
+
+def test_create_costs_a_fixed_few_queries(client, acme, acme_key, django_assert_num_queries):
+    post(client, INVOICES, acme_key, TWO_ITEMS)  # the key's last use is noted once a minute
+    # The key (one indexed query); the transaction's savepoint; the number taken and counted
+    # on in one UPDATE; the invoice, its items and its event inserted; the webhook endpoints
+    # read for the callback; release. The answer is built from what was written.
+    with django_assert_num_queries(8):
+        response = post(client, INVOICES, acme_key, TWO_ITEMS)
+    assert response.status_code == 201
+    assert response.json()["reference"] == "INV-00002"
 
 
 def test_create_with_a_single_amount_makes_one_item(client, acme_key):
