@@ -3,7 +3,10 @@
 Figures are ratios to the warm render of a 1-item invoice measured in the same run, so they
 compare across machines. "first" is the first render of that invoice in this process (after
 WeasyPrint is imported, which is timed on its own); "warm" the median of 20 more renders with
-the cache bypassed. Run with `make bench`; nothing here asserts a time.
+the cache bypassed. That warm render is itself set against a bare WeasyPrint render of a
+one-line page in the same process (`HTML(string=...).write_pdf()`, WeasyPrint's defaults),
+and, beside it, the same page through our own `render_html` (no network fetcher, this
+thread's fonts kept). Run with `make bench`; nothing here asserts a time.
 """
 
 import io
@@ -42,6 +45,16 @@ def test_pdf_render_and_cached_download(capsys):
     customer = CustomerFactory(merchant=merchant, name="Ada Lovelace", email="ada@example.org")
     cache.clear()
     import_time = seconds(pdf._engine)
+    one_line = "<!doctype html><p>Invoice INV-00001 from Bench Tools</p>"
+    engine = pdf._engine()
+
+    def bare() -> None:
+        engine.html(string=one_line).write_pdf()
+
+    def bare_ours() -> None:
+        pdf.render_html(one_line)
+
+    bare(), bare_ours()  # warm both
 
     renders = {}
     invoices = {}
@@ -62,6 +75,8 @@ def test_pdf_render_and_cached_download(capsys):
         warm = median_seconds(lambda invoice=invoice: pdf.invoice_pdf(invoice, use_cache=False))
         renders[size] = (first, warm)
     baseline = renders[1][1]
+    bare_warm = median_seconds(bare)
+    bare_ours_warm = median_seconds(bare_ours)
 
     # The cached path: the hash of the HTML finds the stored PDF, as every repeat download does.
     one = invoices[1]
@@ -78,6 +93,14 @@ def test_pdf_render_and_cached_download(capsys):
     with capsys.disabled():
         print(
             f"\nbaseline: warm render of a 1-item invoice {baseline * 1000:.1f} ms (median of {ROUNDS})"
+        )
+        print(
+            f"bare WeasyPrint render of a one-line page: {bare_warm * 1000:.1f} ms; "
+            f"the same through render_html: {bare_ours_warm * 1000:.1f} ms"
+        )
+        print(
+            f"1-item invoice, warm / bare one-line render: {baseline / bare_warm:.2f} x "
+            f"(/ render_html one-line: {baseline / bare_ours_warm:.2f} x)"
         )
         print(f"WeasyPrint import (once per process): {import_time / baseline:.1f} x baseline")
         print(f"{'line items':<12}{'first':>10}{'warm':>10}{'pages':>8}")
