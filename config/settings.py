@@ -108,7 +108,13 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'stablebill.sqlite3'}")
     )
 }
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+# Persistent connections: a new PostgreSQL connection (a backend process forked, then
+# Django's session setup) cost more than the whole of a small API request. A connection is
+# kept for this many seconds of a worker's life (0: one per request), and checked before a
+# request reuses it, so one the database dropped meanwhile is replaced instead of failing
+# the request.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default, with a worker writing while the web process serves requests:
     # - WAL: readers never wait for the writer (and the writer never waits for readers);
