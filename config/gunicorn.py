@@ -13,6 +13,11 @@ from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads, not one request per process: the payment page's status request may wait up to
+# PAY_STATUS_HOLD_SECONDS for news, and a waiting request must not take a whole worker.
+# The app waits in at most PAY_STATUS_HOLD_SLOTS of them per process, below this number.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 accesslog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

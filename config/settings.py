@@ -422,6 +422,12 @@ QUOTE_VOLATILE_MINUTES = env_int("QUOTE_VOLATILE_MINUTES", 15, minimum=1)
 PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
 # Payment attempts (new quotes) one invoice accepts per minute, against address farming.
 PAYMENT_ATTEMPTS_PER_MINUTE = env_int("PAYMENT_ATTEMPTS_PER_MINUTE", 10, minimum=1)
+# The payment page's status request waits this long for news before answering (push by long
+# poll), in at most this many requests per web process at once; the rest answer at once and
+# the page asks again in 3 s. Keep the slots below the threads of a process (GUNICORN_THREADS)
+# so waiting pages never take every thread; sync workers never wait. 0 turns waiting off.
+PAY_STATUS_HOLD_SECONDS = env_int("PAY_STATUS_HOLD_SECONDS", 10, minimum=0)
+PAY_STATUS_HOLD_SLOTS = env_int("PAY_STATUS_HOLD_SLOTS", 8, minimum=0)
 # Deposits unconfirmed this long fail their payment; later deposits still count, as Unresolved.
 PROCESSING_TIMEOUT_HOURS = env_int("PROCESSING_TIMEOUT_HOURS", 24, minimum=1)
 # Compliance screening asks each token contract's own freeze list about a deposit's sender

@@ -16,6 +16,14 @@
   setInterval(tick, 1000);
   document.addEventListener("htmx:afterSwap", function () { tick(); showWalletButton(); });
 
+  // The status section asks again when its answer is swapped in; an answer that never came
+  // (network down, server restarting) would end that chain, so it asks again a bit later.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var elt = event.detail.elt;
+    if (event.detail.successful || !elt || elt.id !== "status" || !window.htmx) return;
+    setTimeout(function () { if (elt.isConnected) window.htmx.trigger(elt, "retry"); }, 3000);
+  });
+
   document.addEventListener("click", function (event) {
     var copy = event.target.closest("[data-copy]");
     if (copy && navigator.clipboard) {
