@@ -2,10 +2,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus
+from customers.models import Customer
+from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus, InvoiceStatusCount
 from merchants.fields import exact_totals
 from merchants.models import Merchant
 
@@ -43,16 +44,34 @@ def invoice_list(
         invoices = invoices.filter(created_at__date__lte=created_to)
     query = query.strip()
     if query:
-        invoices = invoices.filter(
-            Q(reference__icontains=query)
-            | Q(foreign_id__icontains=query)
-            | Q(tracking_id__icontains=query)
-            | Q(description__icontains=query)
-            | Q(customer__name__icontains=query)
-            | Q(customer__email__icontains=query)
-            | Q(customer__company__icontains=query)
+        # The start of the number, foreign or tracking ID (an index range each, see
+        # invoices.status_counts), the number itself, or anything in a customer's name,
+        # email or company: the merchant's customers are searched, not the invoice history.
+        customers = Customer.objects.filter(merchant=merchant).filter(
+            Q(name__icontains=query) | Q(email__icontains=query) | Q(company__icontains=query)
         )
+        matches = (
+            Q(reference__istartswith=query)
+            | Q(foreign_id__istartswith=query)
+            | Q(tracking_id__istartswith=query)
+            | Q(customer__in=customers.values("pk"))
+        )
+        if query.isdigit() and len(query) <= 9:
+            matches |= Q(number=int(query))
+        invoices = invoices.filter(matches)
     return invoices.order_by("-created_at", "-pk")
+
+
+def invoice_status_counts(*, merchant: Merchant) -> dict[str, int]:
+    """How many invoices the merchant has in each status (kept by triggers, one small read)."""
+    return dict(
+        InvoiceStatusCount.objects.filter(merchant=merchant, n__gt=0).values_list("status", "n")
+    )
+
+
+def invoice_count(*, merchant: Merchant, status: str = "") -> int:
+    counts = invoice_status_counts(merchant=merchant)
+    return counts.get(status, 0) if status else sum(counts.values())
 
 
 def invoice_detail(*, merchant: Merchant, pk: int) -> Invoice:
@@ -93,9 +112,7 @@ class DashboardSummary:
 
 def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary:
     invoices = invoice_scope(merchant=merchant)
-    counts = dict(
-        invoices.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n")
-    )
+    counts = invoice_status_counts(merchant=merchant)
     outstanding = [
         CurrencyTotal(row["currency"], row["total"] or Decimal(0), row["n"])
         # Open-amount invoices ask for nothing in particular; they add no outstanding total.

@@ -53,6 +53,7 @@ from invoices.rules import NO_DISCOUNT, Discount, DiscountKind, LineItemInput, c
 from invoices.selectors import (
     dashboard_summary,
     email_scope,
+    invoice_count,
     invoice_detail,
     invoice_held_deposits,
     invoice_list,
@@ -103,7 +104,14 @@ def invoice_index(request: MerchantRequest) -> HttpResponse:
         query=params.get("q") or "",
         overdue=bool(params.get("overdue")),
     )
-    page = Paginator(invoices, PAGE_SIZE).get_page(request.GET.get("page"))
+    paginator = Paginator(invoices, PAGE_SIZE)
+    if not any(params.get(name) for name in params if name != "status"):
+        # Nothing but the status to filter by: the kept counts say how many, no COUNT(*)
+        # over the merchant's whole history.
+        paginator.count = invoice_count(  # type: ignore[misc]
+            merchant=merchant, status=params.get("status") or ""
+        )
+    page = paginator.get_page(request.GET.get("page"))
     query_string = request.GET.copy()
     query_string.pop("page", None)
     context = {"page": page, "filters": filters, "query_string": query_string.urlencode()}
