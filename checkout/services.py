@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import Case, F, Max, Value, When
 from django.utils import timezone
 
 from checkout.models import (
@@ -116,10 +116,11 @@ def current_payment(invoice: Invoice) -> Payment | None:
     payments = Payment.objects.filter(invoice=invoice).select_related(
         "asset", "network", "deposit_address"
     )
-    open_one = payments.filter(status__in=OPEN_PAYMENT).order_by("-pk").first()
-    if open_one or invoice.kind == InvoiceKind.PERMANENT:
-        return open_one
-    return payments.order_by("-pk").first()
+    if invoice.kind == InvoiceKind.PERMANENT:
+        return payments.filter(status__in=OPEN_PAYMENT).order_by("-pk").first()
+    # One query either way: the open attempts first, the newest of them.
+    opened = Case(When(status__in=OPEN_PAYMENT, then=Value(1)), default=Value(0))
+    return payments.annotate(opened=opened).order_by("-opened", "-pk").first()
 
 
 def payment_start(

@@ -26,7 +26,7 @@ from checkout.services import (
     payable_assets,
     payment_start,
 )
-from invoices.models import Invoice, PricingMode
+from invoices.models import Invoice, InvoiceKind, PricingMode
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
 from wallets.models import Asset, Transfer
@@ -45,15 +45,15 @@ FINAL_PAYMENT = {
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _invoice_by_token(token: str, *, items: bool = True) -> Invoice:
+def _invoice_by_token(token: str, *, page: bool = True) -> Invoice:
     # Always one indexed lookup, whatever the token looks like: a malformed token takes as
     # long to refuse as a well-formed unknown one. Outside the token alphabet it is looked up
     # as "" (no invoice has that): PostgreSQL refuses NUL bytes in a query outright.
     if not TOKEN.fullmatch(token):
         token = ""
-    invoices = Invoice.objects.select_related("merchant", "customer")
-    if items:  # the status fragment shows no line items
-        invoices = invoices.prefetch_related("items")
+    invoices = Invoice.objects.select_related("merchant")
+    if page:  # the status fragment shows neither the customer nor the line items
+        invoices = invoices.select_related("customer").prefetch_related("items")
     invoice = invoices.filter(public_token=token).exclude(status="draft").first()
     if invoice is None:
         raise Http404("No such invoice.")
@@ -85,13 +85,35 @@ def qr_svg(uri: str) -> str:
     return svg
 
 
-def _state(invoice: Invoice) -> str:
-    """What the status section shows, in short: the invoice's status and the payment the
-    page follows (its status, amounts, asset and quote). One indexed query; the status
-    request compares it with what the page has to know whether there is news."""
-    rows = list(
-        Payment.objects.filter(invoice_id=invoice.pk)
-        .annotate(
+# What the status section shows, in short: the invoice's status and the payment the page
+# follows (its status, amounts, asset and quote).
+INVOICE_STATE = ("status", "failure_reason", "expires_at")
+PAYMENT_STATE = ("pk", "status", "received", "confirmed", "amount_due", "asset_id", "requote_at")
+
+
+def _digest(invoice_state: tuple, payment_state: tuple | None) -> str:
+    # str() so a value built in Python (an int) reads the same as the one loaded (a Decimal).
+    values = [str(v) for v in invoice_state], [str(v) for v in payment_state or ()]
+    return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
+
+
+def _state(invoice: Invoice, payment: Payment | None) -> str:
+    """The state the page is rendered with, from what it was rendered from (no query)."""
+    return _digest(
+        tuple(getattr(invoice, name) for name in INVOICE_STATE),
+        None if payment is None else tuple(getattr(payment, name) for name in PAYMENT_STATE),
+    )
+
+
+def _state_now(invoice: Invoice) -> str:
+    """The same, as the database has it now, in one indexed query: the payment
+    current_payment would pick (the open one first, for a permanent invoice only that), with
+    its invoice's fields. No row (the page's payment is no longer shown): news all the same."""
+    payments = Payment.objects.filter(invoice_id=invoice.pk)
+    if invoice.kind == InvoiceKind.PERMANENT:
+        payments = payments.filter(status__in=OPEN_PAYMENT)
+    row = (
+        payments.annotate(
             open=Case(
                 When(status__in=OPEN_PAYMENT, then=Value(1)),
                 default=Value(0),
@@ -99,20 +121,12 @@ def _state(invoice: Invoice) -> str:
             )
         )
         .order_by("-open", "-pk")
-        .values_list(
-            "pk",
-            "status",
-            "received",
-            "confirmed",
-            "amount_due",
-            "asset_id",
-            "requote_at",
-            "invoice__status",
-            "invoice__failure_reason",
-            "invoice__expires_at",
-        )[:1]
+        .values_list(*(f"invoice__{name}" for name in INVOICE_STATE), *PAYMENT_STATE)
+        .first()
     )
-    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+    if row is None:
+        return "gone"
+    return _digest(row[: len(INVOICE_STATE)], row[len(INVOICE_STATE) :])
 
 
 def _context(invoice: Invoice) -> dict:
@@ -138,7 +152,7 @@ def _context(invoice: Invoice) -> dict:
         if payment.is_open and payment.outstanding != 0:
             qr = qr_svg(uri)
     # What the page has, sent back with its next status request (only a page that asks).
-    state = _state(invoice) if payment is not None and not final else ""
+    state = _state(invoice, payment) if payment is not None and not final else ""
     return {
         "invoice": invoice,
         "merchant": invoice.merchant,
@@ -195,7 +209,7 @@ def _wait_for_news(invoice: Invoice, seen: str) -> bool:
         _holding += 1
     try:
         deadline = time.monotonic() + settings.PAY_STATUS_HOLD_SECONDS
-        while _state(invoice) == seen and time.monotonic() < deadline:
+        while _state_now(invoice) == seen and time.monotonic() < deadline:
             time.sleep(CHECK_SECONDS)
     finally:
         with _holding_lock:
@@ -209,11 +223,11 @@ def _status(request: HttpRequest, token: str) -> HttpResponse:
     again at once: the payer sees Paid within a fraction of a second of the server knowing,
     with no more requests than polling every 3 s. Where it cannot wait (sync workers, every
     slot taken) it answers at once and the page asks again in POLL_SECONDS."""
-    invoice = _invoice_by_token(token, items=False)
+    invoice = _invoice_by_token(token, page=False)
     seen = request.GET.get("v", "")
     held = bool(seen) and _can_hold(request) and _wait_for_news(invoice, seen)
     if held:  # news, or the hold ran out: show the invoice as it is now
-        invoice = _invoice_by_token(token, items=False)
+        invoice = _invoice_by_token(token, page=False)
     context = _context(invoice)
     context["next_poll"] = 0 if held else POLL_SECONDS
     return render(request, "checkout/pay.html#status", context)

@@ -186,9 +186,9 @@ def test_the_page_with_an_address_costs_the_same_queries_whatever_the_history(
     _history(shop.merchant, history)
     invoice = shop.invoice("10.00")
     shop.start(invoice)
-    # invoice with merchant and customer, its items, the open payment with asset, network
-    # and address, the state the page sends back; the QR code comes from the cache
-    with django_assert_num_queries(4):
+    # invoice with merchant and customer, its items, the payment with asset, network and
+    # address; the state the page sends back is read off them, the QR code from the cache
+    with django_assert_num_queries(3):
         assert client.get(reverse("pay", args=[invoice.public_token])).status_code == 200
 
 
@@ -198,9 +198,9 @@ def test_the_currency_picker_costs_the_same_queries_whatever_the_history(
 ):
     _history(shop.merchant, history)
     invoice = shop.invoice("10.00")
-    # invoice with merchant and customer, its items, an open payment, the last payment (none),
-    # the active networks, their assets
-    with django_assert_num_queries(6):
+    # invoice with merchant and customer, its items, the payment (none), the active
+    # networks, their assets
+    with django_assert_num_queries(5):
         assert client.get(reverse("pay", args=[invoice.public_token])).status_code == 200
 
 
@@ -211,10 +211,10 @@ def test_the_status_request_costs_the_same_queries_whatever_the_history(
     _history(shop.merchant, history)
     invoice = shop.invoice("10.00")
     shop.start(invoice)
-    # invoice with merchant and customer, the open payment, the state
-    with django_assert_num_queries(3):
+    # invoice with merchant, the payment with asset, network and address
+    with django_assert_num_queries(2):
         html = status(client, invoice).content.decode()
     # Behind: one look at the state, the invoice again, then as above.
-    with django_assert_num_queries(5):
+    with django_assert_num_queries(4):
         status(client, invoice, "0" * 16, **THREADED)
     assert state_of(html)

@@ -107,9 +107,7 @@ def test_the_list_counts_pages_from_the_kept_counts(client_for, alice, acme):
     assert searched.context["page"].paginator.count == 10  # INV-00010 … INV-00019
 
 
-def test_search_finds_the_number_without_its_prefix_and_ids_by_their_start(
-    client_for, alice, acme
-):
+def test_search_finds_the_number_without_its_prefix_and_ids_by_their_start(client_for, alice, acme):
     make_invoice(acme, foreign_id="ORDER-7731", tracking_id="TRK-1")
     second = make_invoice(acme, tracking_id="parcel-99")
     client = client_for(alice)
