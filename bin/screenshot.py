@@ -4,9 +4,11 @@ Usage: .venv/bin/python bin/screenshot.py BASE_URL EMAIL PASSWORD OUTDIR PATH [P
 Each PATH may carry a name: `/invoices/=invoices`.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 CHROMIUM_ARGS = [
@@ -41,7 +43,9 @@ def main() -> None:
                 path, _, name = item.partition("=")
                 name = name or (path.strip("/").replace("/", "_") or "dashboard")
                 page.goto(base + path)
-                page.wait_for_load_state("networkidle")
+                # The payment page keeps its status request open (long poll): never idle.
+                with contextlib.suppress(PlaywrightTimeout):
+                    page.wait_for_load_state("networkidle", timeout=5_000)
                 page.screenshot(path=str(out / f"{name}{suffix}.png"), full_page=True)
             for error in errors:
                 print("console error:", error)

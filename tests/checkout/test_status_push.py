@@ -39,6 +39,11 @@ def status(client, invoice, state: str = "", **extra):
     return client.get(url, headers=HX, **extra)
 
 
+@pytest.fixture(autouse=True)
+def _holding_allowed(settings):
+    settings.PAY_STATUS_HOLD_SLOTS = 8  # tests/conftest.py turns it off for SQLite's live server
+
+
 @pytest.fixture
 def waiting(shop):
     """An invoice whose payer chose USDC and has sent nothing yet."""
