@@ -165,7 +165,8 @@ class PageWatcher(threading.Thread):
                 continue
             path = f"/pay/{token}/" + (f"?v={state}" if state else "")
             try:
-                status, body = _get(port=self.port, path=path, headers={"HX-Request": "true"})
+                # A status request may be held for PAY_STATUS_HOLD_SECONDS (10) before it answers.
+                status, body = _get(self.port, path, {"HX-Request": "true"}, timeout=30)
             except OSError as error:
                 self.errors.append(repr(error))
                 self.halt.wait(0.5)
@@ -443,8 +444,10 @@ def _gunicorn(env: dict, *, production: bool = False) -> Iterator[int]:
                     process.wait()
 
 
-def _get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def _get(
+    port: int, path: str, headers: dict | None = None, timeout: float = 10
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
