@@ -166,7 +166,9 @@ class PageWatcher(threading.Thread):
             path = f"/pay/{token}/" + (f"?v={state}" if state else "")
             try:
                 # A status request may be held for PAY_STATUS_HOLD_SECONDS (10) before it answers.
-                status, body = _get(self.port, path, {"HX-Request": "true"}, timeout=30)
+                # The first request is the page itself, as a browser's; then its status.
+                headers = {"HX-Request": "true"} if state else {}
+                status, body = _get(self.port, path, headers, timeout=30)
             except OSError as error:
                 self.errors.append(repr(error))
                 self.halt.wait(0.5)
