@@ -11,6 +11,7 @@ from merchants.fields import exact_totals
 from merchants.models import Merchant
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
+SEARCH_CUSTOMERS = 500
 
 
 def invoice_scope(*, merchant: Merchant) -> QuerySet[Invoice]:
@@ -50,11 +51,20 @@ def invoice_list(
         customers = Customer.objects.filter(merchant=merchant).filter(
             Q(name__icontains=query) | Q(email__icontains=query) | Q(company__icontains=query)
         )
+        # The ids themselves, not a subquery: PostgreSQL ORs index scans together only
+        # over plain conditions (a subquery there turns the whole OR into a scan of every
+        # invoice). Past SEARCH_CUSTOMERS matches the subquery serves, scan and all.
+        found = list(customers.values_list("pk", flat=True)[: SEARCH_CUSTOMERS + 1])
+        by_customer = (
+            Q(customer__in=customers.values("pk"))
+            if len(found) > SEARCH_CUSTOMERS
+            else Q(customer_id__in=found)
+        )
         matches = (
             Q(reference__istartswith=query)
             | Q(foreign_id__istartswith=query)
             | Q(tracking_id__istartswith=query)
-            | Q(customer__in=customers.values("pk"))
+            | by_customer
         )
         if query.isdigit() and len(query) <= 9:
             matches |= Q(number=int(query))

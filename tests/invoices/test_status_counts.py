@@ -120,3 +120,17 @@ def test_search_finds_the_number_without_its_prefix_and_ids_by_their_start(clien
     assert found("order-77") == ["INV-00001"]
     assert found("PARCEL") == [second.reference]
     assert found("7731") == []  # the middle of an ID is not its start
+
+
+@pytest.mark.parametrize("n", [1, 30])
+def test_invoice_list_search_query_count_does_not_grow_with_rows(
+    client_for, alice, acme, django_assert_num_queries, n
+):
+    for i in range(n):
+        make_invoice(acme, issue=i % 2 == 0)
+    client = client_for(alice)
+    # session, user, membership, matching customers, count, page of invoices with customers,
+    # business switcher
+    with django_assert_num_queries(7):
+        response = client.get(reverse("invoice_list"), {"q": "INV-0000"})
+    assert len(response.context["page"].object_list) == min(n, 9)
