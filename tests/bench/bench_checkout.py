@@ -408,7 +408,7 @@ def _gunicorn(env: dict, *, production: bool = False) -> Iterator[int]:
         cwd=REPO,
         env=env,
         check=True,
-        timeout=120,
+        timeout=900,  # compressing every static file takes minutes on a busy machine
     )
     with tempfile.TemporaryFile() as log:
         args = ["config.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}"]
