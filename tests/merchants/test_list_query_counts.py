@@ -29,7 +29,7 @@ def _rows(kind: str, merchant, n: int) -> None:
 @pytest.mark.parametrize(
     ("view", "queries"),
     # Each: session, user, membership, the rows, the business switcher; the webhooks page
-    # also shows each endpoint's recent deliveries and the event types, in fixed queries.
+    # reads more besides its endpoints, in a number of queries that is fixed all the same.
     [("member_list", 5), ("api_key_list", 5), ("webhook_list", 10), ("tax_rate_list", 5)],
 )
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)
