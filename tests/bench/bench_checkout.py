@@ -394,7 +394,9 @@ def _database_url() -> str:
 
 
 def _env(tmp_path: Path) -> dict:
-    """What the served app gets: production settings on the test database."""
+    """What the served app gets: production settings on the test database, and metrics
+    files of its own (config/gunicorn.py empties the folder it is given at start)."""
+    (tmp_path / "metrics").mkdir(exist_ok=True)
     return {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", str(tmp_path)),
