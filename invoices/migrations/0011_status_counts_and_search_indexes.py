@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('customers', '0003_document_billing_address'),
-        ('invoices', '0009_amounts_exact_document'),
+        ('invoices', '0010_email_kind_refund_state'),
         ('merchants', '0006_document_seller_details'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
