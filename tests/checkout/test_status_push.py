@@ -192,8 +192,9 @@ def test_the_page_with_an_address_costs_the_same_queries_whatever_the_history(
     invoice = shop.invoice("10.00")
     shop.start(invoice)
     # invoice with merchant and customer, its items, the payment with asset, network and
-    # address; the state the page sends back is read off them, the QR code from the cache
-    with django_assert_num_queries(3):
+    # address; the state the page sends back is read off them, the QR code from the cache;
+    # the invoice's refund links (any of its payments may have one once it has a payment)
+    with django_assert_num_queries(4):
         assert client.get(reverse("pay", args=[invoice.public_token])).status_code == 200
 
 
@@ -216,10 +217,10 @@ def test_the_status_request_costs_the_same_queries_whatever_the_history(
     _history(shop.merchant, history)
     invoice = shop.invoice("10.00")
     shop.start(invoice)
-    # invoice with merchant, the payment with asset, network and address
-    with django_assert_num_queries(2):
+    # invoice with merchant, the payment with asset, network and address, the refund links
+    with django_assert_num_queries(3):
         html = status(client, invoice).content.decode()
     # Behind: one look at the state, the invoice again, then as above.
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         status(client, invoice, "0" * 16, **THREADED)
     assert state_of(html)
