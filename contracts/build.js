@@ -48,6 +48,19 @@ function parseArgs(argv) {
   return { contract, out: out || path.join(HERE, "artifacts", `${contract}.json`) };
 }
 
+// Imports name npm packages (`@openzeppelin/contracts/...`, pinned in package-lock.json); they
+// are read from node_modules and keep that name, so the metadata hash is path independent.
+function findImports(importPath) {
+  const root = path.join(HERE, "..", "node_modules");
+  const resolved = path.resolve(root, importPath);
+  if (!resolved.startsWith(root + path.sep)) return { error: `import outside node_modules: ${importPath}` };
+  try {
+    return { contents: fs.readFileSync(resolved, "utf8") };
+  } catch (error) {
+    return { error: `cannot read ${importPath}: ${error.message} (run make node_modules)` };
+  }
+}
+
 function compile(CONTRACT) {
   const SOURCE_NAME = `${CONTRACT}.sol`;
   const outputs = ["abi", "evm.bytecode.object"];
@@ -61,7 +74,7 @@ function compile(CONTRACT) {
       outputSelection: { [SOURCE_NAME]: { [CONTRACT]: outputs } },
     },
   };
-  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
   const diagnostics = output.errors || [];
   for (const d of diagnostics) console.error(d.formattedMessage || d.message);
   if (diagnostics.some((d) => d.severity === "error")) {

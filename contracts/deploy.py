@@ -23,6 +23,8 @@ from wallets.chain import Chain, Signer
 
 ARTIFACT_PATH = Path(__file__).resolve().parent / "artifacts" / "DemoToken.json"
 MULTICALL3_ARTIFACT_PATH = ARTIFACT_PATH.with_name("Multicall3.json")
+FACTORY_ARTIFACT_PATH = ARTIFACT_PATH.with_name("DepositFactory.json")
+NO_RETURN_ARTIFACT_PATH = ARTIFACT_PATH.with_name("DemoNoReturnToken.json")
 # Where Multicall3 lives on real chains; the dev chain gets it at the same address.
 MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 
@@ -124,6 +126,43 @@ def deploy_multicall3(rpc_url: str) -> str:
     return MULTICALL3_ADDRESS
 
 
+def load_factory_artifact() -> dict[str, Any]:
+    """The committed build of contracts/DepositFactory.sol (OpenZeppelin Clones, SafeERC20)."""
+    artifact: dict[str, Any] = json.loads(FACTORY_ARTIFACT_PATH.read_text())
+    return artifact
+
+
+def deploy_deposit_factory(rpc_url: str, private_key: str = DEPLOYER_KEY) -> str:
+    """Deploy a DepositFactory (the dev chain's; real chains deploy it from the operator's
+    browser wallet in admin). Returns its checksummed address."""
+    chain = Chain(rpc_url, timeout=30)
+    signer = Signer(chain, private_key)
+    artifact = load_factory_artifact()
+    tx_hash = signer.deploy(artifact["abi"], artifact["bytecode"], [], nonce=signer.next_nonce())
+    return str(signer.wait(tx_hash, timeout=RECEIPT_TIMEOUT)["contract_address"])
+
+
+def deploy_no_return_token(rpc_url: str, symbol: str = "USDT", decimals: int = 6) -> str:
+    """Deploy a USDT-style demo token (transfer returns nothing) and mint the payer a grant."""
+    chain = Chain(rpc_url, timeout=30)
+    deployer = Signer(chain, DEPLOYER_KEY)
+    artifact = json.loads(NO_RETURN_ARTIFACT_PATH.read_text())
+    nonce = deployer.next_nonce()
+    tx_hash = deployer.deploy(
+        artifact["abi"], artifact["bytecode"], [f"Demo {symbol}", symbol, decimals], nonce=nonce
+    )
+    address = str(deployer.wait(tx_hash, timeout=RECEIPT_TIMEOUT)["contract_address"])
+    mint = deployer.call(
+        address,
+        artifact["abi"],
+        "mint",
+        [PAYER_ADDRESS, PAYER_GRANT * 10**decimals],
+        nonce=nonce + 1,
+    )
+    deployer.wait(mint, timeout=RECEIPT_TIMEOUT)
+    return address
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m contracts.deploy",
@@ -133,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     deployed: dict[str, Any] = dict(deploy_demo_tokens(args.rpc_url))
     deployed["multicall3"] = deploy_multicall3(args.rpc_url)
+    deployed["deposit_factory"] = deploy_deposit_factory(args.rpc_url)
     print(json.dumps(deployed, indent=2))
 
 

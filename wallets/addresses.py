@@ -1,7 +1,8 @@
 """Deposit addresses by BIP44 public derivation from a merchant's account xpub.
 
 The `xpub` AddressProvider: m/44'/60'/0' is given, /0/i is derived here. No private key ever
-reaches the server; CREATE2 forwarders can be a second provider later.
+reaches the server. The `forwarder` provider (wallets.forwarders) is chosen per wallet; the
+allocation of both lives here.
 """
 
 import hashlib
@@ -20,7 +21,13 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from merchants.models import Merchant
-from wallets.models import DepositAddress, Wallet
+from wallets.forwarders import (
+    forwarder_address,
+    new_salt_seed,
+    parse_account_address,
+    payment_salt,
+)
+from wallets.models import DepositAddress, Network, Wallet, WalletMode
 
 HARDENED = 0x80000000
 # Addresses looked up at once when skipping taken ones.
@@ -165,11 +172,16 @@ def wallet_set(*, merchant: Merchant, xpub: str, is_demo: bool = False) -> Walle
             if wallet is None:
                 return Wallet.objects.create(
                     merchant=merchant,
+                    mode=WalletMode.XPUB,
                     xpub=account.xpub,
                     key_fingerprint=account.fingerprint,
                     first_address=account.first_address,
                     is_demo=is_demo,
                 )
+            if wallet.mode != WalletMode.XPUB:
+                # Back to (or newly in) xpub mode: forwarder addresses handed out stay valid.
+                wallet.mode = WalletMode.XPUB
+                wallet.save(update_fields=["mode"])
             if wallet.key_fingerprint != account.fingerprint:
                 # A new key starts at index 0. Addresses of a key used here before are in
                 # DepositAddress and are skipped by the allocation, never handed out again.
@@ -196,15 +208,71 @@ def wallet_set(*, merchant: Merchant, xpub: str, is_demo: bool = False) -> Walle
         return wallet_set(merchant=merchant, xpub=xpub, is_demo=is_demo)
 
 
-def deposit_address_allocate(*, merchant: Merchant) -> DepositAddress:
+class ForwarderUnavailable(Exception):
+    """No forwarder deposit address can be made on this network (no factory deployed)."""
+
+
+def wallet_set_account(
+    *, merchant: Merchant, account_address: str, is_demo: bool = False
+) -> Wallet:
+    """Switch the merchant to "account address + forwarders", or change the account address.
+
+    Deposit addresses handed out keep the destination they were derived with: only addresses
+    made from now on forward to the new account. The salt index never restarts, so no
+    address is ever made twice.
+    """
+    try:
+        address = parse_account_address(account_address)
+    except ValueError as error:
+        raise ValidationError(str(error), code="invalid") from None
+    with transaction.atomic():
+        wallet = Wallet.objects.select_for_update().filter(merchant=merchant).first()
+        if wallet is None:
+            try:
+                with transaction.atomic():
+                    return Wallet.objects.create(
+                        merchant=merchant,
+                        mode=WalletMode.FORWARDER,
+                        account_address=address,
+                        salt_seed=new_salt_seed(),
+                        is_demo=is_demo,
+                    )
+            except IntegrityError:
+                # Two first saves of one merchant raced; the other one won: update it.
+                wallet = Wallet.objects.select_for_update().get(merchant=merchant)
+        wallet.mode, wallet.account_address = WalletMode.FORWARDER, address
+        wallet.salt_seed = wallet.salt_seed or new_salt_seed()
+        wallet.is_demo = is_demo
+        wallet.save(update_fields=["mode", "account_address", "salt_seed", "is_demo"])
+        return wallet
+
+
+def wallet_next_forwarders(*, wallet: Wallet, factory: str, count: int = 3) -> list[str]:
+    """The next forwarder deposit addresses under `factory`, for the settings page."""
+    return [
+        forwarder_address(
+            factory=factory,
+            destination=wallet.account_address,
+            salt=payment_salt(seed=wallet.salt_seed, index=index),
+        )
+        for index in range(wallet.next_salt_index, wallet.next_salt_index + count)
+    ]
+
+
+def deposit_address_allocate(
+    *, merchant: Merchant, network: Network | None = None
+) -> DepositAddress:
     """The next free address of the merchant's wallet, never handed out twice.
 
     The wallet row is locked while the index is taken and the address row inserted, so
     concurrent payments queue here instead of sharing an address. An address that is taken
     already (see `_free_addresses`) is skipped: the payment gets the next one, never an error.
+    A forwarder wallet needs the network: the address depends on that network's factory.
     """
     with transaction.atomic():
         wallet = Wallet.objects.select_for_update().get(merchant=merchant)
+        if wallet.uses_forwarders:
+            return _forwarder_allocate(wallet, network)
         for index, address in _free_addresses(wallet.xpub, wallet.next_index):
             try:
                 # A savepoint: should the address be taken between the look-up and here,
@@ -223,3 +291,27 @@ def deposit_address_allocate(*, merchant: Merchant) -> DepositAddress:
             wallet.save(update_fields=["next_index"])
             return deposit
     raise AssertionError("unreachable: _free_addresses never ends")
+
+
+def _forwarder_allocate(wallet: Wallet, network: Network | None) -> DepositAddress:
+    factory = network.deposit_factory if network is not None else ""
+    if not factory:
+        where = network.name if network is not None else "this network"
+        raise ForwarderUnavailable(
+            f"Payments on {where} are not possible yet: the deposit factory is not deployed "
+            "there. The operator deploys it from the network's admin page."
+        )
+    index = wallet.next_salt_index
+    salt = payment_salt(seed=wallet.salt_seed, index=index)
+    deposit = DepositAddress.objects.create(
+        wallet=wallet,
+        merchant=wallet.merchant,
+        derivation_index=index,
+        destination=wallet.account_address,
+        salt="0x" + salt.hex(),
+        factory=factory,
+        address=forwarder_address(factory=factory, destination=wallet.account_address, salt=salt),
+    )
+    wallet.next_salt_index = index + 1
+    wallet.save(update_fields=["next_salt_index"])
+    return deposit

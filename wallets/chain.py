@@ -42,6 +42,10 @@ ERC20_ABI = [
         "outputs": [{"name": "", "type": "bool"}],
     },
 ]
+# DepositFactory's logs (contracts/DepositFactory.sol).
+CLAIMED_TOPIC = Web3.keccak(text="Claimed(address,uint256)").to_0x_hex()
+ETHER_CLAIMED_TOPIC = Web3.keccak(text="EtherClaimed(address,address,uint256)").to_0x_hex()
+
 # Phrases nodes and hosted providers use when a getLogs range or result is too large.
 RANGE_REFUSALS = (
     "more than",
@@ -139,6 +143,39 @@ class SeenTransfer:
     sender: str
     recipient: str
     amount: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """Value a claim moved: a token's Transfer log, or the factory's EtherClaimed (token "")."""
+
+    token: str
+    sender: str  # the forwarder (deposit address)
+    recipient: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class ClaimReceipt:
+    tx_hash: str
+    succeeded: bool
+    block_number: int
+    block_hash: str
+    sender: str
+    gas_used: int
+    fee_wei: int
+    moves: tuple[Move, ...]
+    reason: str = ""  # why it failed, as far as the node can tell
+
+
+@dataclass(frozen=True)
+class SeenClaim:
+    """A Claimed log of a factory: some claim transaction was mined."""
+
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    destination: str
 
 
 def _hex(value: Any) -> str:
@@ -426,6 +463,116 @@ class Chain:
                     )
         return amounts
 
+    # Claims (DepositFactory) ---------------------------------------------------------------
+
+    def claim_logs(self, from_block: int, to_block: int, factory: str) -> list[SeenClaim]:
+        """The factory's Claimed logs in the range, halving the range when refused."""
+        if from_block > to_block:
+            return []
+        query = {
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "address": Web3.to_checksum_address(factory),
+            "topics": [CLAIMED_TOPIC],
+        }
+        try:
+            logs = self._call("eth_getLogs", lambda: self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+        except RangeRefused:
+            if from_block == to_block:
+                raise
+            middle = (from_block + to_block) // 2
+            return self.claim_logs(from_block, middle, factory) + self.claim_logs(
+                middle + 1, to_block, factory
+            )
+        return [
+            SeenClaim(
+                tx_hash=_hex(log["transactionHash"]),
+                block_number=_int(log["blockNumber"]),
+                block_hash=_hex(log["blockHash"]),
+                destination=_topic_address(log["topics"][1]),
+            )
+            for log in logs
+            if len(log["topics"]) == 2
+        ]
+
+    def claim_receipts(
+        self, tx_hashes: Iterable[str], factory: str
+    ) -> dict[str, ClaimReceipt | None]:
+        """What each claim transaction did, from its receipt (batched); None while it is not
+        mined. A reverted one says why where the node can replay it."""
+        wanted = sorted(set(tx_hashes))
+        answers = self._batch(
+            "eth_getTransactionReceipt",
+            [("eth_getTransactionReceipt", [h]) for h in wanted],
+            BATCH_SIZE,
+        )
+        factory = factory.lower()
+        out: dict[str, ClaimReceipt | None] = {}
+        for tx_hash, receipt in zip(wanted, answers, strict=True):
+            if not receipt or receipt.get("blockNumber") is None:
+                out[tx_hash] = None
+                continue
+            moves = []
+            for log in receipt["logs"]:
+                topics = [_hex(t) for t in log["topics"]]
+                address = _hex(log["address"])
+                if address == factory and topics and topics[0] == ETHER_CLAIMED_TOPIC:
+                    moves.append(
+                        Move(
+                            "", _topic_address(topics[1]), _topic_address(topics[2]), _data_int(log)
+                        )
+                    )
+                elif topics and topics[0] == TRANSFER_TOPIC:
+                    parsed = _parse_transfer_log(log)
+                    if parsed is not None:
+                        moves.append(Move(address, parsed.sender, parsed.recipient, parsed.amount))
+            succeeded = _int(receipt["status"]) == 1
+            gas_used = _int(receipt["gasUsed"])
+            price = _int(receipt.get("effectiveGasPrice") or 0)
+            out[tx_hash] = ClaimReceipt(
+                tx_hash=tx_hash,
+                succeeded=succeeded,
+                block_number=_int(receipt["blockNumber"]),
+                block_hash=_hex(receipt["blockHash"]),
+                sender=str(receipt["from"]).lower(),
+                gas_used=gas_used,
+                fee_wei=gas_used * price,
+                moves=tuple(moves) if succeeded else (),
+                reason="" if succeeded else self._revert_reason(tx_hash, gas_used),
+            )
+        return out
+
+    def _revert_reason(self, tx_hash: str, gas_used: int) -> str:
+        """Replay a reverted transaction at its block to learn why (eth_call)."""
+        try:
+            tx: Any = self._call(
+                "eth_getTransactionByHash",
+                lambda: self.w3.eth.get_transaction(tx_hash),  # type: ignore[arg-type]
+            )
+        except ChainError:
+            return "The transaction reverted."
+        if tx is None:
+            return "The transaction reverted."
+        if int(tx["gas"]) == gas_used:
+            return "The transaction ran out of gas (its gas limit was too low)."
+        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
+        try:
+            self.w3.eth.call(call, block_identifier=int(tx["blockNumber"]) - 1)  # type: ignore[arg-type]
+        except Web3RPCError as error:
+            return explain_revert(getattr(error, "data", None) or str(error))
+        except (ValueError, ContractLogicError) as error:
+            return explain_revert(getattr(error, "data", None) or str(error))
+        return "The transaction reverted (it succeeds when replayed now: the chain changed)."
+
+    def estimate_gas(self, *, sender: str, to: str, data: str) -> int:
+        call: Any = {"to": Web3.to_checksum_address(to), "data": data}
+        if sender:
+            call["from"] = Web3.to_checksum_address(sender)
+        try:
+            return self._call("eth_estimateGas", lambda: int(self.w3.eth.estimate_gas(call)))
+        except ContractLogicError as error:
+            raise ChainError(explain_revert(getattr(error, "data", None) or str(error))) from None
+
     def has_code(self, address: str) -> bool:
         code = self._call(
             "eth_getCode", lambda: self.w3.eth.get_code(Web3.to_checksum_address(address))
@@ -634,6 +781,47 @@ class Signer:
             "block_number": int(receipt["blockNumber"]),
             "contract_address": str(address) if address else "",
         }
+
+
+# Custom errors of DepositFactory, DepositForwarder and OpenZeppelin, by selector.
+KNOWN_ERRORS = {
+    bytes(Web3.keccak(text=signature)[:4]).hex(): text
+    for signature, text in (
+        ("ZeroDestination()", "The claim names no destination."),
+        ("OnlyFactory()", "Only the factory may move a forwarder's funds."),
+        (
+            "EtherTransferFailed()",
+            "The account address refused the ETH (a contract that takes none).",
+        ),
+        ("SafeERC20FailedOperation(address)", "A token refused the transfer."),
+        ("FailedDeployment()", "A forwarder could not be deployed."),
+    )
+}
+
+
+def explain_revert(data: Any) -> str:
+    """A person's sentence for a revert's data (custom error or Error(string))."""
+    text = data if isinstance(data, str) else str(data)
+    hex_part = text.lower()
+    if "0x" in hex_part:
+        hex_part = hex_part[hex_part.index("0x") + 2 :]
+    selector = hex_part[:8]
+    if selector in KNOWN_ERRORS:
+        return KNOWN_ERRORS[selector]
+    if selector == "08c379a0":  # Error(string)
+        try:
+            raw = bytes.fromhex(hex_part[8:])
+            length = int.from_bytes(raw[32:64], "big")
+            return f"The transaction reverted: {raw[64 : 64 + length].decode(errors='replace')}"
+        except ValueError:
+            pass
+    return f"The transaction reverted ({text[:120]})."
+
+
+def _data_int(log: Any) -> int:
+    data = log["data"]
+    raw = bytes(data) if not isinstance(data, str) else bytes.fromhex(data.removeprefix("0x"))
+    return int.from_bytes(raw[:32], "big")
 
 
 def _word(value: int) -> bytes:

@@ -68,6 +68,15 @@ class Network(models.Model):
         help_text="Used to reconcile native deposit balances in batches (ETH sent by contracts). "
         "Empty turns that off. The setting CHAIN_{SLUG}_MULTICALL_ADDRESS overrides this.",
     )
+    # The install's DepositFactory on this network (forwarder deposit addresses); empty
+    # until an operator deploys it (admin) or the dev setup does.
+    deposit_factory = models.CharField(
+        "deposit factory address",
+        max_length=42,
+        blank=True,
+        help_text="DepositFactory for forwarder deposit addresses. Deploy it from the network's "
+        "admin page with your browser wallet.",
+    )
     # What the last scan learned about the node, shown in admin.
     rpc_ok = models.BooleanField(null=True, editable=False)
     rpc_error = models.TextField(blank=True, editable=False)
@@ -165,23 +174,50 @@ class Asset(models.Model):
         self.contract_address = address
 
 
-class Wallet(models.Model):
-    """A merchant's account-level extended public key (BIP44 m/44'/60'/0').
+class WalletMode(models.TextChoices):
+    FORWARDER = "forwarder", "Account address + forwarders"
+    XPUB = "xpub", "Extended public key (xpub)"
 
-    Only the public key is stored: the server can derive deposit addresses but never spend.
+
+class Wallet(models.Model):
+    """Where a merchant's money goes, in one of two modes, and never a key that can spend.
+
+    `forwarder` (the default): an account address; each payment gets a keyless CREATE2
+    forwarder address whose funds can only be claimed to the account it was made for.
+    `xpub`: the account-level extended public key (BIP44 m/44'/60'/0'), each payment an
+    address of the merchant's own wallet.
     """
 
     merchant = models.OneToOneField(Merchant, on_delete=models.CASCADE, related_name="wallet")
-    xpub = models.CharField(max_length=120, unique=True)
+    mode = models.CharField(max_length=16, choices=WalletMode.choices, default=WalletMode.FORWARDER)
+    # Forwarder mode: the lower-case account address new deposit addresses forward to, and
+    # the secret seed of their salts. Changing the address affects new addresses only.
+    account_address = models.CharField(max_length=42, blank=True)
+    salt_seed = models.CharField(max_length=32, blank=True)
+    # The next salt index of forwarder addresses; like next_index, taken under a row lock.
+    next_salt_index = models.PositiveIntegerField(default=0)
+    xpub = models.CharField(max_length=120, blank=True)
     # SHA-256 of chain code + public key: what makes two xpubs the same key, whatever their
     # version, depth, child number or parent fingerprint say. One key, one business.
-    key_fingerprint = models.CharField(max_length=64, unique=True)
-    first_address = models.CharField(max_length=42)
+    key_fingerprint = models.CharField(max_length=64, blank=True)
+    first_address = models.CharField(max_length=42, blank=True)
     # The next derivation index of the current key; taken under a row lock, so addresses are
     # never shared. A new key starts again at 0.
     next_index = models.PositiveIntegerField(default=0)
     is_demo = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["xpub"], condition=~Q(xpub=""), name="wallet_unique_xpub"
+            ),
+            models.UniqueConstraint(
+                fields=["key_fingerprint"],
+                condition=~Q(key_fingerprint=""),
+                name="wallet_unique_key_fingerprint",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.merchant} wallet{' (demo)' if self.is_demo else ''}"
@@ -190,6 +226,10 @@ class Wallet(models.Model):
     def key_id(self) -> str:
         """A short name of the key for people: the start of its fingerprint."""
         return self.key_fingerprint[:8]
+
+    @property
+    def uses_forwarders(self) -> bool:
+        return self.mode == WalletMode.FORWARDER
 
 
 # The external (receiving) chain of the account key: m/44'/60'/0' is the merchant's, /0/i ours.
@@ -210,6 +250,12 @@ class DepositAddress(models.Model):
     # fingerprinted, whose key is no longer known.
     key_fingerprint = models.CharField(max_length=64, blank=True)
     derivation_index = models.PositiveIntegerField()
+    # Forwarder addresses: the account they forward to, their 32-byte salt (0x hex) and the
+    # factory they belong to, fixed for ever (a later account address changes nothing here).
+    # derivation_index is then the wallet's salt index. Empty for xpub addresses.
+    destination = models.CharField(max_length=42, blank=True)
+    salt = models.CharField(max_length=66, blank=True)
+    factory = models.CharField(max_length=42, blank=True)
     # Lower-case, so the scanner matches log addresses with one indexed equality lookup.
     # Every address ever handed out stays matched: money sent late is still recorded. Unique
     # across merchants too: an address that is taken is skipped, never handed out again.
@@ -230,7 +276,11 @@ class DepositAddress(models.Model):
 
     @property
     def derivation_path(self) -> str:
-        return derivation_path(self.derivation_index)
+        return "" if self.is_forwarder else derivation_path(self.derivation_index)
+
+    @property
+    def is_forwarder(self) -> bool:
+        return bool(self.factory)
 
 
 class ChainCursor(models.Model):
@@ -349,6 +399,8 @@ class Transfer(models.Model):
 class AccountKind(models.TextChoices):
     MERCHANT = "merchant", "Merchant balance"
     HOLDINGS = "holdings", "Holdings at deposit addresses"
+    # Claimed from forwarder deposit addresses to a merchant's account address (per network).
+    CLAIMED = "claimed", "Holdings at the account"
     FX = "fx", "Currency exchange"
     FEES = "fees", "Platform fees"
     HELD = "held", "Held by compliance"
@@ -358,7 +410,7 @@ class AccountKind(models.TextChoices):
 # Sign convention: a positive amount is a credit, a negative one a debit. Credit-normal accounts
 # (what we owe merchants, fees earned) read naturally; holdings are debit-normal, so a holding of
 # 100 USDC is stored as -100 and shown as 100.
-DEBIT_NORMAL_KINDS = frozenset({AccountKind.HOLDINGS})
+DEBIT_NORMAL_KINDS = frozenset({AccountKind.HOLDINGS, AccountKind.CLAIMED})
 # Merchant balances are money owed to the merchant, available or held back (a compliance hold):
 # they can never go below zero. They are also the only balances cached in Balance rows (see
 # ledger._move_balances).
@@ -459,3 +511,128 @@ class Balance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount} {self.currency}"
+
+
+# Claims ----------------------------------------------------------------------------------
+
+
+class ClaimStatus(models.TextChoices):
+    PREPARED = "prepared", "Prepared (waiting for a signature)"
+    PENDING = "pending", "Pending (sent, not mined yet)"
+    EXECUTED = "executed", "Executed (mined, confirming)"
+    CONFIRMED = "confirmed", "Confirmed"
+    FAILED = "failed", "Failed"
+    # A newer claim of the same deposits was prepared before this one was ever sent.
+    ABANDONED = "abandoned", "Abandoned (never sent)"
+
+
+# Claims whose deposits are on their way: no other claim of them is prepared meanwhile.
+CLAIM_IN_FLIGHT = (ClaimStatus.PENDING, ClaimStatus.EXECUTED)
+# Claims that moved (or are moving) money out of their deposit addresses.
+CLAIM_MOVED = (ClaimStatus.EXECUTED, ClaimStatus.CONFIRMED)
+CLAIM_FINAL = (ClaimStatus.CONFIRMED, ClaimStatus.FAILED, ClaimStatus.ABANDONED)
+
+
+class Claim(models.Model):
+    """One call of DepositFactory.claim: prepared here, signed and sent by the merchant's
+    browser wallet (or found on chain when someone else sent it), followed to confirmation.
+
+    A claim mined in a block that a reorg drops goes back to pending (its transaction may be
+    mined again); its deposits count as uncollected while it is not executed.
+    """
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="claims")
+    network = models.ForeignKey(Network, on_delete=models.PROTECT, related_name="claims")
+    factory = models.CharField(max_length=42)
+    destination = models.CharField(max_length=42)
+    calldata = models.TextField()
+    status = models.CharField(
+        max_length=16, choices=ClaimStatus.choices, default=ClaimStatus.PREPARED
+    )
+    # Set once the transaction is known: reported by the browser, or seen on chain.
+    tx_hash = models.CharField(max_length=66, blank=True)
+    sender = models.CharField(max_length=42, blank=True)
+    # Who sent it: the merchant's wallet through the page, the operator's gas-only relayer,
+    # or someone else (found on chain only; they paid the gas, not the merchant).
+    sent_by = models.CharField(max_length=16, blank=True)
+    block_number = models.PositiveBigIntegerField(null=True, blank=True)
+    block_hash = models.CharField(max_length=66, blank=True)
+    confirmations = models.PositiveIntegerField(default=0)
+    estimated_gas = models.PositiveBigIntegerField(null=True, blank=True)
+    # What it cost, from its receipt: gas used times the effective gas price, in wei.
+    gas_used = models.PositiveBigIntegerField(null=True, blank=True)
+    fee_wei = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    # The status the consumer (checkout's claim settlement) last finished handling.
+    handled_status = models.CharField(max_length=16, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    executed_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["network", "tx_hash"], condition=~Q(tx_hash=""), name="claim_unique_tx"
+            ),
+        ]
+        indexes = [models.Index(fields=["network", "status"], name="claim_network_status_idx")]
+
+    def __str__(self) -> str:
+        return f"claim {self.pk} ({self.status})"
+
+    @property
+    def fee_major(self) -> Decimal | None:
+        return None if self.fee_wei is None else Decimal(int(self.fee_wei)).scaleb(-18)
+
+    @property
+    def explorer_url(self) -> str:
+        return self.network.tx_url(self.tx_hash) if self.tx_hash else ""
+
+
+class ClaimItem(models.Model):
+    """One deposit address and asset of a claim: what was uncollected when it was prepared,
+    and what the chain says it moved."""
+
+    claim = models.ForeignKey(Claim, on_delete=models.CASCADE, related_name="items")
+    deposit_address = models.ForeignKey(
+        DepositAddress, on_delete=models.PROTECT, related_name="claim_items"
+    )
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="claim_items")
+    expected = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0)
+    # Base units moved, from the receipt's logs; None until executed.
+    amount = AmountField(max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True)
+    # This item's share of the claim's fee (wei), and its value in `fee_currency` when the
+    # consumer valued it (the invoice's currency, for checkout).
+    fee_share_wei = AmountField(
+        max_digits=BASE_UNIT_DIGITS, decimal_places=0, null=True, blank=True
+    )
+    fee_currency = models.CharField(max_length=16, blank=True)
+    fee_value = AmountField(max_digits=LEDGER_DIGITS, decimal_places=LEDGER_PLACES, null=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["claim", "deposit_address", "asset"], name="claim_item_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.claim_id}: {self.deposit_address} {self.asset.symbol}"
+
+    @property
+    def amount_major(self) -> Decimal:
+        return self.asset.to_major(self.amount if self.amount is not None else self.expected)
+
+
+class ClaimCursor(models.Model):
+    """Where the search for factory logs (claims anyone sent) resumes, per network."""
+
+    network = models.OneToOneField(Network, on_delete=models.CASCADE, related_name="claim_cursor")
+    next_block = models.PositiveBigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.network} claims @ {self.next_block}"
