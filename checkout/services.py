@@ -23,7 +23,7 @@ from invoices.models import Invoice, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
 from merchants.money import MAX_AMOUNT, price_gap, quantize
-from wallets.addresses import deposit_address_allocate
+from wallets.addresses import ForwarderUnavailable, deposit_address_allocate
 from wallets.models import Asset, Network, Wallet
 
 PAYABLE = frozenset({InvoiceStatus.OPEN, InvoiceStatus.PROCESSING})
@@ -157,7 +157,7 @@ def payment_start(
             order_number=f"{locked.reference}-{number:02d}",
             asset=asset,
             network=asset.network,
-            deposit_address=deposit_address_allocate(merchant=locked.merchant),
+            deposit_address=_allocate(locked, asset),
             invoice_amount=q.invoice_amount,
             fee=q.fee,
             fee_payer=locked.fee_payer,
@@ -182,6 +182,15 @@ def payment_start(
     return payment
 
 
+def _allocate(invoice: Invoice, asset: Asset):
+    """A fresh deposit address for a payment in `asset` (a forwarder's depends on the
+    network's factory)."""
+    try:
+        return deposit_address_allocate(merchant=invoice.merchant, network=asset.network)
+    except ForwarderUnavailable as error:
+        raise CheckoutError(str(error)) from None
+
+
 def _switch(payment: Payment, asset: Asset, amount: Decimal | None) -> Payment:
     locked = Payment.objects.select_for_update().get(pk=payment.pk)
     if locked.received > 0 or locked.status != PaymentStatus.AWAITING:
@@ -200,6 +209,11 @@ def _switch(payment: Payment, asset: Asset, amount: Decimal | None) -> Payment:
         "amount_due": q.amount_due,
         "requote_at": _requote_at(locked.invoice, asset),
     }
+    current = locked.deposit_address
+    if current.is_forwarder and current.factory != asset.network.deposit_factory:
+        # A forwarder address exists only under its own factory; another network's factory
+        # (at another address) needs another deposit address.
+        fields["deposit_address"] = _allocate(locked.invoice, asset)
     for key, value in fields.items():
         setattr(locked, key, value)
     locked.save(update_fields=[*fields, "updated_at"])

@@ -7,6 +7,7 @@ from celery import shared_task
 from django.db.models import Q
 from django.utils import timezone
 
+from checkout.claims import claims_settle
 from checkout.models import OPEN_PAYMENT, Payment
 from checkout.refunds import refunds_open_automatic, refunds_watch
 from checkout.services import (
@@ -17,6 +18,7 @@ from checkout.services import (
 )
 from checkout.settlement import payments_fail_held, settle_pending, settle_report
 from wallets.chain import ChainError
+from wallets.claim_watch import watch_claims
 from wallets.models import ChainCursor, Network
 from wallets.scanner import round_queue, scan_network
 
@@ -66,6 +68,10 @@ def watch_network(network_id: int) -> None:
         refunds_watch(network=network)
     except ChainError as error:
         logger.warning("Refunds on %s not checked this round: %s", network.slug, error)
+    if network.deposit_factory:
+        # Claims of forwarder deposit addresses: their own step under the same lease.
+        watch_claims(network=network)
+        claims_settle(network_id=network.pk)
 
 
 def native_watch_addresses(*, network: Network) -> list[str]:

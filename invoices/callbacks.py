@@ -62,6 +62,8 @@ CALLBACK_TYPES = {
     "refund.requested": "refund.requested",
     "refund.sent": "refund.sent",
     "refund.confirmed": "refund.confirmed",
+    # Funds of forwarder deposit addresses claimed to the merchant's account (checkout.claims).
+    "invoice.claimed": "invoice.claimed",
 }
 EXCERPT_CHARS = 1000
 
@@ -223,6 +225,7 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
             "transfer": transfer,
             "refund": data.get("refund"),
             "note": event.note or None,
+            **({"claim": data["claim"]} if "claim" in data else {}),
         },
     }
     if type == "invoice.credited":

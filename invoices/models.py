@@ -467,6 +467,8 @@ EVENT_TITLES = {
     "refund.declined": "Refund declined",
     "payment.compliance_hold": "Payment held by compliance screening",
     "payment.compliance_released": "Compliance hold released",
+    "invoice.claimed": "Claimed to the account",
+    "claim.failed": "Claim failed (funds stay uncollected)",
 }
 
 

@@ -57,6 +57,7 @@ EVENT_TYPES = (
     "refund.requested",
     "refund.sent",
     "refund.confirmed",
+    "invoice.claimed",
 )
 TEST_EVENT = "webhook.test"
 

@@ -89,6 +89,26 @@ def holdings_account(network_slug: str) -> LedgerAccount:
     )
 
 
+def claimed_account(network_slug: str, merchant: Merchant) -> LedgerAccount:
+    """Holdings claimed from deposit addresses to the merchant's account address: the other
+    half of a network's holdings ("at the account" beside "at deposit addresses")."""
+    return account_for(
+        kind=AccountKind.CLAIMED,
+        code=f"claimed:{network_slug}:{merchant.pk}",
+        name=f"{merchant.name}: claimed to the account on {network_slug}",
+        merchant=merchant,
+    )
+
+
+def network_fees_account(network_slug: str) -> LedgerAccount:
+    """Gas paid to the network (claims): money that left for the outside world."""
+    return account_for(
+        kind=AccountKind.OFF_LEDGER,
+        code=f"network-fees:{network_slug}",
+        name=f"Blockchain fees paid on {network_slug}",
+    )
+
+
 def fx_account() -> LedgerAccount:
     return account_for(kind=AccountKind.FX, code="fx", name="Currency exchange")
 

@@ -5,6 +5,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Q
 
 from merchants.fields import amount_storage_faults, exact_totals
 from wallets.chain import Chain, ChainError
@@ -92,16 +93,19 @@ class Command(BaseCommand):
         held: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         # Money paid out of holdings (refunds) left by transfers this app does not record
         # as deposits; those postings are checked by whoever verified the payout on chain.
+        # A network's holdings are at deposit addresses ("holdings:<network>") or, claimed
+        # from forwarders, at merchants' accounts ("claimed:<network>:<merchant>").
         entries = exact_totals(
-            LedgerEntry.objects.filter(account__code__startswith="holdings:").exclude(
-                transaction__kind__in=OUTGOING_KINDS
-            ),
+            LedgerEntry.objects.filter(
+                Q(account__code__startswith="holdings:") | Q(account__code__startswith="claimed:")
+            ).exclude(transaction__kind__in=OUTGOING_KINDS),
             ["account__code", "currency"],
             "amount",
         )
         for row in entries:
             # Holdings are debit-normal: stored negative.
-            held[(row["account__code"].removeprefix("holdings:"), row["currency"])] = -row["total"]
+            network = row["account__code"].split(":")[1]
+            held[(network, row["currency"])] -= row["total"]
         problems = 0
         for key in sorted(set(settled) | set(held)):
             if settled[key] != held[key]:
