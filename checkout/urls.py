@@ -1,6 +1,6 @@
 from django.urls import path
 
-from checkout import refund_views, views
+from checkout import claim_views, refund_views, views
 
 urlpatterns = [
     path("pay/<str:token>/", views.pay, name="pay"),
@@ -20,4 +20,9 @@ urlpatterns = [
     path("refunds/<int:pk>/sent/", refund_views.refund_sent, name="refund_sent"),
     path("refunds/<int:pk>/outside/", refund_views.refund_outside, name="refund_outside"),
     path("refunds/<int:pk>/decline/", refund_views.refund_decline_view, name="refund_decline"),
+    path("claims/", claim_views.claims_page, name="claims"),
+    path("claims/summary/", claim_views.claims_summary, name="claims_summary"),
+    path("claims/prepare/", claim_views.claim_prepare_view, name="claim_prepare"),
+    path("claims/<int:pk>/sent/", claim_views.claim_sent_view, name="claim_sent"),
+    path("claims/invoice/<int:pk>/", claim_views.invoice_claims, name="invoice_claims"),
 ]

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from checkout.claim_views import invoice_claim_rows
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, RefundRequest, RefundStatus
 from checkout.services import (
     PAYABLE,
@@ -314,5 +315,10 @@ def invoice_payments(request: MerchantRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "checkout/_invoice_payments.html",
-        {"invoice": invoice, "payments": payments, "transfers": transfers},
+        {
+            "invoice": invoice,
+            "payments": payments,
+            "transfers": transfers,
+            "claim_rows": invoice_claim_rows(invoice=invoice),
+        },
     )

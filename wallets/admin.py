@@ -1,10 +1,19 @@
+import json
+
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
+from contracts.deploy import FACTORY_ARTIFACT_PATH
 from merchants.money import price_gap
 from wallets.chain import Chain, ChainError
+from wallets.forwarders import implementation_address, parse_account_address
 from wallets.models import (
     Asset,
     Balance,
@@ -59,9 +68,79 @@ class NetworkAdmin(admin.ModelAdmin):
         "effective_rpc_url",
         "effective_multicall_address",
         "round_lease_until",
+        "deposit_factory_status",
     ]
     inlines = [AssetInline]
     actions = ["check_rpc"]
+
+    @admin.display(description="Deposit factory")
+    def deposit_factory_status(self, network: Network) -> str:
+        if not network.pk:
+            return "Save the network first."
+        url = reverse("admin:wallets_network_deploy_factory", args=[network.pk])
+        if network.deposit_factory:
+            return format_html('{} · <a href="{}">Deploy another</a>', network.deposit_factory, url)
+        return format_html(
+            '<a class="button" href="{}">Deploy the deposit factory with your browser wallet</a>',
+            url,
+        )
+
+    def get_urls(self):
+        urls = [
+            path(
+                "<int:pk>/deploy-factory/",
+                self.admin_site.admin_view(self.deploy_factory_view),
+                name="wallets_network_deploy_factory",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def deploy_factory_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The operator's browser wallet (EIP-1193) sends the factory's creation; the page
+        posts the created address back, which is checked on the node before it is saved."""
+        network = get_object_or_404(Network, pk=pk)
+        if not self.has_change_permission(request, network):
+            return redirect("admin:index")
+        error = ""
+        if request.method == "POST":
+            try:
+                address = parse_account_address(request.POST.get("address", ""))
+            except ValueError as failure:
+                error = str(failure)
+            else:
+                try:
+                    chain = Chain(
+                        network.effective_rpc_url,
+                        timeout=settings.CHAIN_RPC_TIMEOUT_SECONDS,
+                        attempts=2,
+                    )
+                    if chain.chain_id() != network.chain_id:
+                        error = "The network's node is on another chain."
+                    else:
+                        error = chain.factory_check(
+                            address, expected_implementation=implementation_address(address)
+                        )
+                except ChainError as failure:
+                    error = f"The network's node does not answer: {failure}"
+                if not error:
+                    Network.objects.filter(pk=network.pk).update(deposit_factory=address)
+                    self.message_user(
+                        request, f"{network}: deposit factory {address} saved.", messages.SUCCESS
+                    )
+                    return redirect("admin:wallets_network_change", network.pk)
+        artifact = json.loads(FACTORY_ARTIFACT_PATH.read_text())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Deploy the deposit factory on {network}",
+            "network": network,
+            "bytecode": artifact["bytecode"],
+            "chain_hex": hex(network.chain_id),
+            "error": error,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(
+            request, "admin/wallets/deploy_factory.html", context, status=400 if error else 200
+        )
 
     @admin.display(description="RPC")
     def rpc_status(self, network: Network) -> str:

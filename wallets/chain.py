@@ -573,6 +573,28 @@ class Chain:
         except ContractLogicError as error:
             raise ChainError(explain_revert(getattr(error, "data", None) or str(error))) from None
 
+    def factory_check(self, factory: str, *, expected_implementation: str) -> str:
+        """ "" when `factory` is a DepositFactory whose clones are where we compute them,
+        else why not (a person's sentence)."""
+        if not self.has_code(factory):
+            return "There is no contract at this address on this network."
+        selector = Web3.keccak(text="forwarderImplementation()")[:4]
+        try:
+            raw = self._call(
+                "eth_call",
+                lambda: self.w3.eth.call(
+                    {"to": Web3.to_checksum_address(factory), "data": selector}
+                ),  # type: ignore[typeddict-item]
+            )
+        except ChainError as error:
+            return f"The node could not read the contract: {error}"
+        except (Web3RPCError, ContractLogicError):
+            return "This contract is not a DepositFactory."
+        answer = "0x" + bytes(raw)[-20:].hex() if len(bytes(raw)) == 32 else ""
+        if answer != expected_implementation.lower():
+            return "This contract is not a DepositFactory of this version."
+        return ""
+
     def has_code(self, address: str) -> bool:
         code = self._call(
             "eth_getCode", lambda: self.w3.eth.get_code(Web3.to_checksum_address(address))

@@ -5,7 +5,29 @@ from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
 from wallets.addresses import AccountKey, parse_account_xpub
+from wallets.forwarders import parse_account_address
 from wallets.models import Network, TransferStatus
+
+
+class AccountAddressForm(forms.Form):
+    account_address = forms.CharField(
+        label="Account address",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "placeholder": "0x…"}
+        ),
+        help_text=(
+            "Your wallet's address (an exchange deposit address works too if it accepts "
+            "contract transfers). Each payment gets its own forwarder address that can only "
+            "ever pass its funds on to this account."
+        ),
+        max_length=60,
+    )
+
+    def clean_account_address(self) -> str:
+        try:
+            return parse_account_address(self.cleaned_data["account_address"])
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
 
 
 class XpubForm(forms.Form):

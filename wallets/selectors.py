@@ -7,7 +7,18 @@ from django.db.models import QuerySet
 
 from merchants.fields import exact_totals
 from merchants.models import Merchant
-from wallets.models import Balance, DepositAddress, LedgerEntry, Transfer, TransferStatus, Wallet
+from wallets.claims import uncollected
+from wallets.models import (
+    AccountKind,
+    Asset,
+    Balance,
+    DepositAddress,
+    LedgerEntry,
+    Network,
+    Transfer,
+    TransferStatus,
+    Wallet,
+)
 
 
 def merchant_balances(*, merchant: Merchant) -> list[Balance]:
@@ -177,3 +188,37 @@ def wallet_addresses_handed_out(*, wallet: Wallet) -> int:
     return DepositAddress.objects.filter(
         wallet=wallet, key_fingerprint=wallet.key_fingerprint
     ).count()
+
+
+@dataclass(frozen=True)
+class HoldingSplit:
+    """Forwarder holdings of one network and asset: still at deposit addresses, and claimed
+    to the merchant's account (the ledger's "claimed:<network>:<merchant>")."""
+
+    network: str
+    symbol: str
+    at_deposit_addresses: Decimal
+    at_account: Decimal
+
+
+def holdings_split(*, merchant: Merchant) -> list[HoldingSplit]:
+    networks = dict(Network.objects.values_list("pk", "name"))
+    slugs = dict(Network.objects.values_list("slug", "name"))
+    assets = {a.pk: a for a in Asset.objects.all()}
+    split: dict[tuple[str, str], list[Decimal]] = {}
+    for held in uncollected(merchant=merchant):
+        asset = assets[held.asset_id]
+        key = (str(networks[held.network_id]), asset.symbol)
+        split.setdefault(key, [Decimal(0), Decimal(0)])[0] += asset.to_major(held.amount)
+    for row in exact_totals(
+        LedgerEntry.objects.filter(account__merchant=merchant, account__kind=AccountKind.CLAIMED),
+        ["account__code", "currency"],
+        "amount",
+    ):
+        name = str(slugs.get(row["account__code"].split(":")[1], row["account__code"]))
+        # Debit-normal: stored negative.
+        split.setdefault((name, row["currency"]), [Decimal(0), Decimal(0)])[1] -= row["total"]
+    return [
+        HoldingSplit(network, symbol, values[0], values[1])
+        for (network, symbol), values in sorted(split.items())
+    ]

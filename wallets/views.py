@@ -11,11 +11,18 @@ from django.shortcuts import redirect, render
 from merchants.access import MerchantRequest, merchant_view
 from merchants.security import require_recent_reauth
 from merchants.templatetags.stablebill import plain
-from wallets.addresses import checksum_address, wallet_next_addresses, wallet_set
-from wallets.forms import LedgerFilterForm, TransferFilterForm, XpubForm
-from wallets.models import Wallet, derivation_path
+from wallets.addresses import (
+    checksum_address,
+    wallet_next_addresses,
+    wallet_next_forwarders,
+    wallet_set,
+    wallet_set_account,
+)
+from wallets.forms import AccountAddressForm, LedgerFilterForm, TransferFilterForm, XpubForm
+from wallets.models import Network, Wallet, derivation_path
 from wallets.selectors import (
     funded_addresses,
+    holdings_split,
     ledger_entries,
     merchant_balances,
     merchant_holdings,
@@ -30,15 +37,35 @@ NEXT_ADDRESSES_SHOWN = 5
 
 
 @merchant_view()
-@require_recent_reauth("Wallet key changed", detail_fields=("xpub",))
+@require_recent_reauth("Wallet changed", detail_fields=("mode", "xpub", "account_address"))
 def wallet_settings(request: MerchantRequest) -> HttpResponse:
     merchant = request.merchant
     wallet = Wallet.objects.filter(merchant=merchant).first()
-    form = XpubForm(request.POST or None)
+    posted = None
+    if request.method == "POST":
+        posted = request.POST.get("mode") or (
+            "xpub"
+            if "xpub" in request.POST
+            else "forwarder"
+            if "account_address" in request.POST
+            else None
+        )
+    form = XpubForm(request.POST if posted == "xpub" else None)
+    account_form = AccountAddressForm(request.POST if posted == "forwarder" else None)
     if request.method == "POST":
         if not request.membership.is_owner:
             raise PermissionDenied("Only owners change the wallet.")
-        if form.is_valid():
+        if posted == "forwarder" and account_form.is_valid():
+            wallet = wallet_set_account(
+                merchant=merchant, account_address=account_form.cleaned_data["account_address"]
+            )
+            messages.success(
+                request,
+                "Saved. New deposit addresses forward to "
+                f"{checksum_address(wallet.account_address)}; earlier ones keep their account.",
+            )
+            return redirect("wallet_settings")
+        if posted == "xpub" and form.is_valid():
             try:
                 wallet = wallet_set(merchant=merchant, xpub=form.cleaned_data["xpub"])
             except ValidationError as error:
@@ -50,22 +77,42 @@ def wallet_settings(request: MerchantRequest) -> HttpResponse:
                     f"{wallet.first_address}.",
                 )
                 return redirect("wallet_settings")
+        if posted not in ("xpub", "forwarder"):
+            account_form.add_error(None, "Choose how payments are received.")
     upcoming = (
         [
             {"index": index, "address": address, "path": derivation_path(index)}
             for index, address in wallet_next_addresses(wallet=wallet, count=NEXT_ADDRESSES_SHOWN)
         ]
-        if wallet
+        if wallet and wallet.xpub and not wallet.uses_forwarders
         else []
     )
-    status = 422 if form.errors else 200
+    factories = [n for n in Network.objects.active() if n.deposit_factory]
+    forwarders = (
+        [
+            {
+                "network": n,
+                "addresses": wallet_next_forwarders(wallet=wallet, factory=n.deposit_factory),
+            }
+            for n in factories
+        ]
+        if wallet and wallet.uses_forwarders
+        else []
+    )
+    status = 422 if form.errors or account_form.errors else 200
     return render(
         request,
         "wallets/settings.html",
         {
             "wallet": wallet,
             "form": form,
+            "account_form": account_form,
+            "posted": posted,
             "upcoming": upcoming,
+            "forwarders": forwarders,
+            "networks_without_factory": [
+                n for n in Network.objects.active() if not n.deposit_factory
+            ],
             "handed_out": wallet_addresses_handed_out(wallet=wallet) if wallet else 0,
             "gap_limit": GAP_LIMIT,
         },
@@ -133,6 +180,7 @@ def balances(request: MerchantRequest) -> HttpResponse:
     context = {
         "balances": merchant_balances(merchant=merchant),
         "holdings": merchant_holdings(merchant=merchant),
+        "split": holdings_split(merchant=merchant),
     }
     return render(request, "wallets/balances.html", context)
 

@@ -1,5 +1,5 @@
-"""Prepare the local anvil chain for `make run`: demo tokens, Multicall3, the dev network, a
-demo wallet.
+"""Prepare the local anvil chain for `make run`: demo tokens, Multicall3, the DepositFactory,
+the dev network, a demo wallet (account address + forwarders).
 
 Only for local runs. It deploys our demo USDT/USDC, points the `anvil` network at the node,
 enables it, and gives the demo merchant a generated wallet whose recovery phrase is written to
@@ -8,14 +8,22 @@ var/demo-wallet.txt (labelled demo everywhere), so demo payments can be inspecte
 
 import json
 from pathlib import Path
+from typing import Any
 
-from bip_utils import Bip39MnemonicGenerator, Bip39SeedGenerator, Bip39WordsNum, Bip44, Bip44Coins
+from bip_utils import (
+    Bip39MnemonicGenerator,
+    Bip39SeedGenerator,
+    Bip39WordsNum,
+    Bip44,
+    Bip44Changes,
+    Bip44Coins,
+)
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from contracts.deploy import deploy_demo_tokens, deploy_multicall3
+from contracts.deploy import deploy_demo_tokens, deploy_deposit_factory, deploy_multicall3
 from merchants.models import Membership
-from wallets.addresses import wallet_set
+from wallets.addresses import wallet_set_account
 from wallets.chain import Chain, ChainError
 from wallets.models import Network, Wallet
 from wallets.scanner import cursor_reset
@@ -43,11 +51,14 @@ class Command(BaseCommand):
         var = Path(settings.VAR_DIR)
         state_file = var / "demo-chain.json"
         chain = Chain(rpc_url)
-        known = json.loads(state_file.read_text()) if state_file.exists() else None
+        known: dict[str, Any] | None = (
+            json.loads(state_file.read_text()) if state_file.exists() else None
+        )
         if known and all(chain.has_code(known[symbol]) for symbol in ("USDT", "USDC")):
-            deployed = known  # the chain was restored from its saved state; tokens are there
+            # The chain was restored from its saved state; the tokens are there.
+            deployed: dict[str, Any] = known
         else:
-            deployed = deploy_demo_tokens(rpc_url)
+            deployed = dict(deploy_demo_tokens(rpc_url))
             state_file.write_text(json.dumps(deployed, indent=2))
             # A fresh chain starts at block 0: scan it all.
             cursor_reset(network=network, next_block=0)
@@ -57,20 +68,27 @@ class Command(BaseCommand):
             )
         # Multicall3 batches the balance reads that find ETH sent by contracts.
         network.multicall_address = deploy_multicall3(rpc_url).lower()
+        # The DepositFactory of forwarder deposit addresses (real chains: the admin button).
+        factory = deployed.get("deposit_factory", "")
+        if not factory or not chain.has_code(factory):
+            factory = deploy_deposit_factory(rpc_url)
+            deployed["deposit_factory"] = factory
+            state_file.write_text(json.dumps(deployed, indent=2))
+        network.deposit_factory = factory.lower()
         network.rpc_url, network.enabled = rpc_url, True
-        network.save(update_fields=["rpc_url", "enabled", "multicall_address"])
+        network.save(update_fields=["rpc_url", "enabled", "multicall_address", "deposit_factory"])
         self.stdout.write(
             f"  Dev chain {rpc_url}: demo USDT {deployed['USDT']}, USDC {deployed['USDC']},"
-            f" Multicall3 {network.multicall_address}"
+            f" Multicall3 {network.multicall_address}, DepositFactory {factory}"
         )
         self.stdout.write(
             f"  Demo payer {deployed['payer']} holds demo USDT and USDC;"
             f" its (public test) key: {deployed['payer_key']}"
         )
         if merchant_of:
-            self._demo_wallet(merchant_of, var)
+            self._demo_wallet(merchant_of, var, chain)
 
-    def _demo_wallet(self, email: str, var: Path) -> None:
+    def _demo_wallet(self, email: str, var: Path, chain: Chain) -> None:
         membership = Membership.objects.select_related("merchant").filter(user__email=email).first()
         if membership is None:
             raise CommandError(f"No business for {email}.")
@@ -84,10 +102,20 @@ class Command(BaseCommand):
             .Coin()
             .Account(0)
         )
-        wallet = wallet_set(merchant=merchant, xpub=account.PublicKey().ToExtended(), is_demo=True)
+        # Account address + forwarders, the default for new merchants: deposits are claimed
+        # to the demo account's first address, whose phrase a browser wallet can import.
+        first = account.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PublicKey().ToAddress()
+        wallet_set_account(merchant=merchant, account_address=first, is_demo=True)
+        # Gas for the demo account's claims (anvil only: it mints the balance).
+        chain.w3.provider.make_request(
+            "anvil_setBalance",  # type: ignore[arg-type]
+            [first, hex(10**20)],
+        )
         (var / "demo-wallet.txt").write_text(
             "DEMO WALLET for local runs only. Never use it for real money.\n"
-            f"Recovery phrase: {mnemonic}\nFirst address: {wallet.first_address}\n"
+            f"Recovery phrase: {mnemonic}\nAccount address: {first}\n"
+            "Deposits are claimed to the account address from the Claims page; fund it with a "
+            "little anvil ETH for gas.\n"
         )
         self.stdout.write(
             f"  Demo wallet for {merchant.name}; recovery phrase in {var / 'demo-wallet.txt'}"
