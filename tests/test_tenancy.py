@@ -45,7 +45,7 @@ from merchants.models import (
 from tests.evm import seed_networks
 from tests.factories import make_invoice
 from wallets.addresses import deposit_address_allocate, wallet_set
-from wallets.models import Asset, DepositAddress, Network, Transfer, Wallet
+from wallets.models import Asset, Claim, DepositAddress, Network, Transfer, Wallet
 
 TENANT_URLCONFS = (
     "merchants.urls",
@@ -90,6 +90,7 @@ class World:
     payment_method: PaymentMethod
     credit_note: CreditNote
     refund: RefundRequest
+    claim: Claim
 
 
 def _refund(open_invoice: Invoice, deposit: DepositAddress) -> RefundRequest:
@@ -182,6 +183,13 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
         credit_note=credit_note_issue(
             invoice=make_invoice(acme, customer=acme_customer, issue=True), reason="Returned"
         ),
+        claim=Claim.objects.create(
+            merchant=acme,
+            network=Network.objects.get(slug="ethereum"),
+            factory="0x" + "f" * 40,
+            destination="0x" + "d" * 40,
+            calldata="0x",
+        ),
     )
 
 
@@ -239,6 +247,14 @@ def _xpub_form(w: World) -> dict:
     from tests.wallets.test_addresses import ABANDON_XPUB
 
     return {"xpub": ABANDON_XPUB}
+
+
+def _claim_form(w: World) -> dict:
+    return {"network": w.deposit.transfers.first().network_id, "deposit": w.deposit.pk}
+
+
+def _claim_sent_form(w: World) -> dict:
+    return {"tx_hash": "0x" + "9" * 64, "sender": "0x" + "d" * 40, "chain_id": "1"}
 
 
 def _tracking_form(w: World) -> dict:
@@ -350,6 +366,14 @@ CASES = [
     Case("transfer_list", GET, VIEWER, 200, outsider=200),
     Case("invoice_payments", GET, VIEWER, 200, obj="open"),
     Case("invoice_payments", POST, VIEWER, 200, obj="open"),
+    Case("claims", GET, VIEWER, 200, outsider=200),
+    Case("claims_summary", GET, VIEWER, 200, outsider=200),
+    Case("invoice_claims", GET, VIEWER, 200, obj="open"),
+    Case("invoice_claims", POST, VIEWER, 200, obj="open"),
+    # Acme's deposit is not a forwarder of a deployed factory: refused with a message, for
+    # Acme's staff and (as "not yours") for charlie alike.
+    Case("claim_prepare", POST, STAFF, 400, data=_claim_form, outsider=400),
+    Case("claim_sent", POST, STAFF, 200, obj="claim", data=_claim_sent_form, writes=True),
     Case("security_log", GET, OWNER, 200, outsider=200),
     Case(
         "security_log",
@@ -492,6 +516,7 @@ def _acme_state(acme: Merchant) -> dict:
         "refunds": list(
             RefundRequest.objects.filter(invoice__merchant=acme).order_by("pk").values()
         ),
+        "claims": list(Claim.objects.filter(merchant=acme).order_by("pk").values()),
     }
 
 
