@@ -23,7 +23,17 @@ from checkout.models import Payment
 from checkout.rates import RateUnavailable, provider
 from invoices.models import Invoice, InvoiceEvent
 from invoices.services import invoice_record_event
+from merchants.models import Merchant
 from merchants.money import get_currency
+from wallets.chain import ChainError
+from wallets.claims import (
+    MAX_CLAIM_ITEMS,
+    ClaimError,
+    claim_prepare,
+    claim_relay,
+    relayer_address,
+    uncollected,
+)
 from wallets.ledger import (
     InsufficientBalance,
     Leg,
@@ -34,7 +44,15 @@ from wallets.ledger import (
     merchant_account,
     network_fees_account,
 )
-from wallets.models import Claim, ClaimItem, ClaimStatus
+from wallets.models import (
+    Asset,
+    Claim,
+    ClaimItem,
+    ClaimStatus,
+    DepositAddress,
+    Network,
+    TransferStatus,
+)
 
 logger = logging.getLogger(__name__)
 HANDLED = (ClaimStatus.CONFIRMED, ClaimStatus.FAILED)
@@ -144,6 +162,60 @@ def _post_fee(claim: Claim, items: list[ClaimItem], invoices: dict[int, Invoice]
                 )
         except InsufficientBalance:
             logger.warning("Claim %s's fee exceeds the merchant's balance; not booked", claim.pk)
+
+
+def claims_auto(*, network: Network) -> list[int]:
+    """Auto-claim: where the network has a gas-only relayer key and a threshold, claim each
+    account's confirmed uncollected deposits once they are worth at least the threshold in
+    USD. The relayer pays the gas (booked as the merchant's expense); it cannot choose where
+    the money goes."""
+    threshold = network.auto_claim_usd
+    if not (network.relayer_key and threshold and network.deposit_factory):
+        return []
+    merchants = (
+        DepositAddress.objects.filter(
+            factory=network.deposit_factory,
+            transfers__network=network,
+            transfers__status=TransferStatus.CONFIRMED,
+        )
+        .values_list("merchant_id", flat=True)
+        .distinct()
+    )
+    assets = {a.pk: a for a in Asset.objects.filter(network=network)}
+    sent = []
+    for merchant in Merchant.objects.filter(pk__in=list(merchants)).order_by("pk"):
+        rows = uncollected(merchant=merchant, network=network)
+        if any(u.in_flight for u in rows):
+            continue  # one claim at a time per merchant and network
+        groups: dict[str, list[int]] = defaultdict(list)
+        values: dict[str, Decimal] = defaultdict(Decimal)
+        for u in rows:
+            ready = u.confirmed - u.claimed
+            if ready <= 0 or u.asset_id not in assets:
+                continue
+            asset = assets[u.asset_id]
+            try:
+                rate = provider().rate(asset.symbol, "USD").value
+            except RateUnavailable:
+                continue
+            values[u.destination] += asset.to_major(ready) * rate
+            groups[u.destination].append(u.deposit_address_id)
+        for destination, ids in groups.items():
+            if values[destination] < threshold:
+                continue
+            try:
+                claim = claim_prepare(
+                    merchant=merchant,
+                    network=network,
+                    deposit_ids=sorted(set(ids))[:MAX_CLAIM_ITEMS],
+                    sender=relayer_address(network),
+                )
+                claim_relay(claim=claim)
+            except (ClaimError, ChainError) as error:
+                logger.warning("Auto-claim for merchant %s on %s: %s", merchant.pk, network, error)
+                continue
+            sent.append(claim.pk)
+    return sent
 
 
 def claim_snapshot(claim: Claim, items: list[ClaimItem]) -> dict:

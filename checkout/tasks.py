@@ -7,7 +7,7 @@ from celery import shared_task
 from django.db.models import Q
 from django.utils import timezone
 
-from checkout.claims import claims_settle
+from checkout.claims import claims_auto, claims_settle
 from checkout.models import OPEN_PAYMENT, Payment
 from checkout.refunds import refunds_open_automatic, refunds_watch
 from checkout.services import (
@@ -19,6 +19,7 @@ from checkout.services import (
 from checkout.settlement import payments_fail_held, settle_pending, settle_report
 from wallets.chain import ChainError
 from wallets.claim_watch import watch_claims
+from wallets.claims import relayer_address
 from wallets.models import ChainCursor, Network
 from wallets.scanner import round_queue, scan_network
 
@@ -70,8 +71,9 @@ def watch_network(network_id: int) -> None:
         logger.warning("Refunds on %s not checked this round: %s", network.slug, error)
     if network.deposit_factory:
         # Claims of forwarder deposit addresses: their own step under the same lease.
-        watch_claims(network=network)
+        watch_claims(network=network, relayer=relayer_address(network))
         claims_settle(network_id=network.pk)
+        claims_auto(network=network)
 
 
 def native_watch_addresses(*, network: Network) -> list[str]:

@@ -367,15 +367,19 @@ REMINDER_DAYS_BEFORE_DUE = env_int("REMINDER_DAYS_BEFORE_DUE", 3, minimum=1)
 # environment overrides each network's operational knobs by its slug, e.g.
 # CHAIN_ETHEREUM_RPC_URL, CHAIN_ETHEREUM_CONFIRMATIONS, CHAIN_BASE_POLL_SECONDS,
 # CHAIN_ARBITRUM_EXPLORER_TX_URL (with {tx} where the hash goes), CHAIN_POLYGON_MAX_BLOCK_RANGE.
+# Claims: CHAIN_<SLUG>_RELAYER_KEY is a gas-only key (it can pay the gas of factory claims,
+# whose destination is fixed; it never holds or moves merchant money) and
+# CHAIN_<SLUG>_AUTO_CLAIM_USD the uncollected value per account at which it claims by itself.
 _CHAIN_KNOBS = (
     "RPC_URL|CONFIRMATIONS|POLL_SECONDS|EXPLORER_TX_URL|MAX_BLOCK_RANGE|MULTICALL_ADDRESS"
+    "|RELAYER_KEY|AUTO_CLAIM_USD"
 )
 _CHAIN_KEY = re.compile(rf"^CHAIN_([A-Z0-9_]+?)_({_CHAIN_KNOBS})$")
 CHAIN_OVERRIDES: dict[str, dict[str, str | int]] = {}
 for _key in sorted(os.environ):
     if _match := _CHAIN_KEY.match(_key):
         _slug, _knob = _match.group(1).lower().replace("_", "-"), _match.group(2).lower()
-        _is_text = _knob in ("rpc_url", "explorer_tx_url", "multicall_address")
+        _is_text = _knob in ("rpc_url", "explorer_tx_url", "multicall_address", "relayer_key")
         CHAIN_OVERRIDES.setdefault(_slug, {})[_knob] = (
             env_str(_key) if _is_text else env_int(_key, 0, minimum=1)
         )

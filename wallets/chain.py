@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
+from eth_account import Account
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import (
     BlockNotFound,
@@ -756,8 +757,11 @@ class Chain:
 
 
 class Signer:
-    """Signs and sends transactions with a local key: the dev chain's deploy script and tests
-    (the demo payer). Production code never holds a key; nothing in the app signs."""
+    """Signs and sends transactions with a local key: the dev chain's deploy script, tests
+    (the demo payer), and the optional gas-only claim relayer (CHAIN_<SLUG>_RELAYER_KEY),
+    which only ever sends DepositFactory.claim calls: their destination is fixed by the
+    deposit addresses, so that key can spend its own ETH on gas and nothing else. No key
+    that can move merchant money is ever on the server."""
 
     def __init__(self, chain: Chain, private_key: str) -> None:
         self.chain = chain
@@ -785,6 +789,22 @@ class Signer:
         params: Any = {"from": self.address, "nonce": nonce}
         tx = target.functions[function](*converted).build_transaction(params)
         return self._send(dict(tx))
+
+    def send_data(self, to: str, data: str, *, gas: int, nonce: int) -> str:
+        """A plain contract call with calldata prepared elsewhere (a claim); its hash."""
+        w3 = self.chain.w3
+        price = self.chain._call("eth_gasPrice", lambda: int(w3.eth.gas_price))
+        chain_id = self.chain.chain_id()
+        tx: dict[str, Any] = {
+            "to": Web3.to_checksum_address(to),
+            "data": data,
+            "value": 0,
+            "gas": gas,
+            "gasPrice": price,
+            "nonce": nonce,
+            "chainId": chain_id,
+        }
+        return self._send(tx)
 
     def _send(self, tx: dict[str, Any]) -> str:
         signed = self.account.sign_transaction(tx)
@@ -844,6 +864,11 @@ def _data_int(log: Any) -> int:
     data = log["data"]
     raw = bytes(data) if not isinstance(data, str) else bytes.fromhex(data.removeprefix("0x"))
     return int.from_bytes(raw[:32], "big")
+
+
+def address_of_key(private_key: str) -> str:
+    """The lower-case address a private key signs for (the relayer's)."""
+    return str(Account.from_key(private_key).address).lower()
 
 
 def _word(value: int) -> bytes:

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from merchants.fields import exact_totals
 from merchants.models import Merchant
-from wallets.chain import Chain, ChainError
+from wallets.chain import Chain, ChainError, Signer, address_of_key
 from wallets.forwarders import claim_calldata
 from wallets.models import (
     CLAIM_IN_FLIGHT,
@@ -295,3 +295,34 @@ def claims_of(*, merchant: Merchant, deposit_ids: list[int] | None = None):
     return claims.select_related("network").prefetch_related(
         "items__asset", "items__deposit_address"
     )
+
+
+def claim_relay(*, claim: Claim, chain: Chain | None = None) -> Claim:
+    """Send a prepared claim from the network's gas-only relayer key (auto-claim)."""
+    network = claim.network
+    if not network.relayer_key:
+        raise ClaimError(f"No relayer is configured for {network.name}.")
+    chain = chain or Chain(network.effective_rpc_url, timeout=settings.CHAIN_RPC_TIMEOUT_SECONDS)
+    signer = Signer(chain, network.relayer_key)
+    gas = claim.estimated_gas or chain.estimate_gas(
+        sender=signer.address, to=claim.factory, data=claim.calldata
+    )
+    tx_hash = signer.send_data(
+        claim.factory, claim.calldata, gas=gas * 12 // 10, nonce=signer.next_nonce()
+    )
+    Claim.objects.filter(pk=claim.pk, status=ClaimStatus.PREPARED).update(
+        status=ClaimStatus.PENDING,
+        tx_hash=tx_hash.lower(),
+        sender=signer.address.lower(),
+        sent_by="relayer",
+        sent_at=timezone.now(),
+    )
+    claim.refresh_from_db()
+    return claim
+
+
+def relayer_address(network: Network) -> str:
+    """The relayer's public address, or "" when none is configured."""
+    if not network.relayer_key:
+        return ""
+    return address_of_key(network.relayer_key)

@@ -125,6 +125,16 @@ class Network(models.Model):
         self.multicall_address = address
 
     @property
+    def relayer_key(self) -> str:
+        """The gas-only auto-claim key (CHAIN_<SLUG>_RELAYER_KEY): environment only, never
+        stored. It pays gas for factory claims, whose destination it cannot choose."""
+        return str(self._override("relayer_key") or "")
+
+    @property
+    def auto_claim_usd(self) -> int:
+        return int(self._override("auto_claim_usd") or 0)
+
+    @property
     def effective_poll_seconds(self) -> int:
         return int(self._override("poll_seconds") or self.poll_interval_seconds)
 
@@ -589,6 +599,17 @@ class Claim(models.Model):
     @property
     def explorer_url(self) -> str:
         return self.network.tx_url(self.tx_hash) if self.tx_hash else ""
+
+    @property
+    def fee_values(self) -> list[tuple[str, Decimal]]:
+        """The fee as valued in each currency its items were booked in (from the items)."""
+        totals: dict[str, Decimal] = {}
+        for item in self.items.all():
+            if item.fee_value is not None and item.fee_currency:
+                totals[item.fee_currency] = (
+                    totals.get(item.fee_currency, Decimal(0)) + item.fee_value
+                )
+        return sorted(totals.items())
 
 
 class ClaimItem(models.Model):

@@ -261,3 +261,33 @@ def test_settling_a_claim_twice_at_once_books_it_once(acme):
         assert LedgerTransaction.objects.filter(kind="claim").count() == 1
         assert LedgerTransaction.objects.filter(kind="claim_fee").count() == 1
         assert account_balance(claimed_account("anvil", acme), "USDC") == Decimal(-10)
+
+
+# anvil account (4): plays the operator's gas-only relayer.
+RELAYER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
+RELAYER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+
+
+@pytest.mark.django_db
+def test_the_relayer_auto_claims_above_the_threshold_and_pays_only_gas(shop, acme, settings):
+    settings.CHAIN_OVERRIDES = {"anvil": {"relayer_key": RELAYER_KEY, "auto_claim_usd": 50}}
+    _small, little = paid(shop, "10.00")
+    shop.watch(), shop.confirm()
+    assert not Claim.objects.exists()  # 10 USD is below the threshold
+    _large, _big = paid(shop, "60.00", symbol="USDT")
+    relayer_eth = shop.balance("ETH", RELAYER)
+    shop.watch(), shop.confirm()
+    claim = Claim.objects.get()
+    assert (claim.sent_by, claim.sender) == ("relayer", RELAYER.lower())
+    shop.confirm()
+    claim.refresh_from_db()
+    assert claim.status == ClaimStatus.CONFIRMED
+    assert left(shop) == 0  # both addresses: 70 USD together
+    # The relayer paid the gas and received nothing; the account got the money.
+    assert shop.balance("ETH", RELAYER) == relayer_eth - int(claim.fee_wei)
+    assert shop.balance("USDC", RELAYER) == 0 and shop.balance("USDT", RELAYER) == 0
+    assert account_balance(claimed_account("anvil", acme), "USDT") == Decimal(-60)
+    assert LedgerTransaction.objects.filter(kind="claim_fee").count() == 2
+    assert little.deposit_address_id in set(
+        claim.items.values_list("deposit_address_id", flat=True)
+    )
