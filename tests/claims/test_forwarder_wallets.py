@@ -184,3 +184,56 @@ def test_claims_page_keeps_a_fixed_number_of_queries(
     with django_assert_max_num_queries(len(few.captured_queries)):
         page = client.get("/claims/")
     assert page.content.decode().count('class="claim-card"') == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_preparing_the_same_claim_at_once_leaves_one_live_claim(acme):
+    import threading
+
+    from django.db import connection
+
+    from tests.conftest import require_postgres
+    from wallets.claims import claim_prepare
+    from wallets.models import ClaimStatus, Transfer
+
+    require_postgres()
+    seed_networks()
+    network = Network.objects.get(slug="anvil")
+    network.deposit_factory, network.rpc_url = FACTORY, "http://127.0.0.1:9"
+    network.save()
+    wallet_set_account(merchant=acme, account_address=ACCOUNT)
+    usdc = Asset.objects.get(network=network, symbol="USDC")
+    deposit = deposit_address_allocate(merchant=acme, network=network)
+    Transfer.objects.create(
+        network=network,
+        asset=usdc,
+        deposit_address=deposit,
+        tx_hash="0x" + "ab" * 32,
+        log_index=0,
+        block_number=1,
+        block_hash="0x" + "cd" * 32,
+        from_address="0x" + "1" * 40,
+        to_address=deposit.address,
+        amount=5_000_000,
+        status="confirmed",
+    )
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            barrier.wait()
+            claim_prepare(merchant=acme, network=network, deposit_ids=[deposit.pk])
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    statuses = sorted(Claim.objects.values_list("status", flat=True))
+    assert statuses == [ClaimStatus.ABANDONED] * 3 + [ClaimStatus.PREPARED]
