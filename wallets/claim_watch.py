@@ -27,6 +27,7 @@ from wallets.models import (
     ClaimStatus,
     DepositAddress,
     Network,
+    Transfer,
 )
 from wallets.scanner import (
     RESCAN_BLOCKS,
@@ -88,9 +89,22 @@ def _find(
 ) -> bool:
     """One range of factory logs; True once the head is reached."""
     lookback = max(network.effective_confirmations, RESCAN_BLOCKS)
-    cursor, _ = ClaimCursor.objects.get_or_create(
-        network=network, defaults={"next_block": max(0, head - lookback)}
-    )
+    cursor = ClaimCursor.objects.filter(network=network).first()
+    if cursor is None:
+        # First claim round of this network: no claim can predate the first deposit to one
+        # of its forwarders, so start there (or near the head when there is none yet).
+        first = (
+            Transfer.objects.filter(
+                network=network, deposit_address__factory=network.deposit_factory
+            )
+            .order_by("block_number")
+            .values_list("block_number", flat=True)
+            .first()
+        )
+        start_at = min(head - lookback, first) if first is not None else head - lookback
+        cursor, _ = ClaimCursor.objects.get_or_create(
+            network=network, defaults={"next_block": max(0, start_at)}
+        )
     start = max(0, cursor.next_block - lookback)
     end = min(head, cursor.next_block + network.effective_max_block_range - 1)
     if start > end:
