@@ -37,7 +37,7 @@ NEXT_ADDRESSES_SHOWN = 5
 
 
 @merchant_view()
-@require_recent_reauth("Wallet changed", detail_fields=("mode", "xpub", "account_address"))
+@require_recent_reauth("Wallet key changed", detail_fields=("xpub", "account_address"))
 def wallet_settings(request: MerchantRequest) -> HttpResponse:
     merchant = request.merchant
     wallet = Wallet.objects.filter(merchant=merchant).first()
