@@ -95,6 +95,10 @@ def test_merchant_claims_two_invoices_with_the_browser_wallet(
     expect(page.locator("tr.claim-transfer")).to_contain_text("Claim")
     expect(page.locator("tr.claim-transfer")).to_contain_text("ETH")  # its blockchain fee
     shot(page, "claims-07-transfers-tab")
+    page.goto(f"{live_server.url}/wallet/")
+    expect(page.get_by_role("heading", name="Account address + forwarders").first).to_be_visible()
+    expect(page.get_by_text("affects new deposit addresses only").first).to_be_visible()
+    shot(page, "claims-09-wallet")
     assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]
 
 
