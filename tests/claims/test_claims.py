@@ -291,3 +291,27 @@ def test_the_relayer_auto_claims_above_the_threshold_and_pays_only_gas(shop, acm
     assert little.deposit_address_id in set(
         claim.items.values_list("deposit_address_id", flat=True)
     )
+
+
+@pytest.mark.django_db
+def test_a_claim_that_names_another_token_moves_nothing_and_leaves_the_deposit_uncollected(shop):
+    from wallets.forwarders import claim_calldata
+
+    _invoice, payment = paid(shop, "25.00")
+    shop.watch(), shop.confirm()
+    deposit = payment.deposit_address
+    # Someone claims the address for USDT only: the forwarder is deployed, the USDC stays.
+    data = claim_calldata(
+        destination=deposit.destination,
+        salts=[bytes.fromhex(deposit.salt.removeprefix("0x"))],
+        tokens=[shop.deployed["USDT"].lower()],
+    )
+    shop.send(STRANGER, shop.factory, data=data)
+    shop.watch(), shop.confirm()
+    assert not Claim.objects.exists()  # nothing of ours moved: nothing to record
+    assert left(shop) == 25 * USDC and shop.balance("USDC", deposit.address) == 25 * USDC
+    claim = shop.prepare([payment])  # and the merchant's own claim still collects it
+    shop.sign(claim)
+    shop.watch(), shop.confirm()
+    claim.refresh_from_db()
+    assert claim.status == ClaimStatus.CONFIRMED and left(shop) == 0
