@@ -33,6 +33,35 @@ class _SerialLiveServer(WSGIServer):
 if connection.vendor == "sqlite":
     LiveServerThread.server_class = _SerialLiveServer
 
+# pytest-xdist's worker id ("gw0", "gw1", ...) when `make test` runs the suite in parallel; None
+# in a plain pytest run. Each worker has its own test database (pytest-django suffixes the name
+# with it), its own anvil (tests/chain.py) and temporary folders; the Redis they share is split
+# below.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _share_redis_between_workers(worker: str) -> None:
+    """Workers share REDIS_URL's and CELERY_BROKER_URL's databases: give each its own keys."""
+    from django.conf import settings
+    from django.core.cache import caches
+
+    conf = settings.CACHES["default"]
+    if conf["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+        # cache.clear() (every test's start) empties this worker's keys only; see the module.
+        conf["BACKEND"] = "tests.worker_cache.WorkerRedisCache"
+        conf["KEY_PREFIX"] = f"test-{worker}"
+        caches._settings = caches.settings = caches.configure_settings(None)  # as setting_changed
+    if str(celery_app.conf.broker_url).startswith("redis"):
+        # The real-worker tests (tests/test_infrastructure.py, invoices/test_delivery.py) would
+        # otherwise consume each other's tasks and run them against the wrong test database.
+        options = dict(celery_app.conf.broker_transport_options or {})
+        options["global_keyprefix"] = f"test-{worker}:"
+        celery_app.conf.broker_transport_options = options
+
+
+if XDIST_WORKER:
+    _share_redis_between_workers(XDIST_WORKER)
+
 
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
@@ -140,6 +169,8 @@ def _fast_password_hasher(settings):
 
 
 # The skip policy (tests/skips.py): every skip needs a listed reason; CI runs everything.
+# Under pytest-xdist the controller gets every test's report (pytest_runtest_logreport runs there
+# too), but only the workers collect, so deselections travel back in each worker's workeroutput.
 _policy_breaches: list[str] = []
 
 
@@ -155,12 +186,30 @@ def pytest_runtest_logreport(report):
         _policy_breaches.append(f"{report.nodeid}: skipped '{reason}': {breach}")
 
 
+_deselection_breaches: list[str] = []
+
+
 def pytest_deselected(items):
     if os.environ.get("CI"):
-        _policy_breaches.extend(f"{item.nodeid}: deselected, CI runs everything" for item in items)
+        found = [f"{item.nodeid}: deselected, CI runs everything" for item in items]
+        _deselection_breaches.extend(found)
+        _policy_breaches.extend(found)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A pytest-xdist worker finished: take over what it deselected (every worker deselects
+    the same tests, hence the de-duplication)."""
+    for line in getattr(node, "workeroutput", {}).get("skip_policy_deselected", []):
+        if line not in _policy_breaches:
+            _policy_breaches.append(line)
 
 
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller judges the run
+        workeroutput["skip_policy_deselected"] = _deselection_breaches
+        return
     if _policy_breaches and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -89,3 +89,20 @@ def test_disallowed_matches_by_prefix():
     assert disallowed("needs PostgreSQL (set DATABASE_URL)", ci=False) is None
     assert disallowed("needs PostgreSQL (set DATABASE_URL)", ci=True) is not None
     assert disallowed("something else", ci=False) == "not listed in tests/skips.py"
+
+
+@pytest.mark.parametrize("ci", [False, True], ids=["local", "ci"])
+def test_the_policy_holds_in_parallel_runs_too(case_dir, ci):
+    """`make test` runs pytest-xdist: the workers skip and deselect, the controller judges."""
+    selection = "runs or listed_local" if ci else "not listed_local"
+    result = run_pytest(case_dir, "-n", "2", "-k", selection, ci=ci)
+    assert result.returncode == 1, result.stdout
+    assert "skip policy (tests/skips.py)" in result.stdout
+    if ci:
+        assert "test_listed_local_skip: skipped 'needs PostgreSQL" in result.stdout
+        assert "allowed outside CI only" in result.stdout
+        # Deselected on both workers, listed once.
+        assert result.stdout.count("test_unlisted_skip: deselected, CI runs everything") == 1
+    else:
+        assert "test_unlisted_skip: skipped 'flaky on Tuesdays': not listed" in result.stdout
+        assert "test_xfail: xfail (known bug)" in result.stdout
