@@ -8,16 +8,22 @@ To cover a new URL add one `Case` line to CASES; `test_every_merchant_url_has_a_
 fails until you do.
 """
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.core.cache import cache
+from django.db import transaction
+from django.test import override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from checkout.models import Payment, RefundKind, RefundRequest
 from checkout.refunds import refund_give_address, refund_request
+from config.celery import app as celery_app
 from customers.models import Customer
 from invoices import views as invoice_views
 from invoices.models import (
@@ -40,10 +46,11 @@ from merchants.models import (
     Membership,
     Merchant,
     Role,
+    User,
     WebhookEndpoint,
 )
 from tests.evm import seed_networks
-from tests.factories import make_invoice
+from tests.factories import CustomerFactory, MembershipFactory, MerchantFactory, make_invoice
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.models import Asset, Claim, DepositAddress, Network, Transfer, Wallet
 
@@ -144,8 +151,16 @@ def _funded_deposit(acme: Merchant) -> DepositAddress:
     return deposit
 
 
-@pytest.fixture
-def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
+def _build_world() -> World:
+    """Acme with one object of every kind a merchant page can name, alice, bob and victor in
+    it, and charlie owning Globex: the people and shops of tests/conftest.py's fixtures."""
+    acme = MerchantFactory(name="Acme Tools")
+    globex = MerchantFactory(name="Globex")
+    alice = MembershipFactory(merchant=acme, role=Role.OWNER, user__email="alice@acme.test").user
+    bob = MembershipFactory(merchant=acme, role=Role.STAFF, user__email="bob@acme.test").user
+    MembershipFactory(merchant=acme, role=Role.VIEWER, user__email="victor@acme.test")
+    MembershipFactory(merchant=globex, role=Role.OWNER, user__email="charlie@globex.test")
+    acme_customer = CustomerFactory(merchant=acme, name="Ada Lovelace", email="ada@example.org")
     endpoint = webhook_endpoint_create(merchant=acme, url="https://hooks.acme.example/in")
     open_invoice = make_invoice(acme, customer=acme_customer, issue=True)
     paid = invoice_mark_paid(
@@ -191,6 +206,88 @@ def world(acme, alice, bob, victor, charlie, acme_customer) -> World:
             calldata="0x",
         ),
     )
+
+
+@dataclass
+class _Built:
+    world: World
+    media: Path
+
+
+@pytest.fixture(scope="module")
+def _built_world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[_Built]:
+    """The world, built once for this module's ~500 tests instead of once for each (it
+    was most of their time). It is written inside a transaction left open for the module; each
+    test's own transaction (the `db` fixture) nests in it as a savepoint and is rolled back as
+    usual, so every test still starts from exactly this world, and the module's transaction is
+    rolled back at its end. Built under the settings tests/conftest.py gives every test."""
+    media = tmp_path_factory.mktemp("tenancy-media")
+    celery_app.conf.task_always_eager = True
+    with django_db_blocker.unblock():
+        cache.clear()
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            with override_settings(
+                MEDIA_ROOT=media,
+                SITE_URL="http://testserver",
+                RATE_STATIC_APPROVED=["*"],
+                PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+            ):
+                world = _build_world()
+        except BaseException:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+            raise
+    try:
+        yield _Built(world=world, media=media)
+    finally:
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+@pytest.fixture
+def world(_built_world, db, settings) -> World:
+    """This test's copy of the module's world (a test may change the objects it is given)."""
+    settings.MEDIA_ROOT = _built_world.media
+    return copy.deepcopy(_built_world.world)
+
+
+# The people of tests/conftest.py, the ones in the world.
+@pytest.fixture
+def acme(world):
+    return world.acme
+
+
+@pytest.fixture
+def globex(world):
+    return Merchant.objects.get(name="Globex")
+
+
+@pytest.fixture
+def acme_customer(world):
+    return world.customer
+
+
+@pytest.fixture
+def alice(world):
+    return User.objects.get(email="alice@acme.test")
+
+
+@pytest.fixture
+def bob(world):
+    return User.objects.get(email="bob@acme.test")
+
+
+@pytest.fixture
+def victor(world):
+    return User.objects.get(email="victor@acme.test")
+
+
+@pytest.fixture
+def charlie(world):
+    return User.objects.get(email="charlie@globex.test")
 
 
 def _invoice_form(w: World) -> dict:
