@@ -33,6 +33,22 @@ class _SerialLiveServer(WSGIServer):
 if connection.vendor == "sqlite":
     LiveServerThread.server_class = _SerialLiveServer
 
+
+def _scan_static_files_once() -> None:
+    from django.conf import settings
+
+    whitenoise = "whitenoise.middleware.WhiteNoiseMiddleware"
+    if whitenoise in settings.MIDDLEWARE:
+        middleware = list(settings.MIDDLEWARE)
+        middleware[middleware.index(whitenoise)] = (
+            "tests.static_files.ScannedOnceWhiteNoiseMiddleware"
+        )
+        settings.MIDDLEWARE = middleware
+
+
+# Every Client builds the middleware anew; see tests/static_files.py.
+_scan_static_files_once()
+
 # pytest-xdist's worker id ("gw0", "gw1", ...) when `make test` runs the suite in parallel; None
 # in a plain pytest run. Each worker has its own test database (pytest-django suffixes the name
 # with it), its own anvil (tests/chain.py) and temporary folders; the Redis they share is split
