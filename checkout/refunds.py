@@ -36,6 +36,7 @@ from checkout.models import (
     refund_snapshot,
 )
 from checkout.screening import screen_refund_address
+from checkout.settlement import lock_invoice_then_payment
 from invoices.delivery import invoice_refund_claim_email
 from invoices.models import Actor, CreditNote, FailureReason, Invoice, InvoiceStatus
 from invoices.services import (
@@ -149,21 +150,11 @@ def parse_amount(text: str, asset: Asset) -> Decimal:
 
 
 def _lock(refund_or_payment: RefundRequest | Payment) -> tuple[Invoice, Payment]:
-    """Invoice, then payment: the lock order of every settlement write."""
-    payment_id = (
+    return lock_invoice_then_payment(
         refund_or_payment.payment_id
         if isinstance(refund_or_payment, RefundRequest)
         else refund_or_payment.pk
     )
-    invoice_id = Payment.objects.values_list("invoice_id", flat=True).get(pk=payment_id)
-    invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
-    payment = (
-        Payment.objects.select_for_update()
-        .select_related("asset", "network", "deposit_address")
-        .get(pk=payment_id)
-    )
-    payment.invoice = invoice
-    return invoice, payment
 
 
 def _locked_refund(pk: int) -> RefundRequest:

@@ -286,8 +286,9 @@ def _totals(payment: Payment) -> Totals:
     return Totals(received, confirmed, other)
 
 
-def _lock(payment_id: int) -> tuple[Invoice, Payment]:
-    """Lock the invoice, then the payment: the one lock order of every settlement write."""
+def lock_invoice_then_payment(payment_id: int) -> tuple[Invoice, Payment]:
+    """Lock the invoice, then the payment: the one lock order of every settlement write
+    (refunds take the same, so the two never deadlock on one order)."""
     invoice_id = Payment.objects.values_list("invoice_id", flat=True).get(pk=payment_id)
     invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
     payment = (
@@ -319,7 +320,7 @@ def settle_transfer(transfer_id: int) -> None:
             logger.warning("Transfer %s not screened yet: %s", transfer, error)
             return
     with transaction.atomic():
-        invoice, payment = _lock(payment_id)
+        invoice, payment = lock_invoice_then_payment(payment_id)
         # Re-read under the locks: a twin worker (or the same transfer listed twice in one
         # report, new and confirmed) may have settled this very status already.
         transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
@@ -387,7 +388,7 @@ def payment_release(*, payment: Payment, by: User | None = None) -> Payment:
     """An admin lets a held payment through: its money is credited, and settlement carries on
     where the hold stopped it."""
     with transaction.atomic():
-        invoice, payment = _lock(payment.pk)
+        invoice, payment = lock_invoice_then_payment(payment.pk)
         if not payment.is_held:
             raise InvoiceStateError(f"Order {payment.order_number} is not held.")
         now = timezone.now()
@@ -445,7 +446,7 @@ def payments_fail_held(*, now=None) -> int:
     failed = 0
     for payment_id in ended.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
-            invoice, payment = _lock(payment_id)
+            invoice, payment = lock_invoice_then_payment(payment_id)
             if not payment.is_held or not payment_move(payment=payment, to=P.FAILED):
                 continue
             failed += 1
@@ -686,7 +687,7 @@ def _value_held(transfer_id: int) -> bool:
     if payment_id is None:
         return False
     with transaction.atomic():
-        invoice, payment = _lock(payment_id)
+        invoice, payment = lock_invoice_then_payment(payment_id)
         transfer = Transfer.objects.select_related("asset", "network").get(pk=transfer_id)
         if transfer.awaiting_valuation_since is None or transfer.status != TransferStatus.CONFIRMED:
             return False  # a twin retry posted it meanwhile

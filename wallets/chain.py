@@ -467,24 +467,12 @@ class Chain:
     # Claims (DepositFactory) ---------------------------------------------------------------
 
     def claim_logs(self, from_block: int, to_block: int, factory: str) -> list[SeenClaim]:
-        """The factory's Claimed logs in the range, halving the range when refused."""
-        if from_block > to_block:
-            return []
-        query = {
-            "fromBlock": from_block,
-            "toBlock": to_block,
-            "address": Web3.to_checksum_address(factory),
-            "topics": [CLAIMED_TOPIC],
-        }
-        try:
-            logs = self._call("eth_getLogs", lambda: self.w3.eth.get_logs(query))  # type: ignore[arg-type]
-        except RangeRefused:
-            if from_block == to_block:
-                raise
-            middle = (from_block + to_block) // 2
-            return self.claim_logs(from_block, middle, factory) + self.claim_logs(
-                middle + 1, to_block, factory
-            )
+        """The factory's Claimed logs in the range."""
+        logs = self._logs(
+            from_block,
+            to_block,
+            {"address": Web3.to_checksum_address(factory), "topics": [CLAIMED_TOPIC]},
+        )
         return [
             SeenClaim(
                 tx_hash=_hex(log["transactionHash"]),
@@ -666,58 +654,47 @@ class Chain:
                 )
         return MinedTransaction(_hex(tx_hash), succeeded, number, block_hash, tuple(found))
 
-    def token_transfers_to(
-        self, from_block: int, to_block: int, tokens: list[str], recipient: str
-    ) -> list[SeenTransfer]:
-        """ERC-20 Transfer logs of `tokens` to one recipient (its topic filtered by the
-        node), halving the range when refused."""
-        if not tokens or from_block > to_block:
+    def _logs(self, from_block: int, to_block: int, query: dict[str, Any]) -> list[Any]:
+        """eth_getLogs over the range, halved until the node accepts it: providers cap a
+        range's blocks or results, and a single block that is still refused is an error."""
+        if from_block > to_block:
             return []
-        query = {
-            "fromBlock": from_block,
-            "toBlock": to_block,
-            "address": [Web3.to_checksum_address(t) for t in tokens],
-            "topics": [TRANSFER_TOPIC, None, "0x" + "0" * 24 + recipient.lower()[2:]],
-        }
+        ranged = {"fromBlock": from_block, "toBlock": to_block, **query}
         try:
-            logs = self._call("eth_getLogs", lambda: self.w3.eth.get_logs(query))  # type: ignore[arg-type]
-        except RangeRefused:
-            if from_block == to_block:
-                raise
-            middle = (from_block + to_block) // 2
-            return self.token_transfers_to(
-                from_block, middle, tokens, recipient
-            ) + self.token_transfers_to(middle + 1, to_block, tokens, recipient)
-        return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
-
-    def token_transfers(
-        self, from_block: int, to_block: int, tokens: list[str]
-    ) -> list[SeenTransfer]:
-        """ERC-20 Transfer logs of `tokens` in the range, halving the range when refused."""
-        if not tokens or from_block > to_block:
-            return []
-        query = {
-            "fromBlock": from_block,
-            "toBlock": to_block,
-            "address": [Web3.to_checksum_address(t) for t in tokens],
-            "topics": [TRANSFER_TOPIC],
-        }
-        try:
-            logs = self._call("eth_getLogs", lambda: self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+            return list(self._call("eth_getLogs", lambda: self.w3.eth.get_logs(ranged)))  # type: ignore[arg-type]
         except RangeRefused:
             if from_block == to_block:
                 raise
             middle = (from_block + to_block) // 2
             logger.info("getLogs %s-%s refused; splitting at %s", from_block, to_block, middle)
-            return self.token_transfers(from_block, middle, tokens) + self.token_transfers(
-                middle + 1, to_block, tokens
-            )
-        transfers = []
-        for log in logs:
-            parsed = _parse_transfer_log(log)
-            if parsed is not None:
-                transfers.append(parsed)
-        return transfers
+            return self._logs(from_block, middle, query) + self._logs(middle + 1, to_block, query)
+
+    def token_transfers_to(
+        self, from_block: int, to_block: int, tokens: list[str], recipient: str
+    ) -> list[SeenTransfer]:
+        """ERC-20 Transfer logs of `tokens` to one recipient (its topic filtered by the node)."""
+        if not tokens:
+            return []
+        topics = [TRANSFER_TOPIC, None, "0x" + "0" * 24 + recipient.lower()[2:]]
+        logs = self._logs(
+            from_block,
+            to_block,
+            {"address": [Web3.to_checksum_address(t) for t in tokens], "topics": topics},
+        )
+        return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
+
+    def token_transfers(
+        self, from_block: int, to_block: int, tokens: list[str]
+    ) -> list[SeenTransfer]:
+        """ERC-20 Transfer logs of `tokens` in the range."""
+        if not tokens:
+            return []
+        logs = self._logs(
+            from_block,
+            to_block,
+            {"address": [Web3.to_checksum_address(t) for t in tokens], "topics": [TRANSFER_TOPIC]},
+        )
+        return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
 
     def native_transfers(self, from_block: int, to_block: int) -> list[SeenTransfer]:
         """Top-level value transactions in the range, full blocks fetched in batches. Whether
