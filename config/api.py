@@ -12,10 +12,16 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as SchemaError
+from ninja.operation import Operation
 
 from checkout.api import router as payments_router
 from customers.api import router as customers_router
-from invoices.api import catalog_router
+from invoices.api import (
+    POSITIVE_PRICE_PATTERN,
+    PRICE_PATTERN,
+    QUANTITY_PATTERN,
+    catalog_router,
+)
 from invoices.api import router as invoices_router
 from merchants.api import (
     DECIMAL_PATTERN,
@@ -33,7 +39,8 @@ from wallets.api import router as wallets_router
 # or throttled, every input may be refused, every object named in the path may not exist.
 COMMON_ERRORS = {
     "401": "A valid API key is required.",
-    "422": "The request does not validate; `fields` names each offending input.",
+    "422": "The request does not validate; `fields` names each offending input, including "
+    "any query parameter the operation does not declare.",
     "429": "Too many requests for this API key.",
 }
 
@@ -105,6 +112,46 @@ api.add_router("/v1", wallets_router)
 api.add_router("/v1", catalog_router)
 
 
+def _query_names(operation: Operation) -> frozenset[str]:
+    names: set[str] = set()
+    for model in operation.models:
+        if model.__ninja_param_source__ == "query":
+            names |= set(getattr(model, "__ninja_flatten_map__", None) or model.model_fields)
+    return frozenset(names)
+
+
+def refuse_unknown_query_parameters(api: NinjaAPI) -> None:
+    """A query parameter no operation declares is refused (422), like an unknown body field:
+    a misspelt filter (`?stauts=paid`) must not silently list everything. django-ninja has no
+    option for it, so each operation's checks (auth, throttle) gain this one after them."""
+    # The bound routers hold the operations the URLs serve (clones of the routers' own).
+    for router in api._get_bound_routers():
+        for path_view in router.path_operations.values():
+            for operation in path_view.operations:
+                known = _query_names(operation)
+                checks = operation._run_checks
+
+                def checked(request: HttpRequest, checks: Any = checks, known: Any = known) -> Any:
+                    refused = checks(request)
+                    if refused is not None:
+                        return refused
+                    unknown = [name for name in request.GET if name not in known]
+                    if not unknown:
+                        return None
+                    fields = {
+                        name or "(empty name)": ["Unknown query parameter."] for name in unknown
+                    }
+                    name = next(iter(fields))
+                    return error_response(
+                        ApiError(422, f"{name}: Unknown query parameter.", fields=fields)
+                    )
+
+                operation._run_checks = checked  # type: ignore[method-assign]
+
+
+refuse_unknown_query_parameters(api)
+
+
 def _field_name(loc: tuple | list) -> str:
     # ("body", "payload", "items", 0, "unit_price") → "items.0.unit_price"
     parts = list(loc)
@@ -113,6 +160,14 @@ def _field_name(loc: tuple | list) -> str:
         if source == "body" and parts:
             parts.pop(0)  # the handler's parameter name tells a client nothing
     return ".".join(str(part) for part in parts) or "body"
+
+
+PATTERN_MESSAGES = {
+    DECIMAL_PATTERN: 'Send a decimal string such as "19.99".',
+    PRICE_PATTERN: 'Send a decimal string such as "19.99", at most 1000000000000.',
+    POSITIVE_PRICE_PATTERN: 'Send a decimal string above zero such as "19.99".',
+    QUANTITY_PATTERN: 'Send a quantity above zero such as "2", at most 1000000, 4 decimals.',
+}
 
 
 @api.exception_handler(SchemaError)
@@ -125,8 +180,8 @@ def schema_error(request: HttpRequest, error: SchemaError) -> HttpResponse:
         elif item.get("type") == "string_type":
             message = 'Send a string; amounts are decimal strings such as "19.99".'
         elif item.get("type") == "string_pattern_mismatch":
-            decimal = (item.get("ctx") or {}).get("pattern") == DECIMAL_PATTERN
-            message = 'Send a decimal string such as "19.99".' if decimal else "Not a valid value."
+            pattern = (item.get("ctx") or {}).get("pattern")
+            message = PATTERN_MESSAGES.get(str(pattern), "Not a valid value.")
         elif item.get("type") == "missing":
             message = "This field is required."
         fields.setdefault(_field_name(item.get("loc", ())), []).append(message)

@@ -24,6 +24,7 @@ from invoices.selectors import invoice_list, invoice_scope
 from invoices.services import (
     DUPLICATE_FOREIGN_ID,
     INTEGRATION_FIELDS,
+    NEEDS_POSITIVE_TOTAL,
     InvoiceInput,
     InvoiceStateError,
     credit_note_issue,
@@ -46,10 +47,25 @@ from merchants.api import (
     page,
 )
 from merchants.models import Merchant
+from merchants.money import CURRENCIES, price_gap
 
 router = Router(tags=["invoices"])
 
-DecimalText = Field(pattern=DECIMAL_PATTERN, examples=["19.99"])
+# What check_quantity and check_price accept, as far as a pattern can say it: a quantity is
+# above zero, at most a million, with at most four decimals; a price at most a trillion. The
+# decimals a price may have depend on the currency (USD 2, USDC 6): the service says so (422).
+QUANTITY_PATTERN = (
+    r"^([1-9][0-9]{0,5}(\.[0-9]{1,4})?|1000000(\.0{1,4})?"
+    r"|0\.([1-9][0-9]{0,3}|0[1-9][0-9]{0,2}|00[1-9][0-9]?|000[1-9]))$"
+)
+_FRACTION = r"(\.[0-9]{1,8})?"
+PRICE_PATTERN = rf"^([0-9]|[1-9][0-9]{{1,11}}){_FRACTION}$|^1000000000000(\.0{{1,8}})?$"
+# The same, above zero: what a one-time invoice's single amount must be.
+POSITIVE_PRICE_PATTERN = (
+    rf"^[1-9][0-9]{{0,11}}{_FRACTION}$|^1000000000000(\.0{{1,8}})?$"
+    r"|^0\.(?=[0-9]{1,8}$)0*[1-9][0-9]*$"
+)
+DecimalText = Field(pattern=PRICE_PATTERN, examples=["19.99"])
 # A full http(s) URL at a host name, `localhost` or an IPv4 address: the part of what the
 # invoice's URL checks accept that a pattern can state. Where the address may point is the
 # SSRF rule's to judge (private and loopback addresses are refused in production, 422).
@@ -89,7 +105,7 @@ class DiscountIn(In):
 class ItemIn(In):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=500)
-    quantity: str = Field("1", pattern=DECIMAL_PATTERN, examples=["2"])
+    quantity: str = Field("1", pattern=QUANTITY_PATTERN, examples=["2"])
     unit_price: str = DecimalText
     discount: DiscountIn | None = None
     tax_rate_id: int | None = Field(
@@ -117,20 +133,50 @@ NO_EMAIL_FOR_DRAFTS: JsonDict = {
 }
 
 
+# An issued one-time invoice needs a positive total (invoices.services._check_issuable): a
+# draft or a permanent invoice may start empty; otherwise a positive amount or a line with a
+# positive price. (Discounts that take a line to zero remain the service's to refuse, 422.)
+PRICED_WHEN_ISSUED: JsonDict = {
+    "anyOf": [
+        {"required": ["issue"], "properties": {"issue": {"const": False}}},
+        {"required": ["kind"], "properties": {"kind": {"const": "permanent"}}},
+        {"required": ["amount"], "properties": {"amount": {"pattern": POSITIVE_PRICE_PATTERN}}},
+        {
+            "required": ["items"],
+            "properties": {
+                "items": {
+                    "contains": {"properties": {"unit_price": {"pattern": POSITIVE_PRICE_PATTERN}}}
+                }
+            },
+        },
+    ]
+}
+
+
+def _priceable_currencies(schema: JsonDict) -> None:
+    # The currencies an invoice may be priced in under this deployment's rate settings.
+    schema["enum"] = [code for code in CURRENCIES if not price_gap(code)]
+
+
 class InvoiceCreateIn(In):
     model_config = ConfigDict(
         extra="forbid",
         regex_engine="python-re",
         json_schema_extra={
-            "allOf": [NOT_BOTH_ITEMS_AND_AMOUNT, NOT_BOTH_CUSTOMERS, NO_EMAIL_FOR_DRAFTS]
+            "allOf": [
+                NOT_BOTH_ITEMS_AND_AMOUNT,
+                NOT_BOTH_CUSTOMERS,
+                NO_EMAIL_FOR_DRAFTS,
+                PRICED_WHEN_ISSUED,
+            ]
         },
     )
 
-    currency: str = Field(max_length=8, examples=["USD"])
+    currency: str = Field(max_length=8, examples=["USD"], json_schema_extra=_priceable_currencies)
     items: list[ItemIn] = Field(default_factory=list, max_length=200)
     amount: str | None = Field(
         None,
-        pattern=DECIMAL_PATTERN,
+        pattern=PRICE_PATTERN,
         description="A single amount instead of items (becomes one item named by `description`).",
     )
     description: str = Field("", max_length=2000)
@@ -184,7 +230,8 @@ class InvoiceUpdateIn(In):
     )
     amount: str = Field(
         None,  # type: ignore[assignment]
-        pattern=DECIMAL_PATTERN,
+        pattern=PRICE_PATTERN,
+        description="A one-time invoice's must be above zero (409 otherwise: the kind is stored).",
         json_schema_extra=no_default,
     )
 
@@ -612,13 +659,22 @@ def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdate
                     invoice_update_items, invoice=invoice, items=items, actor=Actor.API
                 )
             except ValidationError as error:
-                # The invoice's own discount (not part of this request) is above the new
-                # items' subtotal: the request conflicts with the stored invoice, hence 409.
+                # What the request conflicts with is stored, not sent, hence 409: the
+                # invoice's own discount is above the new items' subtotal, or the invoice is a
+                # one-time one (its kind does not change) and the new total is zero.
                 by_field = error.message_dict if hasattr(error, "error_dict") else {}
                 conflict = by_field.get("discount_value")
                 if conflict:
                     raise ApiError(
                         409, conflict[0], code="discount_conflict", fields={"items": conflict}
+                    ) from None
+                if NEEDS_POSITIVE_TOTAL in by_field.get("items", []):
+                    field = "amount" if "amount" in given else "items"
+                    raise ApiError(
+                        409,
+                        NEEDS_POSITIVE_TOTAL,
+                        code="total_not_positive",
+                        fields={field: [NEEDS_POSITIVE_TOTAL]},
                     ) from None
                 raise
     return _snapshot(invoice.pk)
@@ -675,7 +731,8 @@ class CreditNoteIn(In):
         None,
         min_length=1,
         max_length=200,
-        description="Left out: credit everything not credited yet.",
+        description="Left out: credit everything not credited yet. A position named more "
+        "than once is credited the sum of its quantities (all that is left if one has none).",
     )
 
 
@@ -697,15 +754,16 @@ class CreditNoteCreated(CreditNoteOut):
 def create_credit_note(request: HttpRequest, invoice_id: int, payload: CreditNoteIn):
     invoice = invoice_or_404(merchant_of(request), invoice_id)
     requested = payload.lines or []
-    index_of = {line.position: index for index, line in enumerate(requested)}
-    if len(index_of) != len(requested):
-        raise ApiError(
-            422, "Name each line once.", fields={"lines": ["Each position may appear once."]}
-        )
-    quantities = {
-        line.position: Decimal(line.quantity) if line.quantity is not None else None
-        for line in requested
-    }
+    # Errors name a line by where it first appears in the request.
+    index_of: dict[int, int] = {}
+    quantities: dict[int, Decimal | None] = {}
+    for index, line in enumerate(requested):
+        index_of.setdefault(line.position, index)
+        units = Decimal(line.quantity) if line.quantity is not None else None
+        # A position named again adds to it; one without a quantity asks for all that is
+        # left of the line, which already covers whatever else was asked of it.
+        earlier = quantities.get(line.position, Decimal(0))
+        quantities[line.position] = None if earlier is None or units is None else earlier + units
     try:
         note = credit_note_issue(
             invoice=invoice, reason=payload.reason, quantities=quantities or None, actor=Actor.API

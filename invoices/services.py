@@ -65,6 +65,7 @@ from merchants.money import (
 
 MAX_TERMS_DAYS = 365
 TEXT_LIMITS = {"notes": 5000, "terms": 5000, "po_number": 64, "footer": 1000}
+NEEDS_POSITIVE_TOTAL = "A one-time invoice needs a positive total."
 DUPLICATE_FOREIGN_ID = "Another invoice of yours already uses this foreign ID."
 
 
@@ -316,7 +317,7 @@ def invoice_update_items(
         figures = compute_invoice(items, currency, discount)
         total = figures.total
         if locked.kind == InvoiceKind.ONE_TIME and total <= 0:
-            raise ValidationError({"items": "A one-time invoice needs a positive total."})
+            raise ValidationError({"items": NEEDS_POSITIVE_TOTAL})
         before = str(locked.total)
         invoice_apply_figures(invoice=locked, figures=figures)
         locked.save(update_fields=[*FIGURE_FIELDS, "updated_at"])

@@ -9,7 +9,7 @@ import pytest
 from invoices.callbacks import invoice_snapshot
 from invoices.models import CreditNote, Invoice, PaymentMethod, TaxRate
 from merchants.integrations import api_key_create
-from tests.api.test_api import INVOICES, get, post
+from tests.api.test_api import INVOICES, get, patch, post
 
 pytestmark = pytest.mark.django_db
 
@@ -272,3 +272,63 @@ def test_absurd_credit_quantities_are_field_errors(client, acme_key, seats, line
     assert response.status_code == 422
     assert response.json()["fields"] == fields
     assert not CreditNote.objects.exists()
+
+
+def test_a_position_named_twice_is_credited_the_sum(client, acme_key, seats):
+    lines = [{"position": 1, "quantity": "1"}, {"position": 1, "quantity": "2"}]
+    response = post(client, _credit_notes(seats), acme_key, {"reason": "x", "lines": lines})
+    assert (response.status_code, response.json()["lines"][0]["quantity"]) == (201, "3")
+
+    # Still never beyond what is left (2 seats): the first mention is named.
+    over = [{"position": 1, "quantity": "1"}, {"position": 1, "quantity": "2"}]
+    response = post(client, _credit_notes(seats), acme_key, {"reason": "y", "lines": over})
+    assert response.status_code == 422
+    assert response.json()["fields"] == {
+        "lines.0.quantity": ["At most 2 of this line is left to credit."]
+    }
+    # One without a quantity asks for all that is left, whatever else is asked of the line.
+    rest = [{"position": 1, "quantity": "1"}, {"position": 1}]
+    response = post(client, _credit_notes(seats), acme_key, {"reason": "z", "lines": rest})
+    assert (response.status_code, response.json()["lines"][0]["quantity"]) == (201, "2")
+
+
+def test_an_issued_one_time_invoice_needs_a_price_and_keeps_it(client, acme_key, seats):
+    # The schema says so (anyOf); the API answers as it says.
+    bare = post(client, INVOICES, acme_key, {"currency": "USD"})
+    assert bare.status_code == 422
+    zero = post(client, INVOICES, acme_key, {"currency": "USD", "amount": "0"})
+    assert zero.status_code == 422
+    draft = post(client, INVOICES, acme_key, {"currency": "USD", "issue": False})
+    assert draft.status_code == 201
+    schema = client.get("/api/openapi.json").json()["components"]["schemas"]
+    assert "anyOf" in schema["InvoiceCreateIn"]["allOf"][-1]
+
+    # A zero total conflicts with the stored kind: 409, the invoice unchanged.
+    response = patch(client, f"{INVOICES}/{seats}", acme_key, {"amount": "0"})
+    assert (response.status_code, response.json()["code"]) == (409, "total_not_positive")
+    assert response.json()["fields"] == {"amount": ["A one-time invoice needs a positive total."]}
+    assert Invoice.objects.get(pk=seats).total == Decimal("99.95")
+
+
+def test_unknown_query_parameters_are_refused_by_name(client, acme_key, seats):
+    for path, params in [
+        (INVOICES, {"stauts": "paid"}),
+        (INVOICES, {"": ""}),
+        (f"{INVOICES}/{seats}", {"expand": "items"}),
+        ("/api/v1/tax-rates", {"limit": "1"}),
+    ]:
+        response = get(client, path, acme_key, **params)
+        name = next(iter(params)) or "(empty name)"
+        assert response.status_code == 422, path
+        assert response.json()["fields"] == {name: ["Unknown query parameter."]}
+    # Every declared one still works.
+    known = {"status": "open", "limit": "5", "created_after": "2020-01-01", "foreign_id": "x"}
+    assert get(client, INVOICES, acme_key, **known).status_code == 200
+    assert get(client, f"{INVOICES}/by-foreign-id", acme_key, foreign_id="x").status_code == 404
+    assert (
+        get(client, "/api/v1/customers", acme_key, q="a", include_archived="true").status_code
+        == 200
+    )
+    assert get(client, "/api/v1/ledger", acme_key, currency="USD", limit="2").status_code == 200
+    # The key is checked first: an outsider learns nothing about parameters.
+    assert client.get(INVOICES, {"stauts": "paid"}).status_code == 401

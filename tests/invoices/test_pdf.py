@@ -1,6 +1,7 @@
 """Invoice and receipt PDFs: what they say, the QR code on them, what rendering may touch."""
 
 import io
+import re
 import shutil
 import subprocess
 import threading
@@ -410,3 +411,38 @@ def test_any_change_renders_anew(invoice, customer, acme, change):
 
     assert after.cached is False
     assert after.digest != before.digest
+
+
+def test_long_unbroken_text_wraps_inside_the_page(acme, tmp_path):
+    # Found by fuzzing the API: a customer made of one 200-character "word" pushed the
+    # "Bill to" block past the page's right edge, and with it the dates beside it.
+    long = {key: key[0].upper() * 200 for key in ("name", "company", "address_line1")}
+    customer = CustomerFactory(merchant=acme, email="long@example.org", country="GB", **long)
+    acme.legal_name = "L" * 200
+    acme.address_line1 = "S" * 200
+    acme.save()
+    invoice = make_invoice(
+        acme,
+        customer=customer,
+        issue=True,
+        notes="N" * 600,
+        terms="T" * 600,
+        items=[("I" * 200, "1", "10.00")],
+    )
+    content = pdf.invoice_pdf(invoice, use_cache=False).content
+    text = "".join(text_of(content).split())
+    for run in ("N" * 600, "T" * 600, "I" * 200, *long.values(), "L" * 200, "S" * 200):
+        assert run in text
+    require("pdftotext")
+    path = tmp_path / "long.pdf"
+    path.write_bytes(content)
+    boxes = subprocess.run(
+        ["pdftotext", "-bbox", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    page_width = float(re.search(r'<page width="([0-9.]+)"', boxes).group(1))
+    right_edges = [
+        float(x) for x in re.findall(r'<word xMin="[0-9.]+" yMin="[0-9.]+" xMax="([0-9.]+)"', boxes)
+    ]
+    assert right_edges and max(right_edges) <= page_width
+    # The wrapped header, notes, payment box and terms fill two pages, as laid out by hand.
+    assert len(PdfReader(io.BytesIO(content)).pages) == 2
