@@ -47,7 +47,7 @@ from merchants.api import (
     page,
 )
 from merchants.models import Merchant
-from merchants.money import CURRENCIES, price_gap
+from merchants.money import CURRENCIES, PAYMENT_ASSETS, price_gap
 
 router = Router(tags=["invoices"])
 
@@ -158,6 +158,25 @@ def _priceable_currencies(schema: JsonDict) -> None:
     schema["enum"] = [code for code in CURRENCIES if not price_gap(code)]
 
 
+def _priceable_assets(schema: JsonDict) -> None:
+    # What the payer may pay in, under the same settings; each once.
+    schema["items"] = {"enum": [code for code in PAYMENT_ASSETS if not price_gap(code)]}
+    schema["uniqueItems"] = True
+
+
+# A pre-selected asset (services._validate): exactly one accepted asset.
+ONE_ASSET_WHEN_FIXED: JsonDict = {
+    "anyOf": [
+        {"not": {"required": ["pricing_mode"]}},
+        {"properties": {"pricing_mode": {"enum": ["no_timer", "timer"]}}},
+        {
+            "required": ["accepted_assets"],
+            "properties": {"accepted_assets": {"minItems": 1, "maxItems": 1}},
+        },
+    ]
+}
+
+
 class InvoiceCreateIn(In):
     model_config = ConfigDict(
         extra="forbid",
@@ -168,6 +187,7 @@ class InvoiceCreateIn(In):
                 NOT_BOTH_CUSTOMERS,
                 NO_EMAIL_FOR_DRAFTS,
                 PRICED_WHEN_ISSUED,
+                ONE_ASSET_WHEN_FIXED,
             ]
         },
     )
@@ -183,7 +203,9 @@ class InvoiceCreateIn(In):
     due_date: IsoDate | None = None
     kind: Literal["one_time", "permanent"] = "one_time"
     pricing_mode: Literal["no_timer", "timer", "timer_fixed_asset"] = "no_timer"
-    accepted_assets: list[str] = Field(default_factory=list, max_length=20)
+    accepted_assets: list[str] = Field(
+        default_factory=list, max_length=20, json_schema_extra=_priceable_assets
+    )
     fee_payer: Literal["merchant", "payer"] | None = None
     customer_id: int | None = None
     customer: CustomerIn | None = None
