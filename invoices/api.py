@@ -159,22 +159,11 @@ def _priceable_currencies(schema: JsonDict) -> None:
 
 
 def _priceable_assets(schema: JsonDict) -> None:
-    # What the payer may pay in, under the same settings; each once.
-    schema["items"] = {"enum": [code for code in PAYMENT_ASSETS if not price_gap(code)]}
-    schema["uniqueItems"] = True
-
-
-# A pre-selected asset (services._validate): exactly one accepted asset.
-ONE_ASSET_WHEN_FIXED: JsonDict = {
-    "anyOf": [
-        {"not": {"required": ["pricing_mode"]}},
-        {"properties": {"pricing_mode": {"enum": ["no_timer", "timer"]}}},
-        {
-            "required": ["accepted_assets"],
-            "properties": {"accepted_assets": {"minItems": 1, "maxItems": 1}},
-        },
-    ]
-}
+    # What the payer may pay in, under the same settings; each once. (That a pre-selected
+    # asset, timer_fixed_asset, needs exactly one is the service's to say, 422: Schemathesis
+    # cannot generate from the schema once that rule joins the others.)
+    codes = [code for code in PAYMENT_ASSETS if not price_gap(code)]
+    schema.update(items={"enum": codes}, uniqueItems=True, maxItems=len(codes))
 
 
 class InvoiceCreateIn(In):
@@ -187,7 +176,6 @@ class InvoiceCreateIn(In):
                 NOT_BOTH_CUSTOMERS,
                 NO_EMAIL_FOR_DRAFTS,
                 PRICED_WHEN_ISSUED,
-                ONE_ASSET_WHEN_FIXED,
             ]
         },
     )
