@@ -10,7 +10,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 from pydantic import ConfigDict
-from pydantic.config import JsonDict
+from pydantic.config import JsonDict, JsonValue
 
 from customers.api import NAME_PATTERN, email_field, no_default
 from customers.models import Customer
@@ -162,7 +162,7 @@ def _priceable_assets(schema: JsonDict) -> None:
     # What the payer may pay in, under the same settings; each once. (That a pre-selected
     # asset, timer_fixed_asset, needs exactly one is the service's to say, 422: Schemathesis
     # cannot generate from the schema once that rule joins the others.)
-    codes = [code for code in PAYMENT_ASSETS if not price_gap(code)]
+    codes: list[JsonValue] = [code for code in PAYMENT_ASSETS if not price_gap(code)]
     schema.update(items={"enum": codes}, uniqueItems=True, maxItems=len(codes))
 
 

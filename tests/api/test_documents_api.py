@@ -301,9 +301,9 @@ def test_an_issued_one_time_invoice_needs_a_price_and_keeps_it(client, acme_key,
     draft = post(client, INVOICES, acme_key, {"currency": "USD", "issue": False})
     assert draft.status_code == 201
     schema = client.get("/api/openapi.json").json()["components"]["schemas"]
-    assert "anyOf" in schema["InvoiceCreateIn"]["allOf"][-2]
+    assert "anyOf" in schema["InvoiceCreateIn"]["allOf"][-1]
     assets = schema["InvoiceCreateIn"]["properties"]["accepted_assets"]
-    assert (assets["items"]["enum"], assets["uniqueItems"]) == (["USDT", "USDC", "ETH"], True)
+    assert (assets["items"]["enum"], assets["maxItems"]) == (["USDT", "USDC", "ETH"], 3)
 
     # A zero total conflicts with the stored kind: 409, the invoice unchanged.
     response = patch(client, f"{INVOICES}/{seats}", acme_key, {"amount": "0"})
