@@ -1039,7 +1039,7 @@ def _credit_choice(
     if quantities is None and positions is None:
         rest = {p: units for p, units in left.items() if units > 0}
         if not rest:
-            raise ValidationError({"lines": "Every line of this invoice is credited already."})
+            raise InvoiceStateError("Every line of this invoice is credited already.")
         return rest
     if quantities is None:
         unknown = [p for p in positions or [] if left.get(p, Decimal(0)) <= 0]
