@@ -6,9 +6,7 @@ page that forwards to anvil, whose dev accounts sign), and the watcher confirms 
 Screenshots of every step land in test-artifacts/e2e/ (gitignored).
 """
 
-import json
 import re
-import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -19,6 +17,7 @@ from checkout.tasks import end_payments
 from contracts.deploy import DEPLOYER_KEY, PAYER_KEY, load_artifact
 from invoices.models import InvoiceStatus, RefundState
 from merchants.models import Role
+from tests.e2e.injected_wallet import InjectedWallet
 from tests.e2e.test_checkout_flow import Watcher
 from tests.e2e.test_checkout_flow import anvil as anvil  # a fixture
 from tests.e2e.test_checkout_flow import shop as shop  # a fixture
@@ -33,33 +32,6 @@ USDC = 10**6
 # anvil's default accounts: #3 is the merchant's own wallet, #2 the payer's refund address.
 MERCHANT_WALLET = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 PAYER_REFUND_ADDRESS = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
-
-# The browser wallet: accounts come from here, everything else goes to anvil through the
-# test (an exposed function, so the page's CSP never sees a request to another origin).
-PROVIDER = """
-window.ethereum = {
-  isStablebillTestWallet: true,
-  request: async function ({ method, params }) {
-    if (method === "eth_requestAccounts" || method === "eth_accounts") return [%(account)s];
-    const answer = JSON.parse(await window.__anvilRpc(method, JSON.stringify(params || [])));
-    if (answer.error) throw new Error(answer.error.message);
-    return answer.result;
-  },
-};
-"""
-
-
-def rpc_forwarder(rpc_url: str, calls: list[str]):
-    def forward(method: str, params: str) -> str:
-        calls.append(method)
-        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": json.loads(params)}
-        request = urllib.request.Request(
-            rpc_url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.read().decode()
-
-    return forward
 
 
 def pay_from_payer(anvil, to: str, units: int) -> str:
@@ -107,9 +79,8 @@ def test_cancel_email_address_wallet_refund_confirmed(
         issue=True,
         accepted_assets=["USDC"],
     )
-    rpc_calls: list[str] = []
-    page.expose_function("__anvilRpc", rpc_forwarder(anvil.rpc_url, rpc_calls))
-    page.add_init_script(PROVIDER % {"account": json.dumps(MERCHANT_WALLET)})
+    wallet = InjectedWallet(anvil.rpc_url, account=MERCHANT_WALLET)
+    wallet.install(page)
     fund_merchant_wallet(anvil, 40 * USDC)
 
     # Waits on the chain are bounded at 60 s (never timing assertions): this 2-core machine
@@ -189,7 +160,7 @@ def test_cancel_email_address_wallet_refund_confirmed(
     shot(page, "refund-05-merchant-tab")
     send.click()
     expect(page.locator("#refunds-tab .badge-refund-sent")).to_be_visible(timeout=60_000)
-    assert "eth_sendTransaction" in rpc_calls
+    assert wallet.sent, wallet.calls
     refund.refresh_from_db()
     assert refund.status == RefundStatus.SENT and refund.tx_hash
 
