@@ -3,7 +3,7 @@ as `invoice_snapshot` shows it, which is also what callbacks carry."""
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -213,7 +213,8 @@ class InvoiceCreateIn(In):
     )
     po_number: str = Field("", max_length=64)
     footer: str | None = Field(None, max_length=1000, description="Left out: your default.")
-    payment_method_ids: list[int] = Field(
+    # Ids bounded to what the database can hold: a bigger one is a 422, not an overflow.
+    payment_method_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
         default_factory=list,
         max_length=20,
         description="Other ways to pay this invoice accepts (GET /v1/payment-methods).",

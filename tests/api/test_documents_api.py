@@ -334,3 +334,12 @@ def test_unknown_query_parameters_are_refused_by_name(client, acme_key, seats):
     assert get(client, "/api/v1/ledger", acme_key, currency="USD", limit="2").status_code == 200
     # The key is checked first: an outsider learns nothing about parameters.
     assert client.get(INVOICES, {"stauts": "paid"}).status_code == 401
+
+
+def test_a_payment_method_id_beyond_the_database_answers_422_not_500(client, acme_key, rates, sepa):
+    # Schemathesis found it on SQLite: an id over 2**63 - 1 overflowed the query.
+    response = post(client, INVOICES, acme_key, body(rates, sepa, payment_method_ids=[2**64]))
+
+    assert response.status_code == 422, response.content
+    assert any(key.startswith("payment_method_ids") for key in response.json()["fields"])
+    assert Invoice.objects.count() == 0
