@@ -4,6 +4,7 @@ Every error is answered in one shape (see merchants.api); unknown body fields ar
 and amounts travel as decimal strings.
 """
 
+from http.client import responses as HTTP_PHRASES
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, ValidationError
@@ -17,6 +18,8 @@ from ninja.operation import Operation
 from checkout.api import router as payments_router
 from customers.api import router as customers_router
 from invoices.api import (
+    DISCOUNT_KINDS,
+    PERCENT_PATTERN,
     POSITIVE_PRICE_PATTERN,
     PRICE_PATTERN,
     QUANTITY_PATTERN,
@@ -73,7 +76,10 @@ class DocumentedApi(NinjaAPI):
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         for path, operations in schema["paths"].items():
             for operation in operations.values():
-                responses = operation.setdefault("responses", {})
+                # django-ninja keys the declared statuses by int: as strings, so that the
+                # common ones below never add a second "409" or "422" to the JSON document.
+                responses = {str(key): value for key, value in operation["responses"].items()}
+                operation["responses"] = responses
                 extra = dict(COMMON_ERRORS)
                 if "{" in path:
                     extra["404"] = "No such object of yours."
@@ -83,7 +89,9 @@ class DocumentedApi(NinjaAPI):
                 if IDEMPOTENCY_HEADER in headers:
                     extra["409"] = "The Idempotency-Key was used with another request."
                 for status, text in extra.items():
-                    responses.setdefault(status, {"description": text, "content": error})
+                    declared = responses.setdefault(status, {"description": text, "content": error})
+                    if declared["description"] == HTTP_PHRASES[int(status)]:
+                        declared["description"] = text
                 _no_nul(operation.get("parameters", []))
         for name, component in schema.get("components", {}).get("schemas", {}).items():
             if name.endswith("In"):
@@ -159,6 +167,13 @@ def _field_name(loc: tuple | list) -> str:
         source = parts.pop(0)
         if source == "body" and parts:
             parts.pop(0)  # the handler's parameter name tells a client nothing
+    # pydantic names the branch of a discount it checked ("discount", "percent", "value"):
+    # the client sent no such field.
+    parts = [
+        part
+        for index, part in enumerate(parts)
+        if not (index and parts[index - 1] == "discount" and part in DISCOUNT_KINDS)
+    ]
     return ".".join(str(part) for part in parts) or "body"
 
 
@@ -167,6 +182,7 @@ PATTERN_MESSAGES = {
     PRICE_PATTERN: 'Send a decimal string such as "19.99", at most 1000000000000.',
     POSITIVE_PRICE_PATTERN: 'Send a decimal string above zero such as "19.99".',
     QUANTITY_PATTERN: 'Send a quantity above zero such as "2", at most 1000000, 4 decimals.',
+    PERCENT_PATTERN: 'Send a percent from 0 to 100 such as "10", at most 4 decimals.',
 }
 
 

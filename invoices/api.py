@@ -5,6 +5,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
@@ -35,7 +36,6 @@ from invoices.services import (
     invoice_update_items,
 )
 from merchants.api import (
-    DECIMAL_PATTERN,
     IDEMPOTENT_POST,
     ApiError,
     Error,
@@ -73,19 +73,44 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _HOST = rf"(({_LABEL}\.)+[A-Za-z]{{2,63}}|localhost|({_OCTET}\.){{3}}{_OCTET})"
 _URL_CHARS = r"[A-Za-z0-9._~%!$&'()*+,;=:@/-]"
-URL_PATTERN = (
+
+
+def _url_pattern(host: str) -> str:
     # The look-ahead keeps the host within the 253 characters a host name may have.
-    rf"^(https?://(?=[^/:?]{{1,253}}([/:?]|$)){_HOST}(:[1-9][0-9]{{0,3}})?"
-    rf"(/{_URL_CHARS}*)?(\?{_URL_CHARS}*)?)?$"
-)
+    return (
+        rf"^(https?://(?=[^/:?]{{1,253}}([/:?]|$)){host}(:[1-9][0-9]{{0,3}})?"
+        rf"(/{_URL_CHARS}*)?(\?{_URL_CHARS}*)?)?$"
+    )
 
 
-def url_field(default: str | None) -> Any:
+URL_PATTERN = _url_pattern(_HOST)
+# Where private targets are refused (production), a callback URL names its host: the rule
+# refuses `localhost`, its subdomains and literal addresses that are not public, and names are
+# only resolved at delivery. A name is what a pattern can state of that.
+_NOT_LOCALHOST = r"(?![Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]([/:?]|$))"
+PUBLIC_CALLBACK_URL_PATTERN = _url_pattern(rf"({_LABEL}\.)+{_NOT_LOCALHOST}[A-Za-z]{{2,63}}")
+
+
+def _callback_targets(schema: JsonDict) -> None:
+    if settings.CALLBACKS_ALLOW_PRIVATE:
+        return
+    schema["description"] = (
+        "A full http(s) URL at a public host name (no localhost or literal address); "
+        "empty for none."
+    )
+    branches = schema.get("anyOf")  # nullable: the string branch
+    for branch in branches if isinstance(branches, list) else [schema]:
+        if isinstance(branch, dict) and branch.get("type") == "string":
+            branch["pattern"] = PUBLIC_CALLBACK_URL_PATTERN
+
+
+def url_field(default: str | None, *, callback: bool = False) -> Any:
     return Field(
         default,
         max_length=500,
         pattern=URL_PATTERN,
         description="A full http(s) URL; empty for none.",
+        json_schema_extra=_callback_targets if callback else None,
     )
 
 
@@ -97,13 +122,31 @@ class In(Schema):
 ID = Field(ge=1, le=2**63 - 1)
 
 
-class DiscountIn(In):
-    kind: Literal["percent", "amount"]
-    value: str = Field(pattern=DECIMAL_PATTERN, examples=["10"])
+# What check_percent accepts: 0 to 100, at most four decimals.
+PERCENT_PATTERN = r"^(100(\.0{1,4})?|[1-9]?[0-9](\.[0-9]{1,4})?)$"
+
+
+class PercentOff(In):
+    kind: Literal["percent"]
+    value: str = Field(pattern=PERCENT_PATTERN, examples=["10"], description="0 to 100")
+
+
+class AmountOff(In):
+    kind: Literal["amount"]
+    value: str = Field(
+        pattern=PRICE_PATTERN,
+        examples=["5.00"],
+        description="In the invoice's currency, at most what it comes off (422 otherwise).",
+    )
+
+
+# One shape per kind, told apart by `kind`, so each states its own bounds.
+DiscountIn = Annotated[PercentOff | AmountOff, Field(discriminator="kind")]
+DISCOUNT_KINDS = frozenset({"percent", "amount"})
 
 
 class ItemIn(In):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     description: str = Field("", max_length=500)
     quantity: str = Field("1", pattern=QUANTITY_PATTERN, examples=["2"])
     unit_price: str = DecimalText
@@ -113,7 +156,7 @@ class ItemIn(In):
     )
 
 
-class CustomerIn(In):
+class InlineCustomerIn(In):
     """Found by email among your customers, or created."""
 
     name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
@@ -196,10 +239,10 @@ class InvoiceCreateIn(In):
     )
     fee_payer: Literal["merchant", "payer"] | None = None
     customer_id: int | None = None
-    customer: CustomerIn | None = None
+    customer: InlineCustomerIn | None = None
     foreign_id: str = Field("", max_length=128)
     tracking_id: str = Field("", max_length=128)
-    callback_url: str = url_field("")
+    callback_url: str = url_field("", callback=True)
     payment_page_url: str = url_field("")
     payment_page_button: str = Field("", max_length=40)
     discount: DiscountIn | None = Field(None, description="Off the whole invoice, before tax.")
@@ -229,7 +272,7 @@ class InvoiceUpdateIn(In):
     )
 
     tracking_id: str | None = Field(None, max_length=128)
-    callback_url: str | None = url_field(None)
+    callback_url: str | None = url_field(None, callback=True)
     payment_page_url: str | None = url_field(None)
     payment_page_button: str | None = Field(None, max_length=40)
     # Optional but never null (None only tells "left out" apart), like a customer's name.
@@ -404,7 +447,12 @@ class InvoicePage(Schema):
 
 
 class DuplicateError(Error):
-    existing_id: int
+    # Left out of a 409 that is not about the foreign_id (an Idempotency-Key reused).
+    existing_id: int = Field(
+        None,  # type: ignore[assignment]
+        description="The invoice that has this foreign_id (code duplicate_foreign_id).",
+        json_schema_extra=no_default,
+    )
 
 
 def invoice_or_404(merchant: Merchant, invoice_id: int) -> Invoice:
@@ -420,7 +468,7 @@ def _snapshot(invoice_id: int) -> dict[str, Any]:
     )
 
 
-def _discount(discount: DiscountIn | None) -> Discount:
+def _discount(discount: PercentOff | AmountOff | None) -> Discount:
     return Discount(discount.kind, Decimal(discount.value)) if discount else NO_DISCOUNT
 
 
@@ -454,7 +502,7 @@ def _items(
         if item.tax_rate_id is not None and item.tax_rate_id not in rates
     }
     if unknown:
-        raise ApiError(422, "No such tax rate.", fields=unknown)
+        raise ApiError(404, "No such tax rate.", code="not_found", fields=unknown)
     return [
         LineItemInput(
             name=item.name,
@@ -474,8 +522,9 @@ def _payment_methods(merchant: Merchant, ids: list[int]) -> list[PaymentMethod]:
     )
     if len(methods) != len(set(ids)):
         raise ApiError(
-            422,
+            404,
             "No such payment method.",
+            code="not_found",
             fields={"payment_method_ids": ["Give ids of your active payment methods."]},
         )
     return methods
@@ -492,7 +541,10 @@ def _customer(merchant: Merchant, payload: InvoiceCreateIn) -> Customer | None:
         customer = customer_scope(merchant=merchant).filter(pk=payload.customer_id).first()
         if customer is None:
             raise ApiError(
-                422, "No such customer.", fields={"customer_id": ["No such customer of yours."]}
+                404,
+                "No such customer.",
+                code="not_found",
+                fields={"customer_id": ["No such customer of yours."]},
             )
         return customer
     if payload.customer is not None:
@@ -524,11 +576,23 @@ def _duplicate(merchant: Merchant, foreign_id: str) -> ApiError | None:
     )
 
 
+# An id in the body that names nothing of this merchant is a 404 like one in the path (the
+# request is well formed; the object it names is not there), with `fields` saying which.
+NAMED_IN_BODY = (
+    "An id in the body (customer_id, an item's tax_rate_id, payment_method_ids) names none "
+    "of your active ones; `fields` says which."
+)
+NAMED_IN_PATH_OR_BODY = (
+    "No such invoice of yours, or an item's tax_rate_id names none of your active tax "
+    "rates; `fields` says which."
+)
+
+
 @router.post(
     "",
-    response={201: InvoiceOut, 409: DuplicateError, 422: Error},
+    response={201: InvoiceOut, 404: Error, 409: DuplicateError, 422: Error},
     summary="Create an invoice",
-    openapi_extra=IDEMPOTENT_POST,
+    openapi_extra={**IDEMPOTENT_POST, "responses": {404: {"description": NAMED_IN_BODY}}},
     description='Amounts are decimal strings (`"19.99"`), never JSON numbers. '
     "Send an `Idempotency-Key` header to make retries safe.",
 )
@@ -639,6 +703,7 @@ def get_invoice(request: HttpRequest, invoice_id: int):
     "/{int:invoice_id}",
     response={200: InvoiceOut, 404: Error, 409: Error, 422: Error},
     summary="Change an invoice",
+    openapi_extra={"responses": {404: {"description": NAMED_IN_PATH_OR_BODY}}},
     description="Tracking ID, callback URL and payment-page link and button may change any "
     "time; the items or amount only while no payment has started.",
 )
@@ -730,9 +795,10 @@ class CreditLineIn(In):
     position: int = Field(ge=1, le=32767, description="The invoice line's position (1-based)")
     quantity: str | None = Field(
         None,
-        pattern=DECIMAL_PATTERN,
+        pattern=QUANTITY_PATTERN,
         examples=["2"],
-        description="Units to credit; left out: all that is left of the line.",
+        description="Units to credit, as a line's quantity is written; left out: all that is "
+        "left of the line. More than is left is a 409.",
     )
 
 
@@ -755,7 +821,17 @@ class CreditNoteCreated(CreditNoteOut):
     "/{int:invoice_id}/credit-notes",
     response={201: CreditNoteCreated, 404: Error, 409: Error, 422: Error},
     summary="Credit an issued invoice, in full, by lines or by part of a line's quantity",
-    openapi_extra=IDEMPOTENT_POST,
+    openapi_extra={
+        **IDEMPOTENT_POST,
+        "responses": {
+            404: {"description": "No such invoice of yours, or a position names no line of it."},
+            409: {
+                "description": "The invoice cannot be credited in its status, a line has less "
+                "left to credit than asked (`fields` by line), what is chosen is worth nothing, "
+                "or the Idempotency-Key was used with another request."
+            },
+        },
+    },
     description="Each line is credited pro rata to its quantity (discounts and tax "
     "included), never beyond what is left of it across all credit notes. The customer gets "
     "the credit note by email; an invoice credited in full is closed; the `invoice.credited` "
@@ -786,9 +862,25 @@ def create_credit_note(request: HttpRequest, invoice_id: int, payload: CreditNot
     return 201, {**credit_note_snapshot(note), "invoice": _snapshot(invoice.pk)}
 
 
+# How a refused credit stands to the stored invoice: a position it does not have is not found
+# (like an id that names nothing); more than is left, or nothing worth crediting, conflicts
+# with what earlier credit notes took. The request alone is well formed either way.
+CREDIT_NOT_FOUND = frozenset({"no_such_line"})
+CREDIT_CONFLICTS = frozenset({"credit_above_remaining", "nothing_left", "nothing_to_credit"})
+
+
 def _by_request_index(error: ValidationError, index_of: dict[int, int]) -> ApiError:
     """The service names lines by position; the client sent a list: name them by index."""
     api_error = from_validation_error(error)
+    codes = (
+        {item.code for item in error.error_list}
+        if not hasattr(error, "error_dict")
+        else {item.code for items in error.error_dict.values() for item in items}
+    )
+    if codes & CREDIT_NOT_FOUND:
+        api_error.status, api_error.code = 404, "not_found"
+    elif codes and codes <= CREDIT_CONFLICTS:
+        api_error.status, api_error.code = 409, "credit_conflict"
     renamed: dict[str, list[str]] = {}
     for key, messages in api_error.fields.items():
         parts = key.split(".")

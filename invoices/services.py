@@ -982,7 +982,13 @@ def credit_note_issue(
         ]
         amount = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         if amount <= 0:
-            raise ValidationError({"lines": "The chosen lines add up to nothing to credit."})
+            raise ValidationError(
+                {
+                    "lines": ValidationError(
+                        "The chosen lines add up to nothing to credit.", code="nothing_to_credit"
+                    )
+                }
+            )
         number = merchant.next_credit_note_number
         Merchant.objects.filter(pk=merchant.pk).update(
             next_credit_note_number=F("next_credit_note_number") + 1
@@ -1048,21 +1054,23 @@ def _credit_choice(
                 {"lines": "Choose lines that are on the invoice and not credited yet."}
             )
         return {p: left[p] for p in positions}
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, list[ValidationError]] = {}
     chosen: dict[int, Decimal] = {}
     for position, units in quantities.items():
         key = f"lines.{position}.quantity"
         if position not in left:
-            errors[key] = ["This invoice has no such line."]
+            errors[key] = [ValidationError("This invoice has no such line.", code="no_such_line")]
             continue
         if units is None and left[position] <= 0:
-            errors[key] = ["Nothing is left to credit on this line."]
+            errors[key] = [
+                ValidationError("Nothing is left to credit on this line.", code="nothing_left")
+            ]
             continue
         chosen[position] = left[position] if units is None else units
         try:
             check_credit_quantity(chosen[position], remaining=left[position])
         except ValidationError as error:
-            errors[key] = error.messages
+            errors[key] = error.error_list
     if errors:
         raise ValidationError(errors)
     if not chosen:

@@ -125,10 +125,10 @@ CASES = [
     Case(
         "POST",
         "/api/v1/invoices",
-        422,
+        404,
         {
             "detail": "No such customer.",
-            "code": "invalid",
+            "code": "not_found",
             "fields": {"customer_id": ["No such customer of yours."]},
         },
         201,

@@ -113,8 +113,13 @@ def test_round_trip_carries_the_worked_example_and_the_document(
     [
         (
             {"discount": {"kind": "percent", "value": "101"}},
-            "discount_value",
-            "The discount may be at most 100%.",
+            "discount.value",
+            'Send a percent from 0 to 100 such as "10", at most 4 decimals.',
+        ),
+        (
+            {"discount": {"kind": "percent", "value": "12.34567"}},
+            "discount.value",
+            'Send a percent from 0 to 100 such as "10", at most 4 decimals.',
         ),
         (
             {"discount": {"kind": "amount", "value": "153.98"}},
@@ -122,11 +127,6 @@ def test_round_trip_carries_the_worked_example_and_the_document(
             "The discount may be at most 153.97 USD.",
         ),
         ({"terms_days": 400}, "terms_days", "Input should be less than or equal to 365"),
-        (
-            {"payment_method_ids": [2**40]},
-            "payment_method_ids",
-            "Give ids of your active payment methods.",
-        ),
     ],
 )
 def test_bad_document_input_answers_422_by_field(
@@ -157,10 +157,27 @@ def test_another_merchants_rates_and_methods_are_unknown_to_a_key(client, globex
 
     response = post(client, INVOICES, globex_key, body(rates, sepa))
 
-    assert response.status_code == 422
-    assert response.json()["fields"] == {
-        "items.0.tax_rate_id": ["No such tax rate of yours."],
-        "items.1.tax_rate_id": ["No such tax rate of yours."],
+    # Named in the body or in the path, an object that is not yours is not found.
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "No such tax rate.",
+        "code": "not_found",
+        "fields": {
+            "items.0.tax_rate_id": ["No such tax rate of yours."],
+            "items.1.tax_rate_id": ["No such tax rate of yours."],
+        },
+    }
+    assert Invoice.objects.count() == 0
+
+
+def test_an_unknown_payment_method_answers_404_and_stores_nothing(client, acme_key, rates, sepa):
+    response = post(client, INVOICES, acme_key, body(rates, sepa, payment_method_ids=[2**40]))
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "No such payment method.",
+        "code": "not_found",
+        "fields": {"payment_method_ids": ["Give ids of your active payment methods."]},
     }
     assert Invoice.objects.count() == 0
 
@@ -256,20 +273,26 @@ def test_credit_part_of_a_line_over_the_api(client, acme_key, seats):
     assert (again.status_code, again.json()["code"]) == (409, "invalid_state")
 
 
+QUANTITY = 'Send a quantity above zero such as "2", at most 1000000, 4 decimals.'
+
+
 @pytest.mark.parametrize(
-    ("lines", "fields"),
+    ("lines", "status", "fields"),
     [
-        ([{"position": 1, "quantity": "6"}], {"lines.0.quantity": ["At most 5 of this line is left to credit."]}),
-        ([{"position": 1, "quantity": "0"}], {"lines.0.quantity": ["Credit more than zero."]}),
-        ([{"position": 1, "quantity": "-1"}], {"lines.0.quantity": ['Send a decimal string such as "19.99".']}),
-        ([{"position": 1, "quantity": 2}], {"lines.0.quantity": ['Send a string; amounts are decimal strings such as "19.99".']}),
-        ([{"position": 2, "quantity": "1"}], {"lines.0.quantity": ["This invoice has no such line."]}),
+        # Against what is stored: a line the invoice does not have, more than is left of one.
+        ([{"position": 2, "quantity": "1"}], 404, {"lines.0.quantity": ["This invoice has no such line."]}),
+        ([{"position": 1, "quantity": "6"}], 409, {"lines.0.quantity": ["At most 5 of this line is left to credit."]}),
+        # Ill-formed in itself, as the schema says.
+        ([{"position": 1, "quantity": "0"}], 422, {"lines.0.quantity": [QUANTITY]}),
+        ([{"position": 1, "quantity": "-1"}], 422, {"lines.0.quantity": [QUANTITY]}),
+        ([{"position": 1, "quantity": "1.00001"}], 422, {"lines.0.quantity": [QUANTITY]}),
+        ([{"position": 1, "quantity": 2}], 422, {"lines.0.quantity": ['Send a string; amounts are decimal strings such as "19.99".']}),
     ],
 )  # fmt: skip
-def test_absurd_credit_quantities_are_field_errors(client, acme_key, seats, lines, fields):
+def test_absurd_credit_quantities_are_field_errors(client, acme_key, seats, lines, status, fields):
     response = post(client, _credit_notes(seats), acme_key, {"reason": "x", "lines": lines})
 
-    assert response.status_code == 422
+    assert response.status_code == status
     assert response.json()["fields"] == fields
     assert not CreditNote.objects.exists()
 
@@ -282,7 +305,7 @@ def test_a_position_named_twice_is_credited_the_sum(client, acme_key, seats):
     # Still never beyond what is left (2 seats): the first mention is named.
     over = [{"position": 1, "quantity": "1"}, {"position": 1, "quantity": "2"}]
     response = post(client, _credit_notes(seats), acme_key, {"reason": "y", "lines": over})
-    assert response.status_code == 422
+    assert (response.status_code, response.json()["code"]) == (409, "credit_conflict")
     assert response.json()["fields"] == {
         "lines.0.quantity": ["At most 2 of this line is left to credit."]
     }
