@@ -934,6 +934,9 @@ CREDITABLE = frozenset(
     {InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.PAID, InvoiceStatus.UNRESOLVED}
 )
 OUTSIDE_REFUND = "Money was received: the refund happens outside Stablebill."
+# Money that arrived on chain goes back through the refund flow (the payer gives an address);
+# the invoice page links the note to it.
+ON_CHAIN_REFUND = "Money was received on chain: it is refunded from the invoice's Refunds tab."
 
 
 def credit_note_issue(
@@ -1003,7 +1006,7 @@ def credit_note_issue(
             amount=amount,
             tax=sum((Decimal(line["tax"]) for line in lines), Decimal(0)),
             lines=lines,
-            refund=OUTSIDE_REFUND if locked.receipts.exists() else "",
+            refund=credit_refund_note(locked),
             document=locked.document or document_snapshot(locked),
             created_by=by,
         )
@@ -1033,6 +1036,14 @@ def credit_note_issue(
             )
         credit_note_deliver(credit_note=note)
     return note
+
+
+def credit_refund_note(invoice: Invoice) -> str:
+    """What a credit note says of the money back: nothing if none was received."""
+    receipts = list(invoice.receipts.only("transfers"))
+    if any(receipt.transfers for receipt in receipts):
+        return ON_CHAIN_REFUND
+    return OUTSIDE_REFUND if receipts else ""
 
 
 def _credit_choice(

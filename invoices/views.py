@@ -64,6 +64,7 @@ from invoices.services import (
     InvoiceInput,
     InvoiceStateError,
     credit_note_issue,
+    credit_refund_note,
     invoice_accept_unresolved,
     invoice_apply_figures,
     invoice_cancel,
@@ -477,7 +478,7 @@ def invoice_credit(request: MerchantRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "invoices/credit.html",
-        {"invoice": invoice, "form": form, "receipts": invoice.receipts.exists()},
+        {"invoice": invoice, "form": form, "refund_note": credit_refund_note(invoice)},
         status=status,
     )
 

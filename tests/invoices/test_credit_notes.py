@@ -7,15 +7,19 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 from pypdf import PdfReader
 
 from invoices import pdf
 from invoices.callbacks import invoice_snapshot
+from invoices.delivery import ReceiptInput, TransferRef, invoice_paid_deliver
 from invoices.emails import email_for_delivery
 from invoices.models import CreditNote, EmailKind, InvoiceStatus, TaxRate
 from invoices.rules import CreditableLine, Discount, LineItemInput, credit_line
 from invoices.services import (
+    ON_CHAIN_REFUND,
     OUTSIDE_REFUND,
     InvoiceInput,
     InvoiceStateError,
@@ -118,6 +122,29 @@ def test_a_paid_invoice_credited_in_full_closes_and_says_the_refund_is_outside(i
     for expected in ("CREDIT NOTE", "CN-00001", invoice.reference, "Order returned", "158.67"):
         assert expected in text, expected
     assert "refund happens outside" in " ".join(text.split())
+
+
+def test_money_received_on_chain_is_refunded_through_the_refund_flow(client_for, bob, invoice):
+    with transaction.atomic():
+        invoice_paid_deliver(
+            invoice=invoice,
+            receipt=ReceiptInput(
+                key="order-1",
+                paid_at=timezone.now(),
+                amount=D("158.67"),
+                method="USDC on Ethereum",
+                transfers=[TransferRef("0x" + "ab" * 32, "ethereum", "USDC", D("158.67"))],
+            ),
+        )
+
+    page = client_for(bob).get(reverse("invoice_credit", kwargs={"pk": invoice.pk}))
+    assert "refunded from the invoice&#x27;s Refunds tab" in page.content.decode()
+    assert "outside Stablebill" not in page.content.decode()
+
+    note = credit_note_issue(invoice=invoice, reason="Order returned")
+
+    assert note.refund == ON_CHAIN_REFUND
+    assert invoice_snapshot(invoice)["credit_notes"][0]["refund"] == ON_CHAIN_REFUND
 
 
 def test_the_email_and_the_snapshot_carry_the_credit_note(invoice):
