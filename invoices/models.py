@@ -396,11 +396,25 @@ class Actor(models.TextChoices):
     PAYER = "payer", "Payer"
 
 
+class InvoiceEventQuerySet(models.QuerySet):
+    def bulk_create(self, objs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        objs = list(objs)
+        for event in objs:
+            event.fill_merchant()
+        return super().bulk_create(objs, *args, **kwargs)
+
+
 class InvoiceEvent(models.Model):
     """One row per thing that happened to an invoice: the timeline, the audit trail, and (with
     the callbacks issue) the outbox, always written in the transaction that made the change."""
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="events")
+    # The invoice's merchant, copied when the event is written (see `fill_merchant`): the
+    # dashboard's activity feed reads a merchant's latest events from one index range, where
+    # a join through the invoices walks every merchant's newer events, or all of its invoices.
+    merchant = models.ForeignKey(
+        Merchant, on_delete=models.CASCADE, related_name="+", editable=False, db_index=False
+    )
     type = models.CharField(max_length=48)
     from_status = models.CharField(max_length=16, blank=True)
     to_status = models.CharField(max_length=16, blank=True)
@@ -412,12 +426,30 @@ class InvoiceEvent(models.Model):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    objects = InvoiceEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["created_at", "pk"]
-        indexes = [models.Index(fields=["invoice", "created_at"], name="event_invoice_idx")]
+        indexes = [
+            models.Index(fields=["invoice", "created_at"], name="event_invoice_idx"),
+            models.Index(
+                fields=["merchant", "-created_at", "-id"], name="event_merchant_recent_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.invoice_id} {self.type}"
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.fill_merchant()
+        super().save(*args, **kwargs)
+
+    def fill_merchant(self) -> None:
+        # Events only ever belong to their invoice's merchant; every ORM write path (save,
+        # create, bulk_create) comes through here, so no caller has to remember it.
+        if self.merchant_id is None and self.invoice_id is not None:
+            invoice = self.invoice
+            self.merchant_id = invoice.merchant_id
 
     @property
     def title(self) -> str:

@@ -1,0 +1,82 @@
+"""The dashboard and the invoice list cost a fixed number of queries however long the history,
+and the dashboard's activity feed reads the merchant's own events (InvoiceEvent.merchant)."""
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from invoices.models import InvoiceEvent
+from invoices.services import invoice_cancel
+from tests.factories import make_invoice
+
+pytestmark = pytest.mark.django_db
+
+
+def _history(merchant, n: int) -> None:
+    for i in range(n):
+        make_invoice(merchant, issue=i % 2 == 0)
+
+
+@pytest.mark.parametrize("n", [1, 12])
+def test_dashboard_query_count_does_not_grow_with_history(
+    client_for, alice, acme, globex, django_assert_num_queries, n
+):
+    _history(acme, n)
+    _history(globex, 3)
+    client = client_for(alice)
+    # session, user, membership, status counts, outstanding, paid recently, overdue,
+    # recent invoices with customers, activity with invoices and actors, business switcher
+    with django_assert_num_queries(10):
+        response = client.get(reverse("dashboard"))
+    assert response.status_code == 200
+    assert len(response.context["summary"].recent_invoices) == min(n, 6)
+
+
+@pytest.mark.parametrize("n", [1, 30])
+def test_invoice_list_query_count_does_not_grow_with_history(
+    client_for, alice, acme, django_assert_num_queries, n
+):
+    _history(acme, n)
+    client = client_for(alice)
+    # session, user, membership, kept counts, page of invoices with customers, switcher
+    with django_assert_num_queries(6):
+        response = client.get(reverse("invoice_list"))
+    assert len(response.context["page"].object_list) == min(n, 25)
+
+
+def test_activity_shows_the_merchants_own_latest_events_only(client_for, alice, acme, globex):
+    ours = make_invoice(acme, issue=True)
+    invoice_cancel(invoice=ours, by=alice)
+    # Another business is busier and its events are newer than all of ours.
+    for _ in range(10):
+        make_invoice(globex, issue=True)
+    theirs = InvoiceEvent.objects.filter(merchant=globex)
+    theirs.update(created_at=timezone.now() + timedelta(hours=1))
+
+    summary = client_for(alice).get(reverse("dashboard")).context["summary"]
+    events = summary.recent_events
+    assert [e.invoice_id for e in events] == [ours.pk] * len(events)
+    assert [e.type for e in events] == list(
+        InvoiceEvent.objects.filter(invoice=ours)
+        .order_by("-created_at", "-pk")
+        .values_list("type", flat=True)
+    )
+    assert events[0].type == "invoice.cancelled"
+
+
+def test_every_way_of_writing_an_event_records_its_invoices_merchant(acme, globex):
+    ours, theirs = make_invoice(acme), make_invoice(globex)
+    created = InvoiceEvent.objects.create(invoice=ours, type="invoice.note")
+    saved = InvoiceEvent(invoice_id=theirs.pk, type="invoice.note")
+    saved.save()
+    bulk = InvoiceEvent.objects.bulk_create(
+        [InvoiceEvent(invoice=ours, type="invoice.note"), InvoiceEvent(invoice=theirs, type="x")]
+    )
+    assert [created.merchant_id, saved.merchant_id] == [acme.pk, globex.pk]
+    assert [e.merchant_id for e in bulk] == [acme.pk, globex.pk]
+    # The services' own events too, and the stored rows say the same.
+    stored = InvoiceEvent.objects.values_list("invoice__merchant_id", "merchant_id")
+    assert stored.count() > 4
+    assert all(invoice_merchant == merchant for invoice_merchant, merchant in stored)
