@@ -1,6 +1,7 @@
 """Invoices over the REST API. Handlers parse, call one service, and answer with the invoice
 as `invoice_snapshot` shows it, which is also what callbacks carry."""
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -651,7 +652,7 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
             lost_race = foreign_id and DUPLICATE_FOREIGN_ID in error.messages
             if lost_race and (duplicate := _duplicate(merchant, foreign_id)):
                 raise duplicate from None
-            raise
+            raise _in_api_terms(error) from None
         if payload.send_email:
             try:
                 invoice_send(invoice=invoice, actor=Actor.API)
@@ -752,8 +753,30 @@ def update_invoice(request: HttpRequest, invoice_id: int, payload: InvoiceUpdate
                         code="total_not_positive",
                         fields={field: [NEEDS_POSITIVE_TOTAL]},
                     ) from None
-                raise
+                raise _in_api_terms(error) from None
     return _snapshot(invoice.pk)
+
+
+# The invoice service names fields as the web form does; an API client sent other names.
+_API_FIELD_NAMES = (
+    (re.compile(r"^(items\.\d+\.)?discount_value$"), r"\1discount.value"),
+    (re.compile(r"^(items\.\d+\.)tax_rate$"), r"\1tax_rate_id"),
+    (re.compile(r"^customer$"), "customer_id"),
+    (re.compile(r"^payment_methods$"), "payment_method_ids"),
+)
+
+
+def _in_api_terms(error: ValidationError) -> ApiError:
+    """The service's field errors under the names the request used (`discount.value`, not
+    the form's `discount_value`), so a client can point at what it sent."""
+    api_error = from_validation_error(error)
+    renamed: dict[str, list[str]] = {}
+    for key, messages in (api_error.fields or {}).items():
+        for pattern, replacement in _API_FIELD_NAMES:
+            key = pattern.sub(replacement, key)
+        renamed.setdefault(key, []).extend(messages)
+    api_error.fields = renamed
+    return api_error
 
 
 def _state(service: Any, **kwargs: Any) -> Invoice:

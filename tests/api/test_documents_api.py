@@ -122,8 +122,9 @@ def test_round_trip_carries_the_worked_example_and_the_document(
             'Send a percent from 0 to 100 such as "10", at most 4 decimals.',
         ),
         (
+            # The service's rule, under the name the request used (the form's is discount_value).
             {"discount": {"kind": "amount", "value": "153.98"}},
-            "discount_value",
+            "discount.value",
             "The discount may be at most 153.97 USD.",
         ),
         ({"terms_days": 400}, "terms_days", "Input should be less than or equal to 365"),
@@ -147,7 +148,7 @@ def test_a_line_discount_above_the_line_answers_422(client, acme_key, rates, sep
 
     assert response.status_code == 422
     assert response.json()["fields"] == {
-        "items.1.discount_value": ["The discount may be at most 100.00 USD."]
+        "items.1.discount.value": ["The discount may be at most 100.00 USD."]
     }
 
 
