@@ -4,6 +4,7 @@ import hashlib
 import re
 import threading
 import time
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from itertools import groupby
 
@@ -19,6 +20,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from checkout.claim_views import invoice_claim_rows
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, RefundRequest, RefundStatus
+from checkout.page_cache import PageState, page_state, serve
 from checkout.services import (
     PAYABLE,
     CheckoutError,
@@ -46,12 +48,22 @@ FINAL_PAYMENT = {
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _invoice_by_token(token: str, *, page: bool = True) -> Invoice:
+def _lookup(token: str) -> str:
     # Always one indexed lookup, whatever the token looks like: a malformed token takes as
     # long to refuse as a well-formed unknown one. Outside the token alphabet it is looked up
     # as "" (no invoice has that): PostgreSQL refuses NUL bytes in a query outright.
-    if not TOKEN.fullmatch(token):
-        token = ""
+    return token if TOKEN.fullmatch(token) else ""
+
+
+def _page_state(token: str) -> PageState:
+    state = page_state(_lookup(token))
+    if state is None:
+        raise Http404("No such invoice.")
+    return state
+
+
+def _invoice_by_token(token: str, *, page: bool = True) -> Invoice:
+    token = _lookup(token)
     invoices = Invoice.objects.select_related("merchant")
     if page:  # the status fragment shows neither the customer nor the line items
         invoices = invoices.select_related("customer").prefetch_related("items")
@@ -130,9 +142,9 @@ def _state_now(invoice: Invoice) -> str:
     return _digest(row[: len(INVOICE_STATE)], row[len(INVOICE_STATE) :])
 
 
-def _context(invoice: Invoice) -> dict:
+def _context(invoice: Invoice, now: datetime | None = None) -> dict:
     payment = current_payment(invoice)
-    now = timezone.now()
+    now = now or timezone.now()
     expired = invoice.expires_at is not None and now >= invoice.expires_at
     payable = invoice.status in PAYABLE and not expired
     # The asset list is only shown (and only asked for) while there is no payment to show.
@@ -224,25 +236,39 @@ def _status(request: HttpRequest, token: str) -> HttpResponse:
     again at once: the payer sees Paid within a fraction of a second of the server knowing,
     with no more requests than polling every 3 s. Where it cannot wait (sync workers, every
     slot taken) it answers at once and the page asks again in POLL_SECONDS."""
-    invoice = _invoice_by_token(token, page=False)
+    state = _page_state(token)
     seen = request.GET.get("v", "")
-    held = bool(seen) and _can_hold(request) and _wait_for_news(invoice, seen)
+    held = bool(seen) and _can_hold(request) and _wait_for_news(state.invoice(), seen)
     if held:  # news, or the hold ran out: show the invoice as it is now
-        invoice = _invoice_by_token(token, page=False)
-    context = _context(invoice)
-    context["next_poll"] = 0 if held else POLL_SECONDS
-    return render(request, "checkout/pay.html#status", context)
+        state = _page_state(token)
+    return serve(
+        request,
+        state,
+        "checkout/pay.html#status",
+        0 if held else POLL_SECONDS,
+        lambda: _context(_invoice_by_token(token, page=False), now=state.now),
+    )
 
 
 @vary_on_headers("HX-Request")
 def pay(request: HttpRequest, token: str) -> HttpResponse:
     if request.htmx:  # type: ignore[attr-defined]
         return _status(request, token)
+    state = _page_state(token)
+    next_poll = 0 if _can_hold(request) else POLL_SECONDS
+    if state.has_payment or state.pricing_mode != PricingMode.TIMER_FIXED_ASSET:
+        return serve(
+            request,
+            state,
+            "checkout/pay.html",
+            next_poll,
+            lambda: _context(_invoice_by_token(token), now=state.now),
+        )
+    # A timed invoice in one asset may start its payment on this request: never kept.
     invoice = _invoice_by_token(token)
     context = _context(invoice)
     if (
-        invoice.pricing_mode == PricingMode.TIMER_FIXED_ASSET
-        and context["payable"]
+        context["payable"]
         and context["payment"] is None
         and len(context["choices"]) == 1
         and len(context["choices"][0][1]) == 1
@@ -254,7 +280,7 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
             context["error"] = str(error)
         else:
             context = _context(invoice)
-    context["next_poll"] = 0 if _can_hold(request) else POLL_SECONDS
+    context["next_poll"] = next_poll
     return render(request, "checkout/pay.html", context)
 
 
