@@ -235,22 +235,26 @@ def _payload(*, type: str, invoice: Invoice, event: InvoiceEvent) -> str:
 
 
 def callbacks_enqueue(
-    *, event: InvoiceEvent, invoice: Invoice | None = None
+    *,
+    event: InvoiceEvent,
+    invoice: Invoice | None = None,
+    endpoints: list[WebhookEndpoint] | None = None,
 ) -> list[CallbackDelivery]:
     """Write the outbox rows for an event; call it inside the event's transaction.
 
     `invoice`: the invoice as it now is, when the caller holds it whole (a creation, with its
     items in hand); otherwise the row is read, so the callback shows what was committed.
+    `endpoints`: the merchant's webhook endpoints, when the caller read them already.
     """
     type = CALLBACK_TYPES.get(event.type)
     if type is None:
         return []
     if invoice is None:
         invoice = Invoice.objects.select_related("customer").get(pk=event.invoice_id)
+    if endpoints is None:
+        endpoints = list(WebhookEndpoint.objects.filter(merchant_id=invoice.merchant_id))
     targets: list[tuple[WebhookEndpoint | None, str]] = [
-        (endpoint, endpoint.url)
-        for endpoint in WebhookEndpoint.objects.filter(merchant_id=invoice.merchant_id)
-        if endpoint.wants(type)
+        (endpoint, endpoint.url) for endpoint in endpoints if endpoint.wants(type)
     ]
     if invoice.callback_url:
         targets.append((None, invoice.callback_url))

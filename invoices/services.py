@@ -53,7 +53,7 @@ from invoices.rules import (
 )
 from invoices.selectors import credited_quantities
 from merchants.integrations import check_callback_url
-from merchants.models import FeePayer, Merchant, User
+from merchants.models import FeePayer, Merchant, User, WebhookEndpoint
 from merchants.money import (
     PAYMENT_ASSETS,
     Currency,
@@ -136,6 +136,10 @@ def invoice_create(
     if issue:
         invoice.preview_methods = methods  # type: ignore[attr-defined]
         invoice.document = document_snapshot(invoice)
+    # Read before the numbering lock, which is then held for the inserts alone. An endpoint
+    # added meanwhile misses this invoice either way: read under the lock it would too, as
+    # the lock is on the merchant row, not on its endpoints.
+    endpoints = list(WebhookEndpoint.objects.filter(merchant_id=merchant.pk))
     # Only a foreign ID can meet a unique violation worth answering (a twin request): then
     # the savepoint keeps the transaction usable to look the twin up.
     try:
@@ -180,7 +184,7 @@ def invoice_create(
                     )
                 )
             for event in InvoiceEvent.objects.bulk_create(events):
-                callbacks_enqueue(event=event, invoice=whole)
+                callbacks_enqueue(event=event, invoice=whole, endpoints=endpoints)
     except IntegrityError:
         # Two requests with the same foreign ID raced past the check in _validate.
         foreign_id = invoice.foreign_id

@@ -133,13 +133,17 @@ def test_create_answers_what_reading_the_invoice_back_shows(client, acme, acme_k
 
 def test_create_costs_a_fixed_few_queries(client, acme, acme_key, django_assert_num_queries):
     post(client, INVOICES, acme_key, TWO_ITEMS)  # the key's last use is noted once a minute
-    # The key (one indexed query); the transaction's savepoint; the number taken and counted
-    # on in one UPDATE; the invoice, its items and its event inserted; the webhook endpoints
-    # read for the callback; release. The answer is built from what was written.
-    with django_assert_num_queries(8):
+    # The key (one indexed query); the transaction's savepoint; the webhook endpoints read
+    # for the callback; the number taken and counted on in one UPDATE; the invoice, its items
+    # and its event inserted; release. The answer is built from what was written.
+    with django_assert_num_queries(8) as captured:
         response = post(client, INVOICES, acme_key, TWO_ITEMS)
     assert response.status_code == 201
     assert response.json()["reference"] == "INV-00002"
+    # The numbering lock (the merchant row, taken by the UPDATE) is held for inserts alone.
+    sql = [query["sql"] for query in captured.captured_queries]
+    taken = next(i for i, q in enumerate(sql) if q.startswith("UPDATE") and "next_invoice" in q)
+    assert [q.split()[0] for q in sql[taken + 1 :]] == ["INSERT", "INSERT", "INSERT", "RELEASE"]
 
 
 def test_create_with_a_single_amount_makes_one_item(client, acme_key):
