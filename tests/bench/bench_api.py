@@ -1,67 +1,43 @@
 """What the REST API costs: invoice creations per second, and callback deliveries per second.
 
-1. POST /api/v1/invoices (one line item, issued at once) over real HTTP to the threaded live
-   server, from 1 client and from 8 concurrent clients holding the same merchant's key (so
-   their creations queue on the merchant row, as one shop's do). The merchant has no webhook
-   endpoint: this is the API path alone.
+1. POST /api/v1/invoices (one line item, issued at once) over real HTTP to gunicorn run as
+   production runs it (config/gunicorn.py: 2 gthread workers, persistent database connections
+   with health checks), from 1 client and from 8 concurrent clients holding the same
+   merchant's key (so their creations queue on the merchant row, as one shop's do). The
+   merchant has no webhook endpoint: this is the API path alone.
 2. Callback deliveries: invoices of a merchant with one webhook endpoint leave one outbox row
    each, made due a minute later (as when the broker lags: the task each commit fires finds
    nothing due yet); the sweep's `callbacks_deliver_due()` drains them, one signed POST after another, to a receiver on
    127.0.0.1 answering 204.
 
 Every figure is a ratio to a minimal authenticated ninja endpoint (the same key auth and the
-same per-key throttle, no work) served by the same live server in the same run: at the same
+same per-key throttle, no work; tests/bench/urls.py) served by the same gunicorn in the same run: at the same
 concurrency for the creations, and for the deliveries to the same number of minimal requests
 from one client, since the sweep sends one at a time. Run with `make bench` (needs
-DATABASE_URL=postgres://...). Loopback only; every loop is bounded. Figures are printed,
+DATABASE_URL=postgres://...: gunicorn serves the test database). Loopback only; every loop is bounded. Figures are printed,
 never asserted; correctness (every invoice made, every callback delivered and signed) is.
 """
 
 import http.client
 import json
-import socket
+import os
 import statistics
 import threading
 import time
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection, transaction
-from django.http import HttpRequest
-from django.urls import include, path
 from django.utils import timezone
-from ninja import NinjaAPI
 
 from invoices import callbacks
 from invoices.models import CallbackDelivery, CallbackStatus, Invoice, InvoiceStatus
-from merchants.api import ApiKeyAuth, PerKeyThrottle
 from merchants.integrations import api_key_create, sign, webhook_endpoint_create
+from tests.bench.bench_checkout import _env, _gunicorn
 from tests.factories import MerchantFactory, make_invoice
 
-# The baseline: what every API request pays (routing, key lookup, throttle, JSON), no work.
-minimal_api = NinjaAPI(
-    title="Bench minimal",
-    urls_namespace="bench-minimal-api",
-    auth=ApiKeyAuth(),
-    throttle=PerKeyThrottle(),
-    docs_url=None,
-    openapi_url=None,
-)
-
-
-@minimal_api.get("/ping")
-def ping(request: HttpRequest) -> dict:
-    return {"ok": True}
-
-
-urlpatterns = [
-    path("bench-min/", minimal_api.urls),
-    path("", include("config.urls")),
-]
-
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 MINIMAL = "/bench-min/ping"
 INVOICES = "/api/v1/invoices"
@@ -75,20 +51,25 @@ ROUNDS = 3
 WARMUP = 10
 
 
-class Server:
-    """Where the live server listens: its IPv4 address, and the Host header it expects."""
+# What the served app is told beyond the bench defaults: no throttle in the way, and the
+# connection settings production runs with, spelled out.
+SERVED = {
+    "API_RATE_PER_MINUTE": str(10**9),
+    "DATABASE_CONN_MAX_AGE": "60",
+    "DATABASE_CONN_HEALTH_CHECKS": "1",
+}
 
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None
-        self.address = socket.gethostbyname(parts.hostname)
-        self.port = parts.port
-        self.host = parts.netloc
+
+class Server:
+    """gunicorn on a loopback port; a new HTTP connection per request, as clients make."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
 
     def request(self, method: str, path: str, headers: dict, body: bytes | None = None):
-        conn = http.client.HTTPConnection(self.address, self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            conn.request(method, path, body=body, headers={"Host": self.host, **headers})
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             return response.status, response.read()
         finally:
@@ -140,14 +121,18 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_invoice_creation_and_callback_delivery_per_second(live_server, settings, capsys):
+@pytest.fixture
+def server(transactional_db, tmp_path):
     if connection.vendor != "postgresql":
-        pytest.skip(
-            "API throughput is measured on PostgreSQL with concurrent clients: "
-            "set DATABASE_URL=postgres://..."
+        pytest.fail(
+            "needs PostgreSQL: API throughput is measured under gunicorn serving the test "
+            "database to concurrent clients; set DATABASE_URL=postgres://..."
         )
-    settings.API_RATE_PER_MINUTE = 10**9
-    server = Server(live_server.url)
+    with _gunicorn({**_env(tmp_path), **SERVED}, production=True, static=False) as port:
+        yield Server(port)
+
+
+def test_invoice_creation_and_callback_delivery_per_second(server, capsys):
 
     shop = MerchantFactory(name="Bench Shop")
     shop_key = api_key_create(merchant=shop, name="Bench", by=None).plaintext
@@ -246,8 +231,10 @@ def test_invoice_creation_and_callback_delivery_per_second(live_server, settings
     delivered = statistics.median(deliveries)
     with capsys.disabled():
         print(
-            f"\nREST API on the threaded live server, PostgreSQL; median of {ROUNDS} rounds of "
-            f"{REQUESTS} requests (a new connection each), {DELIVERIES} callbacks a round"
+            f"\nREST API under gunicorn (config/gunicorn.py, DATABASE_CONN_MAX_AGE="
+            f"{SERVED['DATABASE_CONN_MAX_AGE']}, health checks on), PostgreSQL; median of "
+            f"{ROUNDS} rounds of {REQUESTS} requests (a new HTTP connection each), "
+            f"{DELIVERIES} callbacks a round; load average {os.getloadavg()[0]:.2f}"
         )
         print(f"{'':<36}{'clients':>8}{'per s':>9}{'x minimal':>11}")
         for clients in CONCURRENCY:
