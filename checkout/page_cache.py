@@ -170,9 +170,17 @@ def _aware(value: Any) -> datetime | None:
 def page_state(token: str) -> PageState | None:
     """The state of the invoice behind `token` as the database has it now; None when no
     issued invoice has that token. One indexed query."""
-    opened = sorted(OPEN_PAYMENT)
+    opened = [str(status) for status in sorted(OPEN_PAYMENT)]
     # In the order of the placeholders: the select list's, the join's, the filter's.
-    params = [True, True, InvoiceKind.PERMANENT, *opened, *opened, token, InvoiceStatus.DRAFT]
+    params: list[bool | str] = [
+        True,
+        True,
+        str(InvoiceKind.PERMANENT),
+        *opened,
+        *opened,
+        token,
+        str(InvoiceStatus.DRAFT),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(_state_sql(), params)
         row = cursor.fetchone()
