@@ -134,25 +134,29 @@ def _state_sql() -> str:
             f" ORDER BY CASE WHEN c.status IN ({opened}) THEN 1 ELSE 0 END DESC, c.id DESC"
             " LIMIT 1"
         )
+        # PostgreSQL would fold the inner query into the outer one and then hash the whole
+        # payment table to join on a subquery's result; OFFSET 0 keeps it apart (one row),
+        # so the payment is fetched by its primary key. SQLite plans it that way by itself.
+        fence = " OFFSET 0" if connection.vendor == "postgresql" else ""
         _sql = (
-            f"SELECT i.id, i.{col['kind']}, i.{col['pricing_mode']}, i.{col['expires_at']},"  # noqa: S608
-            f" p.id, i.{col['status']}, i.{col['failure_reason']}, i.{col['updated_at']},"
-            f" m.{col['name']}, m.{col['logo']}, m.{col['brand_colour']}, u.updated_at,"
-            f" p.status, p.{col['received']}, p.{col['confirmed']}, p.{col['amount_due']},"
-            f" p.{col['asset']}, p.{col['requote_at']}, p.updated_at,"
-            f" (SELECT COUNT(*) FROM {refund} r WHERE r.invoice_id = i.id),"
-            f" (SELECT MAX(r.updated_at) FROM {refund} r WHERE r.invoice_id = i.id),"
+            f"SELECT s.*, p.status, p.{col['received']}, p.{col['confirmed']},"  # noqa: S608
+            f" p.{col['amount_due']}, p.{col['asset']}, p.{col['requote_at']}, p.updated_at,"
             f" (SELECT COUNT(*) FROM {transfer} t"
-            f"  WHERE t.deposit_address_id = p.{col['deposit_address']}),"
-            f" (SELECT COUNT(*) || ':' || COALESCE(SUM(a.id), 0) FROM {asset} a"
-            "  WHERE a.enabled = %s),"
-            f" (SELECT COUNT(*) || ':' || COALESCE(SUM(n.id), 0) FROM {network} n"
-            "  WHERE n.enabled = %s)"
+            f"  WHERE t.deposit_address_id = p.{col['deposit_address']})"
+            f" FROM (SELECT i.id, i.{col['kind']}, i.{col['pricing_mode']},"
+            f" i.{col['expires_at']}, ({current}) AS pid, i.{col['status']},"
+            f" i.{col['failure_reason']}, i.{col['updated_at']}, m.{col['name']},"
+            f" m.{col['logo']}, m.{col['brand_colour']}, u.updated_at AS customer_at,"
+            f" (SELECT COUNT(*) || ':' || MAX(r.updated_at) FROM {refund} r"
+            "  WHERE r.invoice_id = i.id) AS refunds,"
+            f" (SELECT COUNT(*) || ':' || COALESCE(SUM(a.id), 0) || ':' || COALESCE(SUM(n.id), 0)"
+            f"  FROM {asset} a JOIN {network} n ON n.id = a.network_id"
+            "  WHERE a.enabled = %s AND n.enabled = %s) AS catalogue"
             f" FROM {table[Invoice]} i"
             f" JOIN {table[Merchant]} m ON m.id = i.{col['merchant']}"
             f" LEFT JOIN {table[Customer]} u ON u.id = i.{col['customer']}"
-            f" LEFT JOIN {table[Payment]} p ON p.id = ({current})"
-            f" WHERE i.{col['public_token']} = %s AND i.{col['status']} <> %s"
+            f" WHERE i.{col['public_token']} = %s AND i.{col['status']} <> %s{fence}) s"
+            f" LEFT JOIN {table[Payment]} p ON p.id = s.pid"
         )
     return _sql
 
@@ -171,13 +175,13 @@ def page_state(token: str) -> PageState | None:
     """The state of the invoice behind `token` as the database has it now; None when no
     issued invoice has that token. One indexed query."""
     opened = [str(status) for status in sorted(OPEN_PAYMENT)]
-    # In the order of the placeholders: the select list's, the join's, the filter's.
+    # In the order of the placeholders: the current payment's, the catalogue's, the filter's.
     params: list[bool | str] = [
-        True,
-        True,
         str(InvoiceKind.PERMANENT),
         *opened,
         *opened,
+        True,
+        True,
         token,
         str(InvoiceStatus.DRAFT),
     ]
