@@ -24,6 +24,17 @@
     setTimeout(function () { if (elt.isConnected) window.htmx.trigger(elt, "retry"); }, 3000);
   });
 
+  // A refused choice (400: that currency is no longer offered; 429: too many tries) answers
+  // the status section with its message; htmx leaves 4xx answers out unless told to take them.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var elt = event.detail.requestConfig && event.detail.requestConfig.elt;
+    var status = event.detail.xhr.status;
+    if (elt && elt.matches("form.pay-start") && (status === 400 || status === 429)) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
   document.addEventListener("click", function (event) {
     var copy = event.target.closest("[data-copy]");
     if (copy && navigator.clipboard) {

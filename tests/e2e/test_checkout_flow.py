@@ -165,3 +165,29 @@ def test_payer_pays_in_usdc_and_watches_the_page_turn_paid(
     assert invoice.status == InvoiceStatus.PAID
     assert account_balance(merchant_account(merchant), "USD") == Decimal("100.00")
     assert page.problems == [], "\n".join(page.problems)  # type: ignore[attr-defined]
+
+
+def test_a_refused_choice_shows_its_message_in_place(
+    chromium_path, live_server, shop, watched_page
+):
+    """A currency that went off offer between the page load and the click (here: a value the
+    page never offered) is refused with 400: the message shows in the payment section, and
+    the rest of the page stays as it was."""
+    page: Page = watched_page
+    merchant, _ = shop
+    invoice = make_invoice(merchant, items=[("Item", "1", "10.00")], issue=True)
+    page.goto(f"{live_server.url}/pay/{invoice.public_token}/")
+    page.evaluate("window.__samePage = true")
+    page.locator("label.asset-choice", has_text="USDC").click()
+    page.locator("input[name=asset]:checked").evaluate("input => { input.value = '999999'; }")
+    page.get_by_role("button", name="Continue").click()
+
+    expect(page.locator("#status")).to_contain_text("Choose one of the currencies offered.")
+    expect(page.locator(".pay-merchant")).to_have_text("Acme Tools")  # the page is still whole
+    expect(page.get_by_role("button", name="Continue")).to_be_visible()  # and may try again
+    shot(page, "checkout-05-refused-choice")
+    assert page.evaluate("window.__samePage") is True, "the page reloaded"
+    assert not Payment.objects.filter(invoice=invoice).exists()
+    # Chromium logs the 400 itself as a failed resource; anything else is a problem.
+    others = [p for p in page.problems if "status of 400" not in p]  # type: ignore[attr-defined]
+    assert others == [], "\n".join(others)
