@@ -1,9 +1,15 @@
 """The payer's refund page (no account, by the refund's token) and the merchant's refunds tab
 with its actions. Views parse, call one service of checkout.refunds, render."""
 
+import math
+import time
 from decimal import ROUND_DOWN, Decimal
 
+from allauth.account.adapter import get_adapter
+from django.conf import settings
 from django.contrib import messages
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -44,8 +50,47 @@ def _public_refund(token: str) -> RefundRequest:
     return refund
 
 
+def _over_limit(name: str, limit: int) -> bool:
+    """Count one request in this minute's window, atomically in the cache (shared by every
+    web process, as the API's per-key throttle), and say whether it is beyond `limit`."""
+    key = f"refund-page:{name}:{int(time.time() // 60)}"
+    cache.add(key, 0, timeout=65)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # evicted between add and incr
+        cache.set(key, 1, timeout=65)
+        count = 1
+    return count > limit
+
+
+def _client_address(request: HttpRequest) -> str:
+    # The address the sign-in throttle counts by (X-Forwarded-For behind a trusted proxy).
+    try:
+        return get_adapter(request).get_client_ip(request) or "unknown"
+    except PermissionDenied:
+        return "unknown"
+
+
+def _throttled(request: HttpRequest, token: str) -> bool:
+    """Per client address over every link (guessing tokens costs the guesser), then per link
+    (one refund's page cannot be hammered from many addresses)."""
+    by_address = _over_limit(
+        f"ip:{_client_address(request)}", settings.REFUND_PAGE_REQUESTS_PER_ADDRESS_PER_MINUTE
+    )
+    by_token = TOKEN.fullmatch(token) is not None and _over_limit(
+        f"token:{token}", settings.REFUND_PAGE_REQUESTS_PER_TOKEN_PER_MINUTE
+    )
+    return by_address or by_token
+
+
 def refund_page(request: HttpRequest, token: str) -> HttpResponse:
     """What is refunded, why and on which network; the payer gives the address once."""
+    if _throttled(request, token):
+        # Before any lookup or write: a throttled request learns nothing and changes nothing.
+        response = render(request, "checkout/refund_throttled.html", status=429)
+        response["Retry-After"] = str(max(1, math.ceil(60 - time.time() % 60)))
+        response["Cache-Control"] = "no-store"
+        return response
     refund = _public_refund(token)
     context: dict = {
         "refund": refund,

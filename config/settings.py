@@ -426,6 +426,14 @@ QUOTE_VOLATILE_MINUTES = env_int("QUOTE_VOLATILE_MINUTES", 15, minimum=1)
 PAYMENT_TOLERANCE_BPS = env_int("PAYMENT_TOLERANCE_BPS", 10, minimum=0)
 # Payment attempts (new quotes) one invoice accepts per minute, against address farming.
 PAYMENT_ATTEMPTS_PER_MINUTE = env_int("PAYMENT_ATTEMPTS_PER_MINUTE", 10, minimum=1)
+# The payer's refund page (/refund/<token>/): requests per minute one refund's link, and one
+# client address over all links, may make; more get a 429 page and change nothing.
+REFUND_PAGE_REQUESTS_PER_TOKEN_PER_MINUTE = env_int(
+    "REFUND_PAGE_REQUESTS_PER_TOKEN_PER_MINUTE", 20, minimum=1
+)
+REFUND_PAGE_REQUESTS_PER_ADDRESS_PER_MINUTE = env_int(
+    "REFUND_PAGE_REQUESTS_PER_ADDRESS_PER_MINUTE", 60, minimum=1
+)
 # The payment page's status request waits this long for news before answering (push by long
 # poll), in at most this many requests per web process at once; the rest answer at once and
 # the page asks again in 3 s. Keep the slots below the threads of a process (GUNICORN_THREADS)

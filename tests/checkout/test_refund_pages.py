@@ -163,3 +163,46 @@ def test_a_credit_note_on_a_paid_invoice_starts_a_refund_linked_to_it(shop, clie
     assert (refund.credit_note, refund.amount) == (note, 25 * USDC)
     detail = client.get(reverse("invoice_detail", kwargs={"pk": invoice.pk})).content.decode()
     assert "refund waiting for the payer&#x27;s address" in detail
+
+
+def test_refund_page_answers_429_per_link_and_changes_nothing(client, shop, refund, settings):
+    settings.REFUND_PAGE_REQUESTS_PER_TOKEN_PER_MINUTE = 3
+    for _ in range(3):
+        assert page(client, refund).status_code == 200
+    response = page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    text = response.content.decode()
+    assert "Too many requests" in text and "Nothing was changed" in text
+    assert refund.reason not in text  # a throttled request learns nothing of the refund
+    refund.refresh_from_db()
+    assert (refund.status, refund.address) == (RefundStatus.REQUESTED, "")
+    # Another refund's link is not affected by this one's count.
+    payment = shop.start(shop.invoice("5.00"))
+    shop.send(payment, 5 * USDC)
+    shop.confirm()
+    other = refund_request(payment=payment, kind=RefundKind.MANUAL, reason="Second order")
+    assert page(client, other).status_code == 200
+
+
+def test_refund_page_answers_429_per_client_address_over_every_link(client, refund, settings):
+    settings.REFUND_PAGE_REQUESTS_PER_ADDRESS_PER_MINUTE = 4
+    # Guessing tokens counts too: the address is throttled before any lookup.
+    for guess in ("a" * 43, "b" * 43, "c" * 43):
+        assert client.get(f"/refund/{guess}/").status_code == 404
+    assert page(client, refund).status_code == 200
+    response = page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    assert response.status_code == 429
+    refund.refresh_from_db()
+    assert (refund.status, refund.address) == (RefundStatus.REQUESTED, "")
+    # Another client address is not throttled by this one.
+    response = page(
+        client.__class__(REMOTE_ADDR="10.1.2.3"),
+        refund,
+        address=PAYER_WALLET,
+        again=PAYER_WALLET,
+        no_memo_needed="on",
+    )
+    assert response.status_code == 302
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.ADDRESS_GIVEN
