@@ -18,6 +18,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from checkout.models import Payment, RefundKind, RefundRequest, RefundStatus
 from checkout.refunds import (
+    Refundable,
     RefundError,
     parse_amount,
     refund_by_token,
@@ -27,7 +28,7 @@ from checkout.refunds import (
     refund_report_sent,
     refund_request,
     refund_resolve_unresolved,
-    refundable,
+    refundable_money,
     refunds_of,
     wallet_call,
 )
@@ -36,6 +37,7 @@ from invoices.models import CreditNote, Invoice, InvoiceStatus
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Role
+from wallets.models import Asset
 
 R = RefundStatus
 
@@ -158,23 +160,20 @@ def _back(invoice_id: int) -> HttpResponse:
 def invoice_refunds(request: MerchantRequest, pk: int) -> HttpResponse:
     """The invoice page's refunds tab (loaded into invoices/detail.html)."""
     invoice = _invoice(request, pk)
-    payments = list(
-        Payment.objects.filter(invoice=invoice, confirmed__gt=0)
-        .select_related("asset", "network")
-        .order_by("-pk")
-    )
-    refundable_payments = [(p, p.asset.to_major(refundable(p))) for p in payments]
+    money = refundable_money(invoice)
     refunds = refunds_of(invoice)
     rows = [(r, wallet_call(r)) for r in refunds]
     unresolved = invoice.status == InvoiceStatus.UNRESOLVED
     credit_notes = list(CreditNote.objects.filter(invoice=invoice).prefetch_related("refunds"))
+    # Resolving refunds the order's quoted asset (the overpaid difference, a late payment).
+    quoted = [m for m in money if m.asset.pk == m.payment.asset_id]
     context = {
         "invoice": invoice,
         "rows": rows,
-        "choices": [(p, left) for p, left in refundable_payments if left > 0],
+        "choices": [m for m in money if m.left > 0],
         "credit_notes": credit_notes,
-        **_from_credit_note(request, credit_notes, refundable_payments),
-        "unresolved_payment": next((p for p, left in refundable_payments if left > 0), None)
+        **_from_credit_note(request, credit_notes, quoted),
+        "unresolved_payment": next((m.payment for m in quoted if m.left > 0), None)
         if unresolved
         else None,
         "can_edit": request.membership.can_edit,  # type: ignore[attr-defined]
@@ -184,37 +183,55 @@ def invoice_refunds(request: MerchantRequest, pk: int) -> HttpResponse:
 
 
 def _from_credit_note(
-    request: MerchantRequest, notes: list[CreditNote], payments: list[tuple[Payment, Decimal]]
+    request: MerchantRequest, notes: list[CreditNote], money: list[Refundable]
 ) -> dict:
     """ "Refund it" from a credit note: the form comes filled with the note's reason and its
     amount in the order's asset at the order's rate (rounded down, never more than is left)."""
     raw = request.GET.get("credit_note", "")
     note = next((n for n in notes if raw.isdigit() and n.pk == int(raw)), None)
-    open_payments = [(p, left) for p, left in payments if left > 0]
-    if note is None or not open_payments:
+    open_money = [m for m in money if m.left > 0]
+    if note is None or not open_money:
         return {}
-    payment, left = open_payments[0]
+    chosen = open_money[0]
+    payment = chosen.payment
     units = (note.amount / payment.rate).quantize(
         Decimal(1).scaleb(-payment.asset.decimals), rounding=ROUND_DOWN
     )
     return {
         "chosen_note": note.pk,
-        "chosen_payment": payment.pk,
-        "prefill_amount": format(min(units, left).normalize(), "f"),
+        "chosen_source": chosen.key,
+        "prefill_amount": format(min(units, chosen.left_major).normalize(), "f"),
         "prefill_reason": note.reason,
     }
+
+
+def _money_chosen(invoice: Invoice, raw: str, raw_asset: str) -> tuple[Payment, Asset]:
+    """The form's "<order>:<asset>" (or an order alone, in the asset it was quoted in)."""
+    order, _, asset_part = raw.partition(":")
+    asset_part = asset_part or raw_asset
+    payment = (
+        Payment.objects.filter(invoice=invoice, pk=int(order) if order.isdigit() else 0)
+        .select_related("asset", "network")
+        .first()
+    )
+    if payment is None:
+        raise RefundError("Choose the order whose money goes back.", "payment")
+    if not asset_part:
+        return payment, payment.asset
+    asset = (
+        Asset.objects.select_related("network")
+        .filter(pk=int(asset_part) if asset_part.isdigit() else 0)
+        .first()
+    )
+    if asset is None:
+        raise RefundError("Choose one of the assets this order received.", "asset")
+    return payment, asset
 
 
 @merchant_view(Role.STAFF)
 @require_POST
 def invoice_refund_new(request: MerchantRequest, pk: int) -> HttpResponse:
     invoice = _invoice(request, pk)
-    raw = request.POST.get("payment", "")
-    payment = (
-        Payment.objects.filter(invoice=invoice, pk=int(raw) if raw.isdigit() else 0)
-        .select_related("asset", "network")
-        .first()
-    )
     raw_note = request.POST.get("credit_note", "")
     note = (
         CreditNote.objects.filter(invoice=invoice, pk=int(raw_note)).first()
@@ -222,12 +239,14 @@ def invoice_refund_new(request: MerchantRequest, pk: int) -> HttpResponse:
         else None
     )
     try:
-        if payment is None:
-            raise RefundError("Choose the order whose money goes back.", "payment")
+        payment, asset = _money_chosen(
+            invoice, request.POST.get("payment", ""), request.POST.get("asset", "")
+        )
         text = request.POST.get("amount", "").strip()
-        amount = parse_amount(text, payment.asset) if text else None
+        amount = parse_amount(text, asset) if text else None
         refund_request(
             payment=payment,
+            asset=asset,
             kind=RefundKind.MANUAL,
             reason=request.POST.get("reason", "") or (note.reason if note else ""),
             amount=amount,

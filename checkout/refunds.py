@@ -45,7 +45,7 @@ from invoices.services import (
     invoice_record_event,
     invoice_set_refund_state,
 )
-from merchants.fields import exact_sum
+from merchants.fields import exact_sum, exact_totals
 from merchants.models import User
 from merchants.money import get_currency
 from wallets.chain import (
@@ -128,6 +128,74 @@ def refundable(payment: Payment, asset: Asset | None = None) -> Decimal:
         "amount",
     )
     return max(Decimal(0), received - held)
+
+
+@dataclass(frozen=True)
+class Refundable:
+    """Money of one order in one asset that a new refund may still take: what arrived in it,
+    confirmed, less what active refunds hold. The asset is the one received, which need not be
+    the one quoted (the payer sent USDT to a USDC order)."""
+
+    payment: Payment
+    asset: Asset
+    received: Decimal
+    left: Decimal
+
+    @property
+    def left_major(self) -> Decimal:
+        return self.asset.to_major(self.left)
+
+    @property
+    def received_major(self) -> Decimal:
+        return self.asset.to_major(self.received)
+
+    @property
+    def key(self) -> str:
+        return f"{self.payment.pk}:{self.asset.pk}"
+
+
+def refundable_money(invoice: Invoice) -> list[Refundable]:
+    """Every (order, asset received) of the invoice with confirmed money, newest order first,
+    the quoted asset before others: three queries, whatever the number of transfers."""
+    payments = {
+        p.deposit_address_id: p
+        for p in Payment.objects.filter(invoice=invoice).select_related("asset", "network")
+    }
+    if not payments:
+        return []
+    received = exact_totals(
+        Transfer.objects.filter(
+            deposit_address_id__in=list(payments), status=TransferStatus.CONFIRMED
+        ),
+        ["deposit_address_id", "asset_id"],
+        "amount",
+    )
+    held = {
+        (row["payment_id"], row["asset_id"]): row["total"]
+        for row in exact_totals(
+            RefundRequest.objects.filter(invoice=invoice, status__in=ACTIVE_REFUND),
+            ["payment_id", "asset_id"],
+            "amount",
+        )
+    }
+    assets = Asset.objects.select_related("network").in_bulk({r["asset_id"] for r in received})
+    found = []
+    for row in received:
+        payment = payments[row["deposit_address_id"]]
+        total = row["total"]
+        left = max(Decimal(0), total - held.get((payment.pk, row["asset_id"]), Decimal(0)))
+        found.append(Refundable(payment, assets[row["asset_id"]], total, left))
+    found.sort(key=lambda r: (-r.payment.number, r.asset.pk != r.payment.asset_id, r.asset.pk))
+    return found
+
+
+def _awaiting_valuation(payment: Payment, asset: Asset) -> bool:
+    return Transfer.objects.filter(
+        deposit_address_id=payment.deposit_address_id,
+        asset=asset,
+        status=TransferStatus.CONFIRMED,
+        awaiting_valuation_since__isnull=False,
+    ).exists()
 
 
 def whole(asset: Asset, units: Decimal | int) -> str:
@@ -246,6 +314,12 @@ def refund_request(
             raise RefundError(
                 f"Only {whole(asset, left)} {asset.symbol} is left to refund on order "
                 f"{payment.order_number}.",
+                "amount",
+            )
+        if amount < left and _awaiting_valuation(payment, asset):
+            raise RefundError(
+                f"{asset.symbol} of order {payment.order_number} is still waiting for a rate, "
+                "so it is not booked yet: refund all of it, or wait until it is valued.",
                 "amount",
             )
         if credit_note is not None and credit_note.invoice_id != invoice.pk:
@@ -682,9 +756,12 @@ def refund_legs(refund: RefundRequest, invoice: Invoice, payment: Payment) -> li
     left_credit = _legs_sum([merchant.pk, held.pk], currency, tx_ids)
     left_fee = _legs_sum([fees.pk], currency, tx_ids)
     amount = refund.amount_major
-    if left_units <= 0:
-        credit = fee = Decimal(0)  # nothing was credited for it (held awaiting valuation)
-    elif amount >= left_units:
+    # Money still awaiting valuation was never booked (neither holdings nor a credit): only
+    # the booked part of a refund leaves the books; the rest leaves the chain only.
+    booked = min(amount, max(left_units, Decimal(0)))
+    if booked <= 0:
+        return []
+    if amount >= left_units:
         credit, fee = left_credit, left_fee
     else:
         quantum = get_currency(currency).quantum
@@ -692,8 +769,8 @@ def refund_legs(refund: RefundRequest, invoice: Invoice, payment: Payment) -> li
         credit = min(left_credit, (left_credit * share).quantize(quantum, ROUND_HALF_UP))
         fee = min(left_fee, (left_fee * share).quantize(quantum, ROUND_HALF_UP))
     return [
-        Leg(holdings, symbol, amount),
-        Leg(fx_account(), symbol, -amount),
+        Leg(holdings, symbol, booked),
+        Leg(fx_account(), symbol, -booked),
         Leg(fx_account(), currency, credit + fee),
         Leg(owner, currency, -credit),
         Leg(fees, currency, -fee),
@@ -704,6 +781,15 @@ def _post(
     refund: RefundRequest, invoice: Invoice, payment: Payment, mined: MinedTransaction
 ) -> bool:
     legs = refund_legs(refund, invoice, payment)
+    # What awaited a rate went back unbooked: it must never be credited later.
+    Transfer.objects.filter(
+        deposit_address_id=payment.deposit_address_id,
+        asset=refund.asset,
+        status=TransferStatus.CONFIRMED,
+        awaiting_valuation_since__isnull=False,
+    ).update(awaiting_valuation_since=None)
+    if not legs:
+        return True
     try:
         with transaction.atomic():
             ledger_post(

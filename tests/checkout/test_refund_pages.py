@@ -206,3 +206,69 @@ def test_refund_page_answers_429_per_client_address_over_every_link(client, refu
     assert response.status_code == 302
     refund.refresh_from_db()
     assert refund.status == RefundStatus.ADDRESS_GIVEN
+
+
+def test_money_received_in_another_asset_is_refunded_from_the_tab_in_that_asset(
+    shop, client_for, alice, settings
+):
+    """USDT sent to a USDC order: the tab offers the USDT, never more than arrived, and the
+    confirmed refund takes back exactly what its valuation credited (a worked example)."""
+    from decimal import Decimal
+
+    from web3 import Web3
+
+    from tests.checkout.test_payment_transitions import _second_token
+    from tests.checkout.test_refunds import confirm_refunds
+    from wallets.ledger import account_balance, holdings_account, merchant_account
+
+    settings.STATIC_RATES = {**settings.STATIC_RATES, ("USDT", "USD"): Decimal("0.998")}
+    usdt = _second_token(shop)
+    invoice = shop.invoice("100.00")
+    payment = shop.start(invoice)
+    to = Web3.to_checksum_address(payment.deposit_address.address)
+    shop.other_token.functions.transfer(to, 40 * USDC).transact({"from": shop.tester.payer})
+    shop.confirm()
+    merchant = merchant_account(shop.merchant)
+    assert account_balance(merchant, "USD") == Decimal("39.92")  # 40 USDT at 0.998
+
+    client = client_for(alice)
+    tab = client.get(reverse("invoice_refunds", kwargs={"pk": invoice.pk})).content.decode()
+    assert f'value="{payment.pk}:{usdt.pk}"' in tab
+    assert "up to 40 USDT on Local dev chain (received instead of USDC)" in tab
+    new = reverse("invoice_refund_new", kwargs={"pk": invoice.pk})
+    source = f"{payment.pk}:{usdt.pk}"
+    # More than arrived in USDT is refused with the figure; nothing is written.
+    response = client.post(
+        new, {"payment": source, "amount": "40.01", "reason": "Wrong coin"}, follow=True
+    )
+    assert "Only 40 USDT is left to refund" in response.content.decode()
+    # In the quoted asset nothing arrived at all.
+    response = client.post(new, {"payment": payment.pk, "reason": "Wrong coin"}, follow=True)
+    assert "Nothing is left to refund" in response.content.decode()
+    assert not RefundRequest.objects.exists()
+
+    client.post(new, {"payment": source, "amount": "10", "reason": "Wrong coin, part one"})
+    refund = RefundRequest.objects.get()
+    assert (refund.asset, refund.network, refund.amount) == (usdt, shop.network, 10 * USDC)
+    tab = client.get(reverse("invoice_refunds", kwargs={"pk": invoice.pk})).content.decode()
+    assert "up to 30 USDT" in tab
+
+    page(client, refund, address=PAYER_WALLET, again=PAYER_WALLET, no_memo_needed="on")
+    refund.refresh_from_db()
+    assert (
+        f'data-to="{usdt.contract_address}"'
+        in client.get(reverse("invoice_refunds", kwargs={"pk": invoice.pk})).content.decode()
+    )
+    owner = shop.tester.owner
+    shop.other_token.functions.mint(owner, 10 * USDC).transact({"from": owner})
+    shop.other_token.functions.transfer(Web3.to_checksum_address(PAYER_WALLET), 10 * USDC).transact(
+        {"from": owner}
+    )
+    confirm_refunds(shop)  # found unreported: a USDT Transfer log to the address
+    confirm_refunds(shop)
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.CONFIRMED
+    # A quarter of the USDT went back: a quarter of its credit (39.92 / 4 = 9.98).
+    assert account_balance(merchant, "USD") == Decimal("29.94")
+    assert -account_balance(holdings_account("anvil"), "USDT") == Decimal("30")
+    assert account_balance(holdings_account("anvil"), "USDC") == 0
