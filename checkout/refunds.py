@@ -21,6 +21,7 @@ from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -54,6 +55,7 @@ from wallets.chain import (
     ChainError,
     MinedTransaction,
     SeenTransfer,
+    Unsupported,
     checksum_ok,
     erc20_transfer_data,
 )
@@ -82,6 +84,9 @@ TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 # How far back the watcher looks for an unreported refund transfer the first time it asks.
 FIRST_LOOKBACK_BLOCKS = 5000
+# The same for ETH, read from full blocks and traces rather than logs: a refund is sent after
+# its address was given, and the watcher's first round follows within a beat of that.
+NATIVE_FIRST_LOOKBACK_BLOCKS = 64
 # Invoices that failed this long ago get no automatic refund request any more (the sweep's
 # cost follows recent failures, never the history).
 AUTOMATIC_WINDOW_DAYS = 7
@@ -603,14 +608,22 @@ def refunds_watch(*, network: Network, chain: Chain | None = None) -> int:
     head = chain.head()
     needed = network.effective_confirmations
     confirmed = 0
+    native = []
     for refund in pending:
         try:
             if refund.tx_hash:
                 confirmed += _follow(refund, chain, head, needed)
-            elif not refund.asset.is_native:
+            elif refund.asset.is_native:
+                native.append(refund)
+            else:
                 _search(refund, chain, head)
         except ChainError as error:
             logger.warning("Refund %s not checked: %s", refund.pk, error)
+    if native:
+        try:
+            _search_native(native, chain, head)
+        except ChainError as error:
+            logger.warning("Native refunds of %s not searched: %s", network.slug, error)
     return confirmed
 
 
@@ -638,33 +651,182 @@ def _search(refund: RefundRequest, chain: Chain, head: int) -> None:
     match = next(
         (s for s in seen if _matches(refund, s) and (s.tx_hash, s.log_index) not in used), None
     )
+    _record_search(refund, match, end)
+
+
+def _record_search(refund: RefundRequest, match: SeenTransfer | None, end: int) -> None:
+    """A searched range's outcome: the transfer found (the refund is sent; confirmations are
+    counted, and its block hash re-checked, as for a reported one), or the next block to ask."""
     with transaction.atomic():
         _lock(refund)
         locked = _locked_refund(refund.pk)
         if locked.status != R.ADDRESS_GIVEN or locked.tx_hash:
             return  # reported meanwhile
         if match is None:
-            RefundRequest.objects.filter(pk=locked.pk).update(watch_from_block=end + 1)
+            RefundRequest.objects.filter(pk=locked.pk).update(
+                watch_from_block=max(end + 1, locked.watch_from_block or 0)
+            )
             return
+        try:
+            with transaction.atomic():
+                _move(
+                    locked,
+                    R.SENT,
+                    tx_hash=match.tx_hash,
+                    log_index=match.log_index,
+                    block_number=match.block_number,
+                    block_hash=match.block_hash,
+                    from_address=match.sender,
+                    sent_at=timezone.now(),
+                    watch_from_block=match.block_number,
+                )
+        except IntegrityError:
+            return  # a twin round gave this transfer to another refund; search on next round
+        _event(locked, "refund.sent", f"Transfer seen on chain in transaction {match.tx_hash}.")
+
+
+def _traced_match(
+    refund: RefundRequest, chain: Chain, mined: MinedTransaction
+) -> SeenTransfer | None:
+    try:
+        traced = chain.internal_transfers(mined.block_number, mined.block_number, {refund.address})
+    except Unsupported:
+        return None
+    for t in traced:
+        if t.tx_hash == mined.tx_hash and t.amount == int(refund.amount):
+            return SeenTransfer(
+                t.tx_hash,
+                -2 - t.ordinal,
+                t.block_number,
+                t.block_hash,
+                "",
+                t.sender,
+                t.recipient,
+                t.amount,
+            )
+    return None
+
+
+def _gone(refund: RefundRequest, chain: Chain) -> int:
+    """No receipt for the refund's transaction: not mined yet (or a lagging node), unless the
+    block it was seen in has been replaced. Then a reorg dropped it: the refund waits for a
+    transfer again, searched from that block on."""
+    if refund.block_number is None or not refund.block_hash:
+        return 0
+    canonical = chain.block_hashes([refund.block_number])[refund.block_number]
+    if canonical is None or canonical == refund.block_hash:
+        return 0  # "not seen yet", never "gone"
+    with transaction.atomic():
+        _lock(refund)
+        locked = _locked_refund(refund.pk)
+        if locked.status != R.SENT or locked.tx_hash != refund.tx_hash:
+            return 0
         _move(
             locked,
-            R.SENT,
-            tx_hash=match.tx_hash,
-            log_index=match.log_index,
-            block_number=match.block_number,
-            block_hash=match.block_hash,
-            from_address=match.sender,
-            sent_at=timezone.now(),
-            watch_from_block=end + 1,
+            R.ADDRESS_GIVEN,
+            tx_hash="",
+            log_index=None,
+            block_number=None,
+            block_hash="",
+            watch_from_block=refund.block_number,
         )
-        _event(locked, "refund.sent", f"Transfer seen on chain in transaction {match.tx_hash}.")
+        _event(
+            locked,
+            "refund.not_paid",
+            f"A chain reorganisation removed transaction {refund.tx_hash} from block "
+            f"{refund.block_number}; the refund waits for its transfer again.",
+        )
+    return 0
+
+
+def _first_block(refund: RefundRequest, head: int, lookback: int) -> int:
+    start = refund.watch_from_block
+    return max(0, head - lookback) if start is None else start
+
+
+def _native_seen(
+    chain: Chain, start: int, end: int, recipients: set[str], amounts: set[int]
+) -> list[SeenTransfer]:
+    """ETH that reached `recipients` in the range, by the scanner's own means: top-level
+    transactions of the full blocks (kept only when their receipt says status 1), then the
+    calls of contracts (smart-contract wallets, exchange hot wallets) by tracing, where the
+    node can trace. Traced calls carry the scanner's log index, -2 - their ordinal."""
+    seen = [
+        t
+        for t in chain.native_transfers(start, end)
+        if t.recipient in recipients and t.amount in amounts
+    ]
+    if seen:
+        succeeded = chain.successful(t.tx_hash for t in seen)
+        if any(ok is None for ok in succeeded.values()):
+            raise ChainError("the node has no receipt yet for a transaction it listed")
+        seen = [t for t in seen if succeeded[t.tx_hash]]
+    try:
+        traced = chain.internal_transfers(start, end, recipients)
+    except Unsupported:
+        traced = []  # such a refund is confirmed by the hash the merchant reports
+    seen += [
+        SeenTransfer(
+            tx_hash=t.tx_hash,
+            log_index=-2 - t.ordinal,
+            block_number=t.block_number,
+            block_hash=t.block_hash,
+            token="",
+            sender=t.sender,
+            recipient=t.recipient,
+            amount=t.amount,
+        )
+        for t in traced
+        if t.amount in amounts
+    ]
+    return sorted(seen, key=lambda t: (t.block_number, t.tx_hash, t.log_index))
+
+
+def _search_native(refunds: list[RefundRequest], chain: Chain, head: int) -> None:
+    """Unreported ETH refunds: one pass over the blocks for all of the network's awaited
+    ones (a range fetched once, not once per refund), each matched by address and amount."""
+    network = refunds[0].network
+    start = min(_first_block(r, head, NATIVE_FIRST_LOOKBACK_BLOCKS) for r in refunds)
+    # Full blocks and their traces cost far more than logs: a round reads at most as many
+    # blocks as the scanner traces at once.
+    span = min(network.effective_max_block_range, settings.CHAIN_TRACE_MAX_BLOCKS)
+    end = min(head, start + span - 1)
+    if start > end:
+        return
+    seen = _native_seen(
+        chain, start, end, {r.address for r in refunds}, {int(r.amount) for r in refunds}
+    )
+    used = set(
+        RefundRequest.objects.filter(network=network)
+        .exclude(tx_hash="")
+        .filter(tx_hash__in=[s.tx_hash for s in seen])
+        .values_list("tx_hash", "log_index")
+    )
+    for refund in sorted(refunds, key=lambda r: r.pk):  # the oldest request takes a transfer first
+        after = _first_block(refund, head, NATIVE_FIRST_LOOKBACK_BLOCKS)
+        match = next(
+            (
+                s
+                for s in seen
+                if s.block_number >= after
+                and _matches(refund, s)
+                and (s.tx_hash, s.log_index) not in used
+            ),
+            None,
+        )
+        if match is not None:
+            used.add((match.tx_hash, match.log_index))
+        _record_search(refund, match, end)
 
 
 def _follow(refund: RefundRequest, chain: Chain, head: int, needed: int) -> int:
     mined = chain.mined_transaction(refund.tx_hash)
     if mined is None:
-        return 0  # not mined yet (or dropped: the merchant pastes another hash)
+        return _gone(refund, chain)
     match = next((s for s in mined.transfers if _matches(refund, s)), None)
+    if match is None and mined.succeeded and refund.asset.is_native:
+        # ETH sent by a contract (a smart-contract wallet): in the transaction's calls.
+        match = _traced_match(refund, chain, mined)
     problem = ""
     if not mined.succeeded:
         problem = "The transaction failed on chain; nothing was sent. Send the refund again."
