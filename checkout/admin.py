@@ -8,6 +8,7 @@ from django.http import HttpRequest
 
 from checkout.models import (
     Payment,
+    PaymentHold,
     RefundRequest,
     SanctionedAddress,
     Screening,
@@ -50,6 +51,33 @@ class ScreeningAdmin(admin.ModelAdmin):
                 continue
             released += 1
         self.message_user(request, f"Released {released} held payment(s).")
+
+
+@admin.register(PaymentHold)
+class PaymentHoldAdmin(admin.ModelAdmin):
+    """Every hold of a payment, with the source that started it and who released it."""
+
+    list_display = (
+        "payment",
+        "number",
+        "source",
+        "detail",
+        "moved",
+        "held_at",
+        "released_at",
+        "released_by",
+    )
+    list_filter = ("source",)
+    search_fields = ("payment__order_number", "detail")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(SanctionedAddress)

@@ -399,3 +399,41 @@ class SanctionedAddress(models.Model):
 
     def __str__(self) -> str:
         return self.address
+
+
+class PaymentHold(models.Model):
+    """One compliance hold of a payment, from the screening hit that started it (its source
+    and why) to the release that ended it (by whom), or to the payment's failure. A payment
+    may be held again after a release, by a later deposit's hit: one row per hold."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="holds")
+    number = models.PositiveIntegerField()  # 1, 2, ... per payment
+    transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="+")
+    source = models.CharField(max_length=80)
+    detail = models.CharField(max_length=300, blank=True)
+    # In the invoice's currency: what the hold moved from the merchant's balance to held (what
+    # the order had credited when it started), and what its release moved back.
+    moved = AmountField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0))
+    released_amount = AmountField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal(0)
+    )
+    held_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["payment", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["payment", "number"], name="payment_hold_number"),
+            # At most one open hold per payment.
+            models.UniqueConstraint(
+                fields=["payment"],
+                condition=Q(released_at__isnull=True),
+                name="payment_hold_one_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Hold {self.number} of {self.payment_id}"

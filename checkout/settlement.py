@@ -37,7 +37,9 @@ from checkout.models import (
     OPEN_PAYMENT,
     PAYMENT_TRANSITIONS,
     Payment,
+    PaymentHold,
     PaymentStatus,
+    Screening,
     payment_snapshot,
     transfer_snapshot,
 )
@@ -333,8 +335,9 @@ def settle_transfer(transfer_id: int) -> None:
         payment.received, payment.confirmed = totals.received, totals.confirmed
         if transfer.status == TransferStatus.CONFIRMED:
             hit = deposit_hit(transfer)
-            if hit is not None and payment.held_since is None:
-                _hold(invoice, payment, transfer, f"{hit.source}: {hit.detail}")
+            # Held again after a release when a later deposit is screened out.
+            if hit is not None and not payment.is_held:
+                _hold(invoice, payment, transfer, hit)
             # Before the announcement, so "deposit_confirmed" says whether it was credited.
             _post_or_hold(invoice, payment, transfer)
         _announce(invoice, payment, transfer)
@@ -347,14 +350,23 @@ def settle_transfer(transfer_id: int) -> None:
 # Compliance holds ------------------------------------------------------------------------------
 
 
-def _hold(invoice: Invoice, payment: Payment, transfer: Transfer, reason: str) -> None:
-    """Hold the payment: what this order had credited moves to the held account, and its
-    later deposits are booked there, until an admin releases it or its time ends."""
+def _hold_key(kind: str, payment: Payment, number: int) -> str:
+    # The first hold keeps the keys it always had; later ones are numbered.
+    return f"{kind}:{payment.pk}" if number == 1 else f"{kind}:{payment.pk}:{number}"
+
+
+def _hold(invoice: Invoice, payment: Payment, transfer: Transfer, hit: Screening) -> None:
+    """Hold the payment: what this order has credited (a released earlier hold's money too)
+    moves to the held account, and its later deposits are booked there, until an admin
+    releases it or its time ends. Each hold is its own row, naming the hit's source."""
     now = timezone.now()
-    Payment.objects.filter(pk=payment.pk, held_since__isnull=True).update(
-        held_since=now, hold_reason=reason[:300]
+    reason = f"{hit.source}: {hit.detail}"[:300]
+    number = PaymentHold.objects.filter(payment=payment).count() + 1
+    Payment.objects.filter(pk=payment.pk).update(
+        held_since=now, hold_reason=reason, released_at=None, released_by=None
     )
-    payment.held_since, payment.hold_reason = now, reason[:300]
+    payment.held_since, payment.hold_reason = now, reason
+    payment.released_at, payment.released_by = None, None
     currency = invoice.currency
     credited = exact_sum(
         LedgerEntry.objects.filter(
@@ -364,33 +376,46 @@ def _hold(invoice: Invoice, payment: Payment, transfer: Transfer, reason: str) -
         ),
         "amount",
     )
+    PaymentHold.objects.create(
+        payment=payment,
+        number=number,
+        transfer=transfer,
+        source=hit.source,
+        detail=hit.detail,
+        moved=max(credited, Decimal(0)),
+        held_at=now,
+    )
     if credited > 0:
         ledger_post(
             kind="compliance_hold",
-            idempotency_key=f"hold:{payment.pk}",
+            idempotency_key=_hold_key("hold", payment, number),
             reference=payment.order_number,
-            memo=f"Compliance hold: {reason}",
+            memo=f"Compliance hold {number}: {reason}",
             legs=[
                 Leg(merchant_account(invoice.merchant), currency, -credited),
                 Leg(held_account(invoice.merchant), currency, credited),
             ],
         )
+    again = " again" if number > 1 else ""
     note = (
-        f"Order {payment.order_number} is held: the sender {transfer.from_address} was screened "
-        f"out ({reason}). The money is not credited; an admin may release it, otherwise it is "
-        "refunded when the payment time ends."
+        f"Order {payment.order_number} is held{again}: the sender {transfer.from_address} was "
+        f"screened out ({reason}). The money is not credited; an admin may release it, "
+        "otherwise it is refunded when the payment time ends."
     )
     _event_once(invoice, "payment.compliance_hold", transfer, payment, note)
-    invoice_compliance_hold_deliver(invoice=invoice, key=payment.order_number, reason=note)
+    key = payment.order_number if number == 1 else f"{payment.order_number}:{number}"
+    invoice_compliance_hold_deliver(invoice=invoice, key=key, reason=note)
 
 
 def payment_release(*, payment: Payment, by: User | None = None) -> Payment:
     """An admin lets a held payment through: its money is credited, and settlement carries on
-    where the hold stopped it."""
+    where the hold stopped it. A later screened-out deposit may hold it again."""
     with transaction.atomic():
         invoice, payment = lock_invoice_then_payment(payment.pk)
         if not payment.is_held:
             raise InvoiceStateError(f"Order {payment.order_number} is not held.")
+        hold = PaymentHold.objects.filter(payment=payment, released_at__isnull=True).first()
+        number = hold.number if hold is not None else 1
         now = timezone.now()
         Payment.objects.filter(pk=payment.pk).update(released_at=now, released_by=by)
         payment.released_at, payment.released_by = now, by
@@ -405,18 +430,23 @@ def payment_release(*, payment: Payment, by: User | None = None) -> Payment:
         if held > 0:
             ledger_post(
                 kind="compliance_release",
-                idempotency_key=f"release:{payment.pk}",
+                idempotency_key=_hold_key("release", payment, number),
                 reference=payment.order_number,
-                memo=f"Compliance hold released by {by or 'an admin'}",
+                memo=f"Compliance hold {number} released by {by or 'an admin'}",
                 legs=[
                     Leg(held_account(invoice.merchant), invoice.currency, -held),
                     Leg(merchant_account(invoice.merchant), invoice.currency, held),
                 ],
             )
+        if hold is not None:
+            PaymentHold.objects.filter(pk=hold.pk).update(
+                released_at=now, released_by=by, released_amount=max(held, Decimal(0))
+            )
         invoice_record_event(
             invoice=invoice,
             type="payment.compliance_released",
-            note=f"Order {payment.order_number} released from its compliance hold.",
+            note=f"Order {payment.order_number} released from its compliance hold"
+            f"{f' ({number})' if number > 1 else ''}.",
             data={"payment": payment_snapshot(payment)},
             actor=Actor.ADMIN,
             by=by,
