@@ -324,6 +324,7 @@ def refund_snapshot(refund: RefundRequest) -> dict:
     asset = refund.asset
     return {
         "id": refund.pk,
+        "invoice_id": refund.invoice_id,
         "order_number": refund.payment.order_number,
         "kind": refund.kind,
         "reason": refund.reason,

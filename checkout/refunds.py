@@ -106,11 +106,16 @@ AUTOMATIC_REASONS = {
 
 
 class RefundError(Exception):
-    """A refund change that is not possible; the message says why, `field` where."""
+    """A refund change that is not possible; the message says why, `field` where.
 
-    def __init__(self, message: str, field: str = "") -> None:
+    `conflict`: the input is well formed but what is stored refuses it (more than is left,
+    money another refund took first, a transaction that pays another refund); like every
+    error without a field (a refund in the wrong state), the API answers it 409, not 422."""
+
+    def __init__(self, message: str, field: str = "", *, conflict: bool = False) -> None:
         super().__init__(message)
         self.field = field
+        self.conflict = conflict or not field
 
 
 # Amounts ----------------------------------------------------------------------------------------
@@ -192,6 +197,14 @@ def refundable_money(invoice: Invoice) -> list[Refundable]:
         found.append(Refundable(payment, assets[row["asset_id"]], total, left))
     found.sort(key=lambda r: (-r.payment.number, r.asset.pk != r.payment.asset_id, r.asset.pk))
     return found
+
+
+def _received_any(payment: Payment, asset: Asset) -> bool:
+    return Transfer.objects.filter(
+        deposit_address_id=payment.deposit_address_id,
+        asset=asset,
+        status=TransferStatus.CONFIRMED,
+    ).exists()
 
 
 def _awaiting_valuation(payment: Payment, asset: Asset) -> bool:
@@ -306,11 +319,19 @@ def refund_request(
         invoice, payment = _lock(payment)
         asset = asset or payment.asset
         left = refundable(payment, asset)
+        if left <= 0 and asset != payment.asset and not _received_any(payment, asset):
+            raise RefundError(
+                f"Order {payment.order_number} received no confirmed {asset.symbol} on "
+                f"{asset.network.name}.",
+                "asset",
+                conflict=True,
+            )
         if left <= 0:
             raise RefundError(
                 f"Nothing is left to refund on order {payment.order_number}: every confirmed "
                 f"{asset.symbol} is refunded or in a refund already.",
                 "amount",
+                conflict=True,
             )
         amount = left if amount is None else amount
         if amount <= 0:
@@ -320,12 +341,14 @@ def refund_request(
                 f"Only {whole(asset, left)} {asset.symbol} is left to refund on order "
                 f"{payment.order_number}.",
                 "amount",
+                conflict=True,
             )
         if amount < left and _awaiting_valuation(payment, asset):
             raise RefundError(
                 f"{asset.symbol} of order {payment.order_number} is still waiting for a rate, "
                 "so it is not booked yet: refund all of it, or wait until it is valued.",
                 "amount",
+                conflict=True,
             )
         if credit_note is not None and credit_note.invoice_id != invoice.pk:
             raise RefundError("That credit note belongs to another invoice.", "credit_note")
@@ -539,7 +562,9 @@ def refund_report_sent(
             .exclude(pk=locked.pk)
             .exists()
         ):
-            raise RefundError("That transaction pays another refund already.", "tx_hash")
+            raise RefundError(
+                "That transaction pays another refund already.", "tx_hash", conflict=True
+            )
         fields = {
             "tx_hash": tx_hash,
             "log_index": None,
@@ -558,7 +583,7 @@ def refund_report_sent(
 
 
 def refund_mark_outside(
-    *, refund: RefundRequest, reference: str, by: User | None = None
+    *, refund: RefundRequest, reference: str, by: User | None = None, actor: str = Actor.USER
 ) -> RefundRequest:
     """Paid some other way (another wallet, a bank transfer): the refund is done; the books
     are not touched, as for an invoice marked paid off-platform."""
@@ -572,11 +597,15 @@ def refund_mark_outside(
             raise RefundError(_state_message(locked))
         _move(locked, R.CONFIRMED, outside_reference=reference)
         invoice_set_refund_state(invoice=locked.invoice, state=refund_state(locked.invoice))
-        _event(locked, "refund.confirmed", f"Paid outside Stablebill: {reference}", by=by)
+        _event(
+            locked, "refund.confirmed", f"Paid outside Stablebill: {reference}", by=by, actor=actor
+        )
     return locked
 
 
-def refund_decline(*, refund: RefundRequest, reason: str, by: User | None = None) -> RefundRequest:
+def refund_decline(
+    *, refund: RefundRequest, reason: str, by: User | None = None, actor: str = Actor.USER
+) -> RefundRequest:
     reason = " ".join(reason.split())[:500]
     if not reason:
         raise RefundError("Say why the refund is declined.", "decline_reason")
@@ -586,7 +615,7 @@ def refund_decline(*, refund: RefundRequest, reason: str, by: User | None = None
         if locked.status not in (R.REQUESTED, R.ADDRESS_GIVEN):
             raise RefundError(_state_message(locked))
         _move(locked, R.DECLINED, decline_reason=reason)
-        _event(locked, "refund.declined", reason, by=by)
+        _event(locked, "refund.declined", reason, by=by, actor=actor)
     return locked
 
 

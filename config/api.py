@@ -16,6 +16,8 @@ from ninja.errors import ValidationError as SchemaError
 from ninja.operation import Operation
 
 from checkout.api import router as payments_router
+from checkout.refund_api import invoice_router as invoice_refunds_router
+from checkout.refund_api import router as refunds_router
 from customers.api import router as customers_router
 from invoices.api import (
     DISCOUNT_KINDS,
@@ -103,7 +105,7 @@ api = DocumentedApi(
     title="Stablebill API",
     version="1",
     description=(
-        "Invoices, customers, payments and balances of one merchant. Authenticate with "
+        "Invoices, customers, payments, refunds and balances of one merchant. Authenticate with "
         "`Authorization: Bearer <API key>` (created in Settings → API keys). Amounts are "
         'decimal strings such as `"19.99"`, never JSON numbers. Every POST accepts an '
         "`Idempotency-Key` header: a retry with the same key and body replays the first answer. "
@@ -115,6 +117,8 @@ api = DocumentedApi(
 )
 api.add_router("/v1/invoices", invoices_router)
 api.add_router("/v1/invoices", payments_router)
+api.add_router("/v1/invoices", invoice_refunds_router)
+api.add_router("/v1/refunds", refunds_router)
 api.add_router("/v1/customers", customers_router)
 api.add_router("/v1", wallets_router)
 api.add_router("/v1", catalog_router)

@@ -76,3 +76,40 @@ def make_invoice(
         **fields,
     )
     return invoice_create(merchant=merchant, data=data, by=by, issue=issue)
+
+
+def make_paid_payment(invoice: Invoice, units: int, *, symbol: str = "USDC", sender: str = ""):
+    """An order of `invoice` in `symbol` on the seeded dev network with one confirmed
+    deposit of `units` base units, settled as the watcher settles it (credited, books
+    posted) but without a chain: for tests about what comes after the money arrived."""
+    import secrets
+
+    from checkout.services import payment_start
+    from checkout.settlement import settle_transfer
+    from tests.wallets.test_addresses import ABANDON_XPUB
+    from wallets.addresses import wallet_set
+    from wallets.models import Asset, Network, Transfer, TransferStatus, Wallet
+
+    Network.objects.filter(slug="anvil").update(enabled=True)
+    if not Wallet.objects.filter(merchant=invoice.merchant).exists():
+        wallet_set(merchant=invoice.merchant, xpub=ABANDON_XPUB)
+    usdc = Asset.objects.select_related("network").get(network__slug="anvil", symbol="USDC")
+    payment = payment_start(invoice=invoice, asset=usdc)
+    asset = usdc if symbol == "USDC" else Asset.objects.get(network=usdc.network, symbol=symbol)
+    transfer = Transfer.objects.create(
+        network=asset.network,
+        asset=asset,
+        deposit_address=payment.deposit_address,
+        tx_hash="0x" + secrets.token_hex(32),
+        log_index=0,
+        block_number=1,
+        block_hash="0x" + secrets.token_hex(32),
+        from_address=sender or "0x" + "9" * 40,
+        to_address=payment.deposit_address.address,
+        amount=Decimal(units),
+        status=TransferStatus.CONFIRMED,
+        confirmations=12,
+    )
+    settle_transfer(transfer.pk)
+    payment.refresh_from_db()
+    return payment

@@ -10,11 +10,14 @@ To cover a new route add a `Case` to CASES (or, for a route taking no id, to NO_
 
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from checkout.models import RefundKind, RefundRequest
+from checkout.refunds import refund_give_address, refund_request
 from config.api import api
 from customers.models import Customer
 from invoices.models import (
@@ -27,12 +30,15 @@ from invoices.models import (
 )
 from merchants.integrations import api_key_create
 from merchants.models import IdempotencyRecord
-from tests.factories import make_invoice
+from tests.factories import CustomerFactory, make_invoice, make_paid_payment
 
+# A payer's own wallet (anvil's third default account), with its EIP-55 checksum.
+PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 
 NO_INVOICE = {"detail": "No such invoice.", "code": "not_found", "fields": {}}
 NO_CUSTOMER = {"detail": "No such customer.", "code": "not_found", "fields": {}}
+NO_REFUND = {"detail": "No such refund.", "code": "not_found", "fields": {}}
 NO_FOREIGN_ID = {"detail": "No invoice has this foreign ID.", "code": "not_found", "fields": {}}
 EMPTY_PAGE = {"items": [], "next_cursor": None}
 
@@ -141,6 +147,52 @@ CASES = [
         label="customer_id of Acme",
     ),
     Case("GET", "/api/v1/customers", 200, EMPTY_PAGE, 200, query={"q": "ada@example.org"}),
+    # Refunds: "paid" is an Acme invoice whose order received 300 USDC, 100 of it in a
+    # refund whose payer gave an address.
+    Case("GET", "/api/v1/invoices/{invoice_id}/refunds", 404, NO_INVOICE, 200, target="paid"),
+    Case(
+        "POST",
+        "/api/v1/invoices/{invoice_id}/refunds",
+        404,
+        NO_INVOICE,
+        201,
+        target="paid",
+        body={"amount": "5", "reason": "Refund to the thief"},
+    ),
+    Case(
+        "GET",
+        "/api/v1/refunds",
+        200,
+        EMPTY_PAGE,
+        200,
+        query={"invoice_id": "{paid}"},
+        label="invoice_id filter",
+    ),
+    Case("GET", "/api/v1/refunds/{refund_id}", 404, NO_REFUND, 200),
+    Case(
+        "POST",
+        "/api/v1/refunds/{refund_id}/sent",
+        404,
+        NO_REFUND,
+        200,
+        body={"tx_hash": "0x" + "ab" * 32},
+    ),
+    Case(
+        "POST",
+        "/api/v1/refunds/{refund_id}/paid-outside",
+        404,
+        NO_REFUND,
+        200,
+        body={"reference": "Cash"},
+    ),
+    Case(
+        "POST",
+        "/api/v1/refunds/{refund_id}/decline",
+        404,
+        NO_REFUND,
+        200,
+        body={"reason": "Declined by an outsider"},
+    ),
 ]
 
 # Routes that take no id of anything: they only ever see the caller's own merchant.
@@ -158,7 +210,20 @@ NO_ID = {
 def world(acme, alice, acme_customer):
     invoice = make_invoice(acme, customer=acme_customer, issue=True, foreign_id="acme-order-1")
     permanent = make_invoice(acme, issue=True, kind=InvoiceKind.PERMANENT)
-    return {"invoice": invoice.pk, "permanent": permanent.pk, "customer_id": acme_customer.pk}
+    payer = CustomerFactory(merchant=acme, name="Grace Hopper", email="grace@example.org")
+    paid = make_invoice(acme, customer=payer, issue=True)
+    payment = make_paid_payment(paid, 300 * 10**6)
+    refund = refund_request(
+        payment=payment, kind=RefundKind.MANUAL, reason="Returned", amount=Decimal(100 * 10**6)
+    )
+    refund_give_address(refund=refund, address=PAYER, again=PAYER, no_memo_needed=True)
+    return {
+        "invoice": invoice.pk,
+        "permanent": permanent.pk,
+        "paid": paid.pk,
+        "customer_id": acme_customer.pk,
+        "refund_id": refund.pk,
+    }
 
 
 @pytest.fixture
@@ -172,13 +237,17 @@ def acme_key(acme, alice):
 
 
 def _fill(value: Any, world: dict[str, int]) -> Any:
-    if value == "{customer_id}":
-        return world["customer_id"]
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return world[value[1:-1]]
     return value
 
 
 def send(client, case: Case, world: dict[str, int], key: str):
-    path = case.path.format(invoice_id=world[case.target], customer_id=world["customer_id"])
+    path = case.path.format(
+        invoice_id=world[case.target],
+        customer_id=world["customer_id"],
+        refund_id=world["refund_id"],
+    )
     if case.query:
         path += "?" + urlencode({name: _fill(value, world) for name, value in case.query.items()})
     body = {name: _fill(value, world) for name, value in (case.body or {}).items()}
@@ -203,6 +272,7 @@ def everything() -> dict[str, list[dict[str, Any]]]:
             CallbackDelivery,
             IdempotencyRecord,
             CreditNote,
+            RefundRequest,
         )
     }
 
