@@ -86,10 +86,12 @@ def make_paid_payment(invoice: Invoice, units: int, *, symbol: str = "USDC", sen
 
     from checkout.services import payment_start
     from checkout.settlement import settle_transfer
+    from tests.evm import seed_networks
     from tests.wallets.test_addresses import ABANDON_XPUB
     from wallets.addresses import wallet_set
     from wallets.models import Asset, Network, Transfer, TransferStatus, Wallet
 
+    seed_networks()  # transactional tests flush the seeded networks
     Network.objects.filter(slug="anvil").update(enabled=True)
     if not Wallet.objects.filter(merchant=invoice.merchant).exists():
         wallet_set(merchant=invoice.merchant, xpub=ABANDON_XPUB)

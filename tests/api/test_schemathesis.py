@@ -22,10 +22,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
+from checkout.models import RefundKind
+from checkout.refunds import refund_give_address, refund_request
 from config.wsgi import application
 from invoices.models import InvoiceKind
 from merchants.integrations import api_key_create
-from tests.factories import make_invoice
+from tests.factories import make_invoice, make_paid_payment
+
+PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 
 CONFIG = Path(__file__).resolve().parents[2] / "schemathesis.toml"
 schema = schemathesis.openapi.from_wsgi(
@@ -54,21 +58,34 @@ def assert_only_multi_field_rules(case, response) -> None:
 @pytest.fixture
 def acme_world(settings, acme, alice, acme_customer):
     settings.API_RATE_PER_MINUTE = 1_000_000  # fuzzing, not rate limiting
+    paid = make_invoice(acme, customer=acme_customer, issue=True)
+    payment = make_paid_payment(paid, 300 * 10**6)
+    refund = refund_request(payment=payment, kind=RefundKind.MANUAL, reason="Returned")
+    refund_give_address(refund=refund, address=PAYER, again=PAYER, no_memo_needed=True)
     return {
         "key": api_key_create(merchant=acme, name="Fuzzer", by=alice).plaintext,
         "invoice_id": make_invoice(acme, customer=acme_customer, issue=True).pk,
         "permanent_id": make_invoice(acme, issue=True, kind=InvoiceKind.PERMANENT).pk,
+        "paid_id": paid.pk,
         "customer_id": acme_customer.pk,
+        "refund_id": refund.pk,
     }
+
+
+def _real(name: str, path: str) -> str:
+    if name == "invoice_id" and path.endswith("/close"):
+        return "permanent_id"
+    if name == "invoice_id" and path.endswith("/refunds"):
+        return "paid_id"  # an invoice with money to refund
+    return name
 
 
 def _point_at_real_objects(case, world) -> None:
     parameters = case.path_parameters or {}
-    for name in ("invoice_id", "customer_id"):
+    for name in ("invoice_id", "customer_id", "refund_id"):
         value = parameters.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value % 2 == 0:
-            closing = name == "invoice_id" and case.path.endswith("/close")
-            parameters[name] = world["permanent_id" if closing else name]
+            parameters[name] = world[_real(name, case.path)]
 
 
 @pytest.mark.django_db(transaction=True)
