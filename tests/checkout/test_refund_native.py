@@ -9,7 +9,12 @@ import pytest
 from web3 import Web3
 
 from checkout.models import RefundKind, RefundRequest, RefundStatus
-from checkout.refunds import refund_give_address, refund_request, refunds_watch
+from checkout.refunds import (
+    refund_give_address,
+    refund_report_sent,
+    refund_request,
+    refunds_watch,
+)
 from checkout.services import payment_start
 from checkout.settlement import settle_report
 from invoices.models import InvoiceEvent, RefundState
@@ -165,3 +170,18 @@ def test_a_reorg_that_drops_the_found_eth_transfer_sends_the_refund_back_to_wait
     assert _round(network) == 1
     refund.refresh_from_db()
     assert (refund.status, refund.tx_hash) == (RefundStatus.CONFIRMED, tx_hash)
+
+
+def test_a_reported_hash_of_eth_a_contract_sent_is_confirmed_from_the_trace(anvil, eth_refund):
+    network, refund = eth_refund
+    tx_hash, _status = anvil.forward(PAYER_WALLET, ETH // 5)
+    refund_report_sent(refund=refund, tx_hash=tx_hash, actor="api")
+    anvil.mine(2)
+    assert _round(network) == 1
+    refund.refresh_from_db()
+    assert (refund.status, refund.tx_hash, refund.log_index) == (
+        RefundStatus.CONFIRMED,
+        tx_hash,
+        -3,
+    )
+    assert LedgerTransaction.objects.filter(kind="refund").count() == 1
