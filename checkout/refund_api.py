@@ -26,7 +26,6 @@ from checkout.refunds import (
 from invoices.api import In, invoice_or_404
 from invoices.models import Actor, CreditNote
 from merchants.api import (
-    DECIMAL_PATTERN,
     IDEMPOTENT_POST,
     ApiError,
     Error,
@@ -42,6 +41,9 @@ invoice_router = Router(tags=["refunds"])
 router = Router(tags=["refunds"])
 
 TX_HASH_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+# A decimal string above zero (what DECIMAL_PATTERN allows, less the zeros). How many decimals
+# it may have depends on the asset (USDC 6, ETH 18): the service says so, 422.
+POSITIVE_AMOUNT_PATTERN = r"^(?=[0-9.]*[1-9])[0-9]{1,18}(\.[0-9]{1,18})?$"
 # Printable text with at least one visible character: what the services keep once spaces
 # are collapsed (an all-space reason is refused by them, 422).
 TEXT_PATTERN = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
@@ -116,7 +118,7 @@ class RefundCreateIn(In):
     )
     amount: str | None = Field(
         None,
-        pattern=DECIMAL_PATTERN,
+        pattern=POSITIVE_AMOUNT_PATTERN,
         examples=["12.5"],
         description="Whole tokens of that asset; left out: everything still refundable. More "
         "than is left (received, less active refunds) is a 409.",
@@ -206,10 +208,8 @@ def _money(payment: Payment, symbol: str | None, network: str | None) -> Asset:
         .first()
     )
     if asset is None:
-        name = "asset" if symbol is not None else "network"
-        raise ApiError(
-            422, f"{name}: No such asset on that network.", fields={name: ["No such asset."]}
-        )
+        # Like an id that names nothing: what is named is not there.
+        raise ApiError(404, "No such asset on that network.", code="not_found")
     return asset
 
 
@@ -234,22 +234,14 @@ def create_refund(request: HttpRequest, invoice_id: int, payload: RefundCreateIn
     payment = payments.order_by("-number").first()
     if payment is None:
         if payload.order_number is not None:
-            raise ApiError(
-                422,
-                "order_number: No such order of this invoice.",
-                fields={"order_number": ["No such order of this invoice."]},
-            )
+            raise ApiError(404, "No such order of this invoice.", code="not_found")
         raise ApiError(409, "This invoice has no payment to refund.", code="invalid_state")
     asset = _money(payment, payload.asset, payload.network)
     note = None
     if payload.credit_note_id is not None:
         note = CreditNote.objects.filter(invoice=invoice, pk=payload.credit_note_id).first()
         if note is None:
-            raise ApiError(
-                422,
-                "credit_note_id: No such credit note of this invoice.",
-                fields={"credit_note_id": ["No such credit note of this invoice."]},
-            )
+            raise ApiError(404, "No such credit note of this invoice.", code="not_found")
     try:
         amount = parse_amount(payload.amount, asset) if payload.amount is not None else None
         refund = refund_request(

@@ -16,6 +16,7 @@ from ninja.errors import ValidationError as SchemaError
 from ninja.operation import Operation
 
 from checkout.api import router as payments_router
+from checkout.refund_api import POSITIVE_AMOUNT_PATTERN
 from checkout.refund_api import invoice_router as invoice_refunds_router
 from checkout.refund_api import router as refunds_router
 from customers.api import router as customers_router
@@ -193,6 +194,7 @@ PATTERN_MESSAGES = {
     PRICE_PATTERN: 'Send a decimal string such as "19.99", at most 1000000000000.',
     POSITIVE_PRICE_PATTERN: 'Send a decimal string above zero such as "19.99".',
     QUANTITY_PATTERN: 'Send a quantity above zero such as "2", at most 1000000, 4 decimals.',
+    POSITIVE_AMOUNT_PATTERN: 'Send a decimal string above zero such as "12.5".',
     PERCENT_PATTERN: 'Send a percent from 0 to 100 such as "10", at most 4 decimals.',
 }
 

@@ -99,13 +99,18 @@ def test_more_than_received_is_refused_with_the_amount_left_and_nothing_written(
     [
         ({"amount": "1"}, "reason", "This field is required."),
         ({"amount": "1", "reason": "   "}, "reason", "Not a valid value."),
-        ({"amount": "-1", "reason": "x"}, "amount", 'Send a decimal string such as "19.99".'),
+        (
+            {"amount": "-1", "reason": "x"},
+            "amount",
+            'Send a decimal string above zero such as "12.5".',
+        ),
+        (
+            {"amount": "0.00", "reason": "x"},
+            "amount",
+            'Send a decimal string above zero such as "12.5".',
+        ),
         ({"amount": 5, "reason": "x"}, "amount", "Send a string"),
         ({"amount": "1.0000001", "reason": "x"}, "amount", "USDC has 6 decimals at most."),
-        ({"amount": "0", "reason": "x"}, "amount", "Enter an amount above zero."),
-        ({"reason": "x", "asset": "DOGE"}, "asset", "No such asset."),
-        ({"reason": "x", "order_number": "NOPE-1"}, "order_number", "No such order"),
-        ({"reason": "x", "credit_note_id": 99}, "credit_note_id", "No such credit note"),
         ({"reason": "x", "colour": "red"}, "colour", "Unknown field."),
     ],
 )
@@ -115,6 +120,23 @@ def test_bad_input_is_a_422_naming_the_field(client, acme_key, paid, body, field
     assert response.status_code == 422
     assert response.json()["code"] == "invalid"
     assert message in response.json()["fields"][field][0]
+    assert not RefundRequest.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"reason": "x", "asset": "DOGE"}, "No such asset on that network."),
+        ({"reason": "x", "network": "nowhere"}, "No such asset on that network."),
+        ({"reason": "x", "order_number": "NOPE-1"}, "No such order of this invoice."),
+        ({"reason": "x", "credit_note_id": 99}, "No such credit note of this invoice."),
+    ],
+)
+def test_naming_what_is_not_there_is_a_404(client, acme_key, paid, body, detail):
+    invoice, _payment = paid
+    response = post(client, refunds_of(invoice), acme_key, body)
+    assert response.status_code == 404
+    assert response.json() == {"detail": detail, "code": "not_found", "fields": {}}
     assert not RefundRequest.objects.exists()
 
 
