@@ -1,5 +1,6 @@
 import os
 import shutil
+import threading
 
 import pytest
 from django.core.cache import cache
@@ -28,6 +29,17 @@ class _SerialLiveServer(WSGIServer):
 
     def __init__(self, *args, connections_override=None, **kwargs):
         super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        # A background thread of the test (the e2e watcher) on that same connection takes
+        # this lock too, so a request and a watcher round never run on it at once
+        # ("database table is locked").
+        with SHARED_SQLITE_CONNECTION:
+            super().process_request(request, client_address)
+
+
+# Held by whatever uses the one in-memory SQLite test connection from another thread.
+SHARED_SQLITE_CONNECTION = threading.Lock()
 
 
 if connection.vendor == "sqlite":

@@ -6,6 +6,7 @@ Screenshots of every step land in test-artifacts/e2e/ (gitignored).
 
 import re
 import threading
+from contextlib import nullcontext
 from decimal import Decimal
 
 import pytest
@@ -17,6 +18,7 @@ from checkout.tasks import watch_network
 from contracts.deploy import PAYER_KEY, load_artifact
 from invoices.models import InvoiceStatus
 from tests.chain import running_anvil
+from tests.conftest import SHARED_SQLITE_CONNECTION
 from tests.e2e.test_invoice_flow import shot
 from tests.e2e.test_invoice_flow import watched_page as watched_page  # a fixture
 from tests.factories import CustomerFactory, MerchantFactory, make_invoice
@@ -53,7 +55,8 @@ class Watcher(threading.Thread):
         try:
             while not self.halt.is_set() and self.rounds < ROUND_LIMIT:
                 try:
-                    watch_network(self.network_id)
+                    with SHARED_SQLITE_CONNECTION if self.shared else nullcontext():
+                        watch_network(self.network_id)
                 except BaseException as error:  # reported by the test, never swallowed
                     self.errors.append(error)
                 self.rounds += 1
