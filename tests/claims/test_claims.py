@@ -152,7 +152,7 @@ def test_a_reorg_that_removes_the_claim_puts_the_funds_back_to_uncollected(acme)
         shop.mine(6)
         shop.watch()
         claim = shop.prepare([payment])
-        shop.sign(claim)
+        shop.sign(claim, gas=800_000)
         shop.watch()
         claim.refresh_from_db()
         assert claim.status == ClaimStatus.EXECUTED and left(shop) == 0
@@ -162,8 +162,10 @@ def test_a_reorg_that_removes_the_claim_puts_the_funds_back_to_uncollected(acme)
         claim.refresh_from_db()
         assert claim.status == ClaimStatus.PENDING and claim.block_number is None
         assert left(shop) == 20 * USDC
-        # Sent again (a wallet rebroadcasts), it is mined and confirmed after all.
-        shop.send(ACCOUNT, claim.factory, data=claim.calldata)
+        # Sent again from the wallet as a new transaction (other gas: the same signed bytes
+        # again would have the same hash, and be the same claim mined after all), it is mined
+        # and confirmed.
+        shop.send(ACCOUNT, claim.factory, data=claim.calldata, gas=900_000)
         shop.mine(5)
         shop.watch()
         claim.refresh_from_db()
