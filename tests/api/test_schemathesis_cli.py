@@ -5,19 +5,16 @@ key of that business. The run is bounded (few examples per operation) and seeded
 the same run every time; it passes only when Schemathesis reports no failure at all.
 """
 
-import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CONTAINER = str(REPO / "bin" / "container")
+from tests.served import CONTAINER, REPO, free_port, production_env
+
 SCHEMATHESIS = str(REPO / ".venv" / "bin" / "schemathesis")
 
 # The demo business (seed_demo) and a key of its owner, printed last.
@@ -29,12 +26,6 @@ call_command("seed_demo", stdout=open("/dev/null", "w"))
 owner = Membership.objects.select_related("merchant", "user").get(user__email="{email}")
 print(api_key_create(merchant=owner.merchant, name="Schemathesis", by=owner.user).plaintext)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _up(url: str) -> bool:
@@ -49,21 +40,11 @@ def _up(url: str) -> bool:
 def served(tmp_path):
     port = free_port()
     # Its own SQLite and filesystem broker: never whatever DATABASE_URL names.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("CI", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DEBUG")
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        SECRET_KEY="schemathesis-test-secret-key-not-for-production-use-0123456789",
-        ALLOWED_HOSTS="127.0.0.1",
-        SECURE_COOKIES="0",
-        STABLEBILL_VAR_DIR=str(tmp_path / "var"),
+    env = production_env(
+        tmp_path,
+        port,
+        secret="schemathesis-test",
         SITE_URL=f"http://127.0.0.1:{port}",
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        WEB_CONCURRENCY="2",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
         # Fuzzing, not rate limiting: 429 is documented, but would hide everything behind it.
         API_RATE_PER_MINUTE="1000000",
         # No live rate source offline: the operator approves the static table (the demo

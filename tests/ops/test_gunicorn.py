@@ -1,26 +1,17 @@
 """The production web server as the image runs it (bin/container web: gunicorn with
 config/gunicorn.py) with two workers. Request latency counted by either worker shows in one scrape; health checks answer."""
 
-import os
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-CONTAINER = str(REPO / "bin" / "container")
+from tests.served import CONTAINER, REPO, free_port, production_env
+
 TOKEN = "gunicorn-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url, **headers):
@@ -36,22 +27,7 @@ def get(url, **headers):
 def gunicorn(tmp_path):
     port = free_port()
     # Its own SQLite and filesystem broker: never migrate whatever DATABASE_URL names.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("CI", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DEBUG")
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        SECRET_KEY="gunicorn-test-secret-key-not-for-production-use-0123456789",
-        ALLOWED_HOSTS="127.0.0.1",
-        SECURE_COOKIES="0",
-        STABLEBILL_VAR_DIR=str(tmp_path / "var"),
-        METRICS_TOKEN=TOKEN,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        WEB_CONCURRENCY="2",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-    )
+    env = production_env(tmp_path, port, secret="gunicorn-test", METRICS_TOKEN=TOKEN)
     # The image's release step. (Its build step, collectstatic, compresses ~25 MB of API-docs
     # bundles: minutes here, so this test asks pages that need no static files.)
     subprocess.run([CONTAINER, "migrate", "-v", "0"], cwd=REPO, env=env, check=True, timeout=300)
