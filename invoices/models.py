@@ -603,6 +603,13 @@ class Receipt(models.Model):
         return format_money(self.amount, self.currency)
 
 
+# What a credit note says of money already received. Money that arrived on chain goes back
+# through the refund flow (the payer gives an address), and the invoice page links the note to
+# it; money received otherwise (marked paid) goes back outside Stablebill.
+OUTSIDE_REFUND = "Money was received: the refund happens outside Stablebill."
+ON_CHAIN_REFUND = "Money was received on chain: it is refunded from the invoice's Refunds tab."
+
+
 class CreditNote(models.Model):
     """A credit against an issued invoice, in a numbered series of its own (CN-00001).
 
@@ -640,6 +647,10 @@ class CreditNote(models.Model):
 
     def __str__(self) -> str:
         return self.reference
+
+    @property
+    def refunded_on_chain(self) -> bool:
+        return self.refund == ON_CHAIN_REFUND
 
     @property
     def amount_display(self) -> str:

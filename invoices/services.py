@@ -23,6 +23,8 @@ from invoices.callbacks import callbacks_enqueue
 from invoices.document import document_snapshot
 from invoices.models import (
     FINAL_STATUSES,
+    ON_CHAIN_REFUND,
+    OUTSIDE_REFUND,
     Actor,
     CreditNote,
     FailureReason,
@@ -937,10 +939,6 @@ def payment_method_remove(*, method: PaymentMethod) -> bool:
 CREDITABLE = frozenset(
     {InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.PAID, InvoiceStatus.UNRESOLVED}
 )
-OUTSIDE_REFUND = "Money was received: the refund happens outside Stablebill."
-# Money that arrived on chain goes back through the refund flow (the payer gives an address);
-# the invoice page links the note to it.
-ON_CHAIN_REFUND = "Money was received on chain: it is refunded from the invoice's Refunds tab."
 
 
 def credit_note_issue(

@@ -147,6 +147,20 @@ def test_money_received_on_chain_is_refunded_through_the_refund_flow(client_for,
     assert invoice_snapshot(invoice)["credit_notes"][0]["refund"] == ON_CHAIN_REFUND
 
 
+def test_only_a_note_on_money_received_on_chain_offers_a_refund(client_for, bob, invoice):
+    """Money marked paid goes back outside Stablebill: its note offers no refund to send."""
+    invoice_mark_paid(invoice=invoice, reference="WIRE-1")
+    note = credit_note_issue(invoice=invoice, reason="Order returned")
+    page = client_for(bob).get(reverse("invoice_detail", kwargs={"pk": invoice.pk}))
+    html = page.content.decode()
+    assert note.reference in html and "the refund happens outside Stablebill" in html
+    assert "Refund it" not in html
+
+    CreditNote.objects.filter(pk=note.pk).update(refund=ON_CHAIN_REFUND)
+    html = client_for(bob).get(reverse("invoice_detail", kwargs={"pk": invoice.pk})).content
+    assert f"?tab=refunds&amp;credit_note={note.pk}" in html.decode()
+
+
 def test_the_email_and_the_snapshot_carry_the_credit_note(invoice):
     note = credit_note_issue(invoice=invoice, reason="<b>Returned</b>", positions=[2])
 
