@@ -121,18 +121,23 @@ class RefundError(Exception):
 # Amounts ----------------------------------------------------------------------------------------
 
 
-def refundable(payment: Payment, asset: Asset | None = None) -> Decimal:
-    """Base units of `asset` (default: the quoted one) the payment received, confirmed, that
-    no active refund holds yet."""
-    asset = asset or payment.asset
-    received = exact_sum(
+def _confirmed_received(payment: Payment, asset_id: int) -> Decimal:
+    """Base units of one asset confirmed at the payment's deposit address."""
+    return exact_sum(
         Transfer.objects.filter(
             deposit_address_id=payment.deposit_address_id,
-            asset=asset,
+            asset_id=asset_id,
             status=TransferStatus.CONFIRMED,
         ),
         "amount",
     )
+
+
+def refundable(payment: Payment, asset: Asset | None = None) -> Decimal:
+    """Base units of `asset` (default: the quoted one) the payment received, confirmed, that
+    no active refund holds yet."""
+    asset = asset or payment.asset
+    received = _confirmed_received(payment, asset.pk)
     held = exact_sum(
         RefundRequest.objects.filter(payment=payment, asset=asset, status__in=ACTIVE_REFUND),
         "amount",
@@ -1009,14 +1014,7 @@ def refund_state(invoice: Invoice) -> str:
     left = Decimal(0)
     for payment_id, asset_id in {(r.payment_id, r.asset_id) for r in refunds}:
         payment = next(r.payment for r in refunds if r.payment_id == payment_id)
-        received = exact_sum(
-            Transfer.objects.filter(
-                deposit_address_id=payment.deposit_address_id,
-                asset_id=asset_id,
-                status=TransferStatus.CONFIRMED,
-            ),
-            "amount",
-        )
+        received = _confirmed_received(payment, asset_id)
         paid_back = sum(
             (r.amount for r in refunds if (r.payment_id, r.asset_id) == (payment_id, asset_id)),
             Decimal(0),
