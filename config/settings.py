@@ -391,6 +391,14 @@ CHAIN_RPC_TIMEOUT_SECONDS = env_int("CHAIN_RPC_TIMEOUT_SECONDS", 10, minimum=1)
 # A watch round holds its network's lease this long at most without renewing it; a killed
 # worker's round is taken over after that.
 CHAIN_ROUND_LEASE_SECONDS = env_int("CHAIN_ROUND_LEASE_SECONDS", 120, minimum=2)
+# A round renews its lease before each node call (wallets.scanner.lease_kept); between two
+# renewals lie at most a timed-out call, the longest retry pause (2 s) and one more call.
+# A shorter lease would let a live round, waiting on a slow node, be taken over every time.
+if CHAIN_ROUND_LEASE_SECONDS <= 2 * CHAIN_RPC_TIMEOUT_SECONDS + 2:
+    raise ImproperlyConfigured(
+        "CHAIN_ROUND_LEASE_SECONDS must be longer than 2 x CHAIN_RPC_TIMEOUT_SECONDS + 2 "
+        f"(it is {CHAIN_ROUND_LEASE_SECONDS}, the timeout {CHAIN_RPC_TIMEOUT_SECONDS})."
+    )
 # ETH sent by contracts is found by tracing at most this many blocks per reconciliation;
 # beyond that (or on nodes without debug_traceBlockByNumber) it is recorded without its hash.
 CHAIN_TRACE_MAX_BLOCKS = env_int("CHAIN_TRACE_MAX_BLOCKS", 200, minimum=1)

@@ -212,6 +212,9 @@ class Chain:
         self.attempts = attempts
         self.backoff = backoff
         self.calls = 0
+        # Called before every attempt: a watch round keeps its lease alive from here
+        # (wallets.scanner.lease_kept); what it raises stops the call.
+        self.before_call: Callable[[], None] | None = None
 
     @classmethod
     def in_process(cls) -> "Chain":
@@ -221,6 +224,8 @@ class Chain:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
+            if self.before_call is not None:
+                self.before_call()
             self.calls += 1
             try:
                 return fn()

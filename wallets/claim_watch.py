@@ -33,6 +33,7 @@ from wallets.scanner import (
     RESCAN_BLOCKS,
     LeaseLost,
     _lease_renew,
+    lease_kept,
     round_lease_acquire,
     round_lease_release,
 )
@@ -66,14 +67,15 @@ def watch_claims(
         chain = chain or Chain(
             network.effective_rpc_url, timeout=settings.CHAIN_RPC_TIMEOUT_SECONDS
         )
-        if chain.chain_id() != network.chain_id:
-            report.error = "wrong chain"
-            return report
-        head = chain.head()
-        for _ in range(max_chunks):
-            if _find(network, chain, head, token, report, relayer.lower()):
-                break
-        _follow(network, chain, head, token, report)
+        with lease_kept(chain, network, token):
+            if chain.chain_id() != network.chain_id:
+                report.error = "wrong chain"
+                return report
+            head = chain.head()
+            for _ in range(max_chunks):
+                if _find(network, chain, head, token, report, relayer.lower()):
+                    break
+            _follow(network, chain, head, token, report)
     except ChainError as error:
         report.error = str(error)
         logger.warning("Claim round of %s stopped: %s", network.slug, error)

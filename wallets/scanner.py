@@ -6,7 +6,10 @@ blocks from the cursor in chunks, then re-checks unconfirmed transfers, then rec
 balances of watched native deposit addresses. Every step fetches from the node first and
 writes after, in a short transaction that starts by renewing the lease: no database
 transaction (or SQLite's write lock) is ever held while waiting on the node, and a worker
-whose lease was taken over writes nothing.
+whose lease was taken over writes nothing. The lease is also renewed from inside the
+node calls while a round fetches, so a slow node or a loaded worker cannot make a live round
+lose its lease between two writes, again and again (a round that never reaches its writes
+never credits anything).
 
 A crash loses at most the step in flight, which the next round repeats; unique
 (network, tx, log) makes the repeat harmless. Cost follows the logs in the range, not the
@@ -15,7 +18,9 @@ number of addresses; native reconciliation costs one call per 500 watched addres
 
 import logging
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -49,6 +54,28 @@ RESCAN_BLOCKS = 8
 
 class LeaseLost(Exception):
     """Another worker took this network's round over (our lease expired meanwhile)."""
+
+
+@contextmanager
+def lease_kept(chain: Chain, network: Network, token: str) -> Iterator[None]:
+    """Renew the round's lease before the chain's calls (at most every quarter lease), so
+    only a worker that stopped, not one waiting on its node, gives its round up. A call
+    made after another worker took over raises LeaseLost at once: no fetch is wasted."""
+    every = settings.CHAIN_ROUND_LEASE_SECONDS / 4
+    renewed = time.monotonic()
+
+    def renew() -> None:
+        nonlocal renewed
+        if time.monotonic() - renewed >= every:
+            _lease_renew(network, token)
+            renewed = time.monotonic()
+
+    outer = chain.before_call
+    chain.before_call = renew
+    try:
+        yield
+    finally:
+        chain.before_call = outer
 
 
 @dataclass
@@ -87,31 +114,40 @@ def scan_network(
         chain = chain or Chain(
             network.effective_rpc_url, timeout=settings.CHAIN_RPC_TIMEOUT_SECONDS
         )
-        chain_id = chain.chain_id()
-        if chain_id != network.chain_id:
-            _halt(
-                network,
-                report,
-                f"wrong chain: the node reports chain id {chain_id}, expected {network.chain_id}",
+        with lease_kept(chain, network, token):
+            chain_id = chain.chain_id()
+            if chain_id != network.chain_id:
+                _halt(
+                    network,
+                    report,
+                    f"wrong chain: the node reports chain id {chain_id}, "
+                    f"expected {network.chain_id}",
+                )
+                return report
+            head = chain.head()
+            for chunk in range(max_chunks):
+                if _scan_chunk(
+                    network=network,
+                    chain=chain,
+                    head=head,
+                    first=chunk == 0,
+                    report=report,
+                    token=token,
+                ):
+                    break
+            _follow_confirmations(
+                network=network, chain=chain, head=head, report=report, token=token
             )
-            return report
-        head = chain.head()
-        for chunk in range(max_chunks):
-            if _scan_chunk(
-                network=network,
-                chain=chain,
-                head=head,
-                first=chunk == 0,
-                report=report,
-                token=token,
-            ):
-                break
-        _follow_confirmations(network=network, chain=chain, head=head, report=report, token=token)
-        watch = sorted({a.lower() for a in native_watch})
-        if watch:
-            _reconcile_native(
-                network=network, chain=chain, head=head, watch=watch, report=report, token=token
-            )
+            watch = sorted({a.lower() for a in native_watch})
+            if watch:
+                _reconcile_native(
+                    network=network,
+                    chain=chain,
+                    head=head,
+                    watch=watch,
+                    report=report,
+                    token=token,
+                )
     except ChainError as error:
         report.error = str(error)
         logger.warning("Watch round of %s stopped: %s", network.slug, error)
@@ -169,11 +205,15 @@ def round_lease_acquire(*, network: Network) -> str | None:
 
 def _lease_renew(network: Network, token: str) -> None:
     """First statement of every write of a round: on SQLite it takes the write lock at once,
-    on PostgreSQL it locks the network row, so a stale worker cannot interleave."""
+    on PostgreSQL it locks the network row, so a stale worker cannot interleave.
+
+    The token alone decides: an expired lease that no other worker took is still ours. The
+    expiry only lets another worker take a stopped round over; a round that merely ran long
+    and found nobody in its place goes on instead of throwing its fetched work away."""
     now = timezone.now()
-    renewed = Network.objects.filter(
-        pk=network.pk, round_token=token, round_lease_until__gte=now
-    ).update(round_lease_until=now + timedelta(seconds=settings.CHAIN_ROUND_LEASE_SECONDS))
+    renewed = Network.objects.filter(pk=network.pk, round_token=token).update(
+        round_lease_until=now + timedelta(seconds=settings.CHAIN_ROUND_LEASE_SECONDS)
+    )
     if not renewed:
         raise LeaseLost(network.slug)
 

@@ -62,7 +62,7 @@ def test_killed_workers_and_a_faulty_node_lose_and_double_nothing(tmp_path):
         "STABLEBILL_VAR_DIR": str(tmp_path / "var"),
         "CELERY_BROKER_URL": "memory://",
         "CHAIN_RPC_TIMEOUT_SECONDS": "1",
-        "CHAIN_ROUND_LEASE_SECONDS": "3",
+        "CHAIN_ROUND_LEASE_SECONDS": "5",
     }
     (tmp_path / "var").mkdir()
     try:

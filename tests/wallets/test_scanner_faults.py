@@ -2,7 +2,12 @@
 overlapping rounds, the wrong chain, reverted and contract-sent ETH."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -12,6 +17,7 @@ from web3 import Web3
 
 from contracts.deploy import ARTIFACT_PATH, deploy_multicall3
 from tests.chain import running_anvil
+from tests.evm import seed_networks
 from tests.rpc_proxy import FaultProxy
 from tests.wallets.test_addresses import ABANDON_XPUB
 from tests.wallets.test_scanner_anvil import Anvil, _register
@@ -19,7 +25,13 @@ from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.admin import NetworkAdmin
 from wallets.chain import Chain
 from wallets.models import ChainCursor, NativeBalance, Network, Transfer, TransferStatus
-from wallets.scanner import round_lease_acquire, round_queue, scan_network
+from wallets.scanner import (
+    LeaseLost,
+    lease_kept,
+    round_lease_acquire,
+    round_queue,
+    scan_network,
+)
 
 FORWARDER = json.loads(ARTIFACT_PATH.with_name("TestForwarder.json").read_text())
 ETH = 10**18
@@ -394,3 +406,66 @@ def test_chain_watching_callbacks_and_emails_travel_on_their_own_queues():
     assert queue("merchants.tasks.send_invitation") == "email"
     assert queue("checkout.tasks.end_payments") == "celery"
     assert {q.name for q in app.conf.task_queues} == {"celery", "chain", "callbacks", "email"}
+
+
+def test_a_round_on_a_node_slower_than_its_lease_keeps_the_lease_and_credits(
+    anvil, deposit, settings
+):
+    """Every answer takes 0.8 s and the lease is 3 s: the round's fetches outlast the lease
+    before its first write. It renews the lease from inside its node calls, so it is never
+    taken over and thrown away (before, each retry lost its lease the same way: for ever)."""
+    settings.CHAIN_ROUND_LEASE_SECONDS = 3
+    network = _register(anvil, confirmations=1)
+    anvil.pay(deposit.address, 2_000_000)
+    anvil.mine(1)
+    with FaultProxy(anvil.rpc_url, delay=1.0, delay_seconds=0.8) as slow:
+        report = scan_network(network=network, chain=Chain(slow.url, timeout=5))
+    assert report.rpc_calls * 0.8 > settings.CHAIN_ROUND_LEASE_SECONDS
+    assert not report.skipped and report.error == ""
+    assert report.new == report.confirmed == [Transfer.objects.get().pk]
+    assert Network.objects.get(pk=network.pk).round_token == ""
+
+
+def test_the_lease_is_renewed_before_node_calls_and_a_taken_over_round_calls_no_more(settings):
+    settings.CHAIN_ROUND_LEASE_SECONDS = 2
+    seed_networks()
+    network = Network.objects.get(slug="anvil")
+    chain = Chain.in_process()
+    token = round_lease_acquire(network=network)
+    with lease_kept(chain, network, token):
+        # A round that ran long: its lease ran out, and no other worker took it.
+        Network.objects.filter(pk=network.pk).update(round_lease_until=timezone.now())
+        time.sleep(0.6)  # more than a quarter lease since the last renewal
+        chain.head()
+        until = Network.objects.get(pk=network.pk).round_lease_until
+        assert until > timezone.now() + timedelta(seconds=1)
+        assert round_lease_acquire(network=network) is None  # the round is alive: not free
+        # Now the lease runs out and another worker takes the round over.
+        Network.objects.filter(pk=network.pk).update(round_lease_until=timezone.now())
+        assert round_lease_acquire(network=network)
+        time.sleep(0.6)
+        calls = chain.calls
+        with pytest.raises(LeaseLost):
+            chain.head()
+        assert chain.calls == calls  # the stale round asked its node nothing more
+    assert chain.before_call is None
+
+
+def test_a_lease_shorter_than_two_timeouts_is_refused_at_start():
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "CHAIN_RPC_TIMEOUT_SECONDS": "10",
+        "CHAIN_ROUND_LEASE_SECONDS": "20",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import config.settings"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode != 0
+    assert "CHAIN_ROUND_LEASE_SECONDS must be longer than 2 x CHAIN_RPC_TIMEOUT_SECONDS" in (
+        done.stderr
+    )
