@@ -16,9 +16,13 @@ def current_merchant(request: HttpRequest) -> dict:
         )
 
     def businesses() -> list:
-        # Called only by templates that show the switcher, and then in one query.
+        # Called only by templates that show the switcher. membership_for_user read them
+        # all with the membership itself; a membership from elsewhere costs one query.
         if user is None or not user.is_authenticated or membership is None:
             return []
+        known = getattr(membership, "all_of_user", None)
+        if known is not None:
+            return known
         return list(memberships_of_user(user=user))  # type: ignore[arg-type]
 
     return {

@@ -26,9 +26,10 @@ def test_dashboard_query_count_does_not_grow_with_history(
     _history(acme, n)
     _history(globex, 3)
     client = client_for(alice)
-    # session, user, membership, status counts, outstanding, paid recently, overdue,
-    # recent invoices with customers, activity with invoices and actors, business switcher
-    with django_assert_num_queries(10):
+    # session, user, membership (with the person's other businesses, for the switcher),
+    # status counts, outstanding + paid recently + overdue (one query), recent invoices with
+    # customers, activity with invoices and actors
+    with django_assert_num_queries(7):
         response = client.get(reverse("dashboard"))
     assert response.status_code == 200
     assert len(response.context["summary"].recent_invoices) == min(n, 6)
@@ -40,8 +41,9 @@ def test_invoice_list_query_count_does_not_grow_with_history(
 ):
     _history(acme, n)
     client = client_for(alice)
-    # session, user, membership, kept counts, page of invoices with customers, switcher
-    with django_assert_num_queries(6):
+    # session, user, membership (and the switcher's businesses), kept counts, page of
+    # invoices with customers
+    with django_assert_num_queries(5):
         response = client.get(reverse("invoice_list"))
     assert len(response.context["page"].object_list) == min(n, 25)
 
@@ -80,3 +82,59 @@ def test_every_way_of_writing_an_event_records_its_invoices_merchant(acme, globe
     stored = InvoiceEvent.objects.values_list("invoice__merchant_id", "merchant_id")
     assert stored.count() > 4
     assert all(invoice_merchant == merchant for invoice_merchant, merchant in stored)
+
+
+def test_dashboard_figures_per_currency(acme, globex):
+    """Outstanding and paid-in-30-days per currency, exact, and the overdue count, from the
+    one query that reads them all: open-amount invoices owe nothing, drafts and old payments
+    count for neither, another merchant's invoices for nothing."""
+    from datetime import date
+    from decimal import Decimal
+
+    from invoices.models import Invoice, InvoiceKind
+    from invoices.selectors import dashboard_summary
+
+    def invoice(merchant, currency: str, price: str, **fields):
+        made = make_invoice(merchant, currency=currency, items=[("Thing", "1", price)])
+        Invoice.objects.filter(pk=made.pk).update(**fields)
+
+    now, today = timezone.now(), timezone.localdate()
+    invoice(acme, "USD", "10.10", status="open", due_date=today - timedelta(days=1))
+    invoice(acme, "USD", "0.20", status="processing")
+    invoice(acme, "EUR", "5.00", status="unresolved", due_date=today + timedelta(days=1))
+    invoice(acme, "USD", "0.00", status="open", kind=InvoiceKind.PERMANENT, total=0,
+            due_date=date(2020, 1, 1))  # fmt: skip
+    invoice(acme, "USD", "7.00", status="paid", finalized_at=now - timedelta(days=2))
+    invoice(acme, "GBP", "3.30", status="paid", finalized_at=now - timedelta(days=29))
+    invoice(acme, "USD", "99.00", status="paid", finalized_at=now - timedelta(days=31))
+    invoice(acme, "USD", "50.00", status="draft", due_date=today - timedelta(days=9))
+    invoice(globex, "USD", "1000.00", status="open", due_date=today - timedelta(days=9))
+
+    summary = dashboard_summary(merchant=acme)
+
+    assert [(t.currency, t.amount, t.count) for t in summary.outstanding] == [
+        ("EUR", Decimal("5.00"), 1),
+        ("USD", Decimal("10.30"), 2),
+    ]
+    assert [(t.currency, t.amount, t.count) for t in summary.paid_recently] == [
+        ("GBP", Decimal("3.30"), 1),
+        ("USD", Decimal("7.00"), 1),
+    ]
+    assert summary.overdue_count == 2  # the open-amount invoice is late too
+    assert summary.status_counts["paid"] == 3
+
+
+def test_switcher_lists_every_business_of_the_person_without_a_query_of_its_own(
+    client_for, alice, acme, globex, django_assert_num_queries
+):
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(merchant=globex, user=alice)
+    client = client_for(alice)
+    client.post(reverse("merchant_switch"), {"merchant_id": globex.pk})
+    with django_assert_num_queries(7):
+        response = client.get(reverse("dashboard"))
+    html = response.content.decode()
+    assert response.context["merchant"] == globex
+    assert f'<option value="{acme.pk}" >Acme Tools</option>' in html
+    assert f'<option value="{globex.pk}" selected>Globex</option>' in html
