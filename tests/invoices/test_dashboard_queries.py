@@ -138,3 +138,32 @@ def test_switcher_lists_every_business_of_the_person_without_a_query_of_its_own(
     assert response.context["merchant"] == globex
     assert f'<option value="{acme.pk}" >Acme Tools</option>' in html
     assert f'<option value="{globex.pk}" selected>Globex</option>' in html
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "refund", "html"),
+    [
+        ("open", "", "", '<span class="badge badge-open">Open</span>'),
+        (
+            "failed",
+            "processing_timeout",
+            "",
+            '<span class="badge badge-failed">Failed · processing over 24 hours</span>',
+        ),
+        (
+            "paid",
+            "",
+            "partially_refunded",
+            '<span class="badge badge-paid">Paid</span> '
+            '<span class="badge badge-refund">Partially refunded</span>',
+        ),
+    ],
+)
+def test_status_badges_show_status_reason_and_refund(status, reason, refund, html):
+    from django.template import engines
+
+    from invoices.models import Invoice
+
+    invoice = Invoice(status=status, failure_reason=reason, refund_state=refund)
+    rendered = engines["django"].from_string('{% include "_status.html" %}')
+    assert rendered.render({"invoice": invoice}) == html + "\n"
