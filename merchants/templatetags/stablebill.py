@@ -46,17 +46,31 @@ def nav_current(context: template.Context, *prefixes: str) -> str:
 
 
 @register.simple_tag
-def fixed_url(name: str) -> str:
-    """`{% url name %}` for a URL without arguments, reversed once per URL configuration and
-    script prefix: the sidebar of every page links twenty of them, and reversing each on
-    every request was a tenth of a page's time."""
-    return _fixed_url(get_urlconf() or settings.ROOT_URLCONF, get_script_prefix(), name)
+def fixed_url(name: str, *ids: object) -> str:
+    """`{% url name %}` reversed once per URL configuration and script prefix, then reused:
+    the sidebar of every page links twenty URLs, and each list row one with the row's id;
+    reversing each on every request was a tenth of a page's time. Arguments may only be
+    ids (non-negative ints, which an `<int:...>` path writes as `str(id)`); anything else
+    is reversed as `{% url %}` would."""
+    urlconf = get_urlconf() or settings.ROOT_URLCONF
+    if not all(type(i) is int and i >= 0 for i in ids):
+        return reverse(name, urlconf=urlconf, args=ids)
+    parts = _fixed_url(urlconf, get_script_prefix(), name, len(ids))
+    return "".join(part + str(i) for part, i in zip(parts, ids, strict=False)) + parts[-1]
+
+
+# Reversed with this in place of each id, then cut around it.
+_ID = 918273645546372819
 
 
 @lru_cache(maxsize=1024)
-def _fixed_url(urlconf: str, script_prefix: str, name: str) -> str:
+def _fixed_url(urlconf: str, script_prefix: str, name: str, n_ids: int) -> tuple[str, ...]:
     # The script prefix is part of the key because reverse() prepends it.
-    return reverse(name, urlconf=urlconf)
+    url = reverse(name, urlconf=urlconf, args=[_ID] * n_ids)
+    parts = tuple(url.split(str(_ID)))
+    if len(parts) != n_ids + 1:
+        raise ValueError(f"{name} does not write its arguments as they are: use {{% url %}}")
+    return parts
 
 
 @receiver(setting_changed)
