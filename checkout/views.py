@@ -118,10 +118,11 @@ def _state(invoice: Invoice, payment: Payment | None) -> str:
     )
 
 
-def _state_now(invoice: Invoice) -> str:
+def _state_now(invoice: Invoice) -> tuple[str, bool]:
     """The same, as the database has it now, in one indexed query: the payment
     current_payment would pick (the open one first, for a permanent invoice only that), with
-    its invoice's fields. No row (the page's payment is no longer shown): news all the same."""
+    its invoice's fields; and whether that is the end of the payment (nothing more to wait
+    for). No row (the page's payment is no longer shown): news all the same, and final."""
     payments = Payment.objects.filter(invoice_id=invoice.pk)
     if invoice.kind == InvoiceKind.PERMANENT:
         payments = payments.filter(status__in=OPEN_PAYMENT)
@@ -138,8 +139,10 @@ def _state_now(invoice: Invoice) -> str:
         .first()
     )
     if row is None:
-        return "gone"
-    return _digest(row[: len(INVOICE_STATE)], row[len(INVOICE_STATE) :])
+        return "gone", True
+    invoice_state, payment_state = row[: len(INVOICE_STATE)], row[len(INVOICE_STATE) :]
+    final = payment_state[1] in FINAL_PAYMENT or invoice_state[0] not in PAYABLE
+    return _digest(invoice_state, payment_state), final
 
 
 def _context(invoice: Invoice, now: datetime | None = None) -> dict:
@@ -214,20 +217,52 @@ def _can_hold(request: HttpRequest) -> bool:
 
 def _wait_for_news(invoice: Invoice, seen: str) -> bool:
     """Hold the request until what the page shows changes, for at most
-    PAY_STATUS_HOLD_SECONDS; False when no slot was free (the page polls again later)."""
+    PAY_STATUS_HOLD_SECONDS; False when no slot was free (the page polls again later).
+
+    News that ends the payment (Paid, expired, ...) is answered at once: that is what the
+    payer waits for. News on the way there (the deposit seen, a confirmation) is answered no
+    sooner than POLL_SECONDS after the page was given the state it has, as polling would
+    have shown it: so the page asks no more often than polling every 3 s even while a
+    payment moves (each answer then carries whatever happened meanwhile). A state given
+    longer ago, or unknown here, gets its news at once."""
     global _holding
     with _holding_lock:
         if _holding >= settings.PAY_STATUS_HOLD_SLOTS:
             return False
         _holding += 1
     try:
+        given = cache.get(_given_key(invoice.pk, seen))
+        paced = given + POLL_SECONDS if isinstance(given, float) else 0.0
         deadline = time.monotonic() + settings.PAY_STATUS_HOLD_SECONDS
-        while _state_now(invoice) == seen and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            state, final = _state_now(invoice)
+            if state != seen and (final or time.time() >= paced):
+                break
             time.sleep(CHECK_SECONDS)
     finally:
         with _holding_lock:
             _holding -= 1
     return True
+
+
+def _given_key(invoice_id: int, state: str) -> str:
+    return f"pay:given:{invoice_id}:{state}"
+
+
+_STATE_IN_PAGE = re.compile(rb"\?v=([0-9a-f]{16})")
+
+
+def _note_given(response: HttpResponse, invoice_id: int, next_poll: int) -> HttpResponse:
+    """Note when a page that will wait for news was first given its state (the `?v=` it
+    sends back), for the pacing in _wait_for_news. Only where pages wait: a polling page is
+    paced by its own trigger."""
+    if next_poll == 0 and (found := _STATE_IN_PAGE.search(response.content)):
+        cache.add(
+            _given_key(invoice_id, found.group(1).decode()),
+            time.time(),
+            timeout=settings.PAY_STATUS_HOLD_SECONDS + POLL_SECONDS + 60,
+        )
+    return response
 
 
 def _status(request: HttpRequest, token: str) -> HttpResponse:
@@ -241,13 +276,15 @@ def _status(request: HttpRequest, token: str) -> HttpResponse:
     held = bool(seen) and _can_hold(request) and _wait_for_news(state.invoice(), seen)
     if held:  # news, or the hold ran out: show the invoice as it is now
         state = _page_state(token)
-    return serve(
+    next_poll = 0 if held else POLL_SECONDS
+    response = serve(
         request,
         state,
         "checkout/pay.html#status",
-        0 if held else POLL_SECONDS,
+        next_poll,
         lambda: _context(_invoice_by_token(token, page=False), now=state.now),
     )
+    return _note_given(response, state.invoice_id, next_poll)
 
 
 @vary_on_headers("HX-Request")
@@ -257,13 +294,14 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
     state = _page_state(token)
     next_poll = 0 if _can_hold(request) else POLL_SECONDS
     if state.has_payment or state.pricing_mode != PricingMode.TIMER_FIXED_ASSET:
-        return serve(
+        response = serve(
             request,
             state,
             "checkout/pay.html",
             next_poll,
             lambda: _context(_invoice_by_token(token), now=state.now),
         )
+        return _note_given(response, state.invoice_id, next_poll)
     # A timed invoice in one asset may start its payment on this request: never kept.
     invoice = _invoice_by_token(token)
     context = _context(invoice)
@@ -281,7 +319,7 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
         else:
             context = _context(invoice)
     context["next_poll"] = next_poll
-    return render(request, "checkout/pay.html", context)
+    return _note_given(render(request, "checkout/pay.html", context), invoice.pk, next_poll)
 
 
 @require_POST
@@ -318,7 +356,9 @@ def pay_start(request: HttpRequest, token: str) -> HttpResponse:
             context = _context(invoice)
     context["next_poll"] = 0 if _can_hold(request) else POLL_SECONDS
     template = "checkout/pay.html#status" if request.htmx else "checkout/pay.html"  # type: ignore[attr-defined]
-    response = render(request, template, context, status=status)
+    response = _note_given(
+        render(request, template, context, status=status), invoice.pk, context["next_poll"]
+    )
     if request.htmx and status != 200:  # type: ignore[attr-defined]
         response["HX-Reswap"] = "outerHTML"
     return response

@@ -7,6 +7,10 @@ from config.health import healthz, readyz
 from config.metrics import metrics_view
 
 urlpatterns: list[URLPattern | URLResolver] = [
+    # The payer's page first: every open page asks for its status every few seconds, and
+    # matching it behind the 340 other patterns took a tenth of its time. No other pattern
+    # starts with its prefixes (pay/, payments/, refund/, refunds/, claims/).
+    path("", include("checkout.urls")),
     # Operations (answered by config.health.HealthCheckMiddleware first; named here for reverse).
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
@@ -21,7 +25,6 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("customers/", include("customers.urls")),
     path("", include("invoices.urls")),
     path("", include("wallets.urls")),
-    path("", include("checkout.urls")),
 ]
 
 if settings.DEBUG:

@@ -204,6 +204,8 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
     # Per payment: requests the page made, those polling every 3 s would have made, and how
     # much later polling would have shown Paid (seconds).
     page_requests: list[tuple[int, int, float]] = []
+    page_open: list[float] = []  # seconds from opening the page to it showing Paid
+    idle_seconds = 0.0
     lock = threading.Lock()
     with running_anvil(block_time=1) as rpc_url, ExitStack() as stack:
         deployed = deploy_demo_tokens(rpc_url)
@@ -218,6 +220,16 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
         if connection.vendor == "postgresql":  # the in-memory SQLite is not served to others
             page = PageWatcher(stack.enter_context(_gunicorn(_env(tmp_path), production=True)))
             page.start()
+        # A page left open on a payment nobody makes, for the whole run: what an idle open
+        # page costs in requests.
+        idle: PageWatcher | None = None
+        if page is not None:
+            idle = PageWatcher(page.port)
+            idle_invoice = make_invoice(merchant, items=[("Item", "1", "25.00")], issue=True)
+            payment_start(invoice=idle_invoice, asset=usdc)
+            idle.token = idle_invoice.public_token
+            idle_opened = time.perf_counter()
+            idle.start()
         clock.start()
         watcher.start()
         try:
@@ -266,9 +278,14 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
                     page_requests.append(
                         (page.requests[token], 1 + polls, opened + 3 * polls - known_paid)
                     )
+                    page_open.append(shown_paid - opened)
         finally:
             watcher.halt.set()
             clock.halt.set()
+            if idle is not None:
+                idle.halt.set()
+                idle_seconds = time.perf_counter() - idle_opened
+                idle.join(timeout=30)
             if page is not None:
                 page.halt.set()
                 page.join(timeout=30)
@@ -312,6 +329,23 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
             f"  requests per payment (page load included): {made / len(page_requests):.2f}; "
             f"polling every 3 s: {polled / len(page_requests):.2f}, showing Paid a median "
             f"{later:.0f} ms later than the server knew"
+        )
+        # Per open page per minute: while paying (from the page opening to it showing Paid)
+        # and idle (a page open on a payment never made, for the whole run), each beside
+        # what polling every 3 s makes in the same time (a request every 3 s, and the page).
+        open_minutes = sum(page_open) / 60
+        print(
+            f"  requests per open page per minute while paying: {made / open_minutes:.1f}; "
+            f"polling every 3 s: {polled / open_minutes:.1f} (over {sum(page_open):.0f} s "
+            f"of {len(page_open)} pages)"
+        )
+        assert idle is not None
+        idle_made = sum(idle.requests.values())
+        idle_polled = 1 + math.floor(idle_seconds / 3)
+        print(
+            f"  requests per open page per minute, idle: {idle_made / idle_seconds * 60:.1f}; "
+            f"polling every 3 s: {idle_polled / idle_seconds * 60:.1f} (one page open "
+            f"{idle_seconds:.0f} s, page load included; held up to PAY_STATUS_HOLD_SECONDS)"
         )
 
 

@@ -117,6 +117,73 @@ def test_a_final_payment_stops_the_asking(shop, waiting, client):
     assert "hx-trigger" not in html and "hx-get" not in html
 
 
+class FakeClock:
+    """time as checkout.views sees it: sleeping moves it on at once."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(views, "time", fake)
+    return fake
+
+
+def test_news_on_the_way_waits_until_polling_would_have_shown_it(
+    shop, waiting, client, settings, clock
+):
+    # So a page asks no more often than every 3 s while the payment moves, as polling did.
+    settings.PAY_STATUS_HOLD_SECONDS = 10
+    invoice, payment = waiting
+    page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+    given = clock.now
+    shop.send(payment, 10 * USDC)
+    shop.watch()
+
+    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    assert "Payment seen on chain." in html
+    assert given + views.POLL_SECONDS <= clock.now < given + views.POLL_SECONDS + 1
+    assert trigger_of(html) == "load, retry"
+
+
+def test_the_end_of_the_payment_is_answered_at_once(shop, waiting, client, settings, clock):
+    settings.PAY_STATUS_HOLD_SECONDS = 10
+    invoice, payment = waiting
+    page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+    given = clock.now
+    shop.send(payment, 10 * USDC)
+    shop.confirm()
+
+    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    assert "<h2>Paid</h2>" in html
+    assert clock.now == given  # not a moment's wait
+
+
+def test_a_state_given_long_ago_gets_its_news_at_once(shop, waiting, client, settings, clock):
+    settings.PAY_STATUS_HOLD_SECONDS = 10
+    invoice, payment = waiting
+    page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+    clock.now += views.POLL_SECONDS
+    shop.send(payment, 10 * USDC)
+    shop.watch()
+    asked = clock.now
+
+    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    assert "Payment seen on chain." in html
+    assert clock.now == asked
+
+
 def test_an_unknown_token_is_404_for_the_status_request_too(db, client):
     response = client.get(f"/pay/{'Q' * 43}/?v=abc", headers=HX, **THREADED)
     assert response.status_code == 404
