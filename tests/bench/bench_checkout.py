@@ -218,7 +218,13 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
         clock, watcher = BlockClock(rpc_url), Watcher(network.pk, lock)
         page: PageWatcher | None = None
         if connection.vendor == "postgresql":  # the in-memory SQLite is not served to others
-            page = PageWatcher(stack.enter_context(_gunicorn(_env(tmp_path), production=True)))
+            # Served as deployed (compose.yaml): gthread workers sharing the Redis cache, which
+            # paces a waiting page's answers whichever worker took its last request. Without
+            # REDIS_URL each worker has its own cache and knows only the pages it served.
+            served = _env(tmp_path)
+            if os.environ.get("REDIS_URL"):
+                served["REDIS_URL"] = os.environ["REDIS_URL"]
+            page = PageWatcher(stack.enter_context(_gunicorn(served, production=True)))
             page.start()
         # A page left open on a payment nobody makes, for the whole run: what an idle open
         # page costs in requests.
@@ -318,7 +324,10 @@ def test_detection_latency_on_one_second_blocks(capsys, tmp_path):
                 "learns it at its next status request"
             )
             return
-        print("the page, asking gunicorn (config/gunicorn.py) the status fragment with ?v=")
+        cache = "the Redis cache" if os.environ.get("REDIS_URL") else "a cache per worker"
+        print(
+            f"the page, asking gunicorn (config/gunicorn.py, {cache}) the status fragment with ?v="
+        )
         print(line("  page Processing, from server knowing", page_processing))
         print(line("  page Paid, from server knowing (ms)", page_paid))
         print(line("  page Paid, from confirming block (ms)", page_paid_after_confirming_block))
