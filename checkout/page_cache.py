@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
@@ -213,7 +214,7 @@ def page_state(token: str) -> PageState | None:
         str(InvoiceStatus.DRAFT),
     ]
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and settings.DATABASE_PREPARED_STATEMENTS:
             cursor.execute(_prepared(len(params)), params)
         else:
             cursor.execute(_state_sql(), params)

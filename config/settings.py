@@ -115,6 +115,10 @@ DATABASES = {
 # the request.
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_CONN_HEALTH_CHECKS", True)
+# The payer's page runs its one state query as a prepared statement of each PostgreSQL
+# connection. A pooler in transaction mode (PgBouncer) hands a session's statements to
+# other server connections, where it does not exist: switch it off there.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default, with a worker writing while the web process serves requests:
     # - WAL: readers never wait for the writer (and the writer never waits for readers);

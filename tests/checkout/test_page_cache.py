@@ -6,12 +6,15 @@ import re
 import time
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from checkout.models import Payment
 from invoices.models import PricingMode
 from invoices.services import invoice_cancel
+from tests.conftest import require_postgres
 from tests.factories import CustomerFactory, make_invoice
 from wallets.models import Asset
 
@@ -145,3 +148,26 @@ def test_a_kept_page_is_only_ever_its_own_invoices(shop, client, globex):
     html = html_of(page(client, theirs))
     assert globex.name in html and shop.merchant.name not in html
     assert theirs.reference in html
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_state_query_is_prepared_only_where_the_operator_allows_it(
+    shop, client, settings, prepared
+):
+    """Behind a transaction-pooling PgBouncer a session's prepared statement is not there on
+    the next server connection: DATABASE_PREPARED_STATEMENTS=0 runs the plain query."""
+    require_postgres()
+    settings.DATABASE_PREPARED_STATEMENTS = prepared
+    invoice = shop.invoice("10.00")
+    html_of(page(client, invoice))
+    with CaptureQueriesContext(connection) as queries:
+        assert "How would you like to pay?" in html_of(page(client, invoice))
+    (state_query,) = [q["sql"] for q in queries.captured_queries]
+    assert state_query.startswith("EXECUTE stablebill_pay_state_") is prepared
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'stablebill_pay_state_%%'"
+        )
+        (statements,) = cursor.fetchone()
+    if prepared:
+        assert statements == 1
