@@ -9,6 +9,7 @@ fails until you do.
 """
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -49,8 +50,15 @@ from merchants.models import (
     User,
     WebhookEndpoint,
 )
+from tests.conftest import _client_for
 from tests.evm import seed_networks
-from tests.factories import CustomerFactory, MembershipFactory, MerchantFactory, make_invoice
+from tests.factories import (
+    PASSWORD,
+    CustomerFactory,
+    MembershipFactory,
+    MerchantFactory,
+    make_invoice,
+)
 from wallets.addresses import deposit_address_allocate, wallet_set
 from wallets.models import Asset, Claim, DepositAddress, Network, Transfer, Wallet
 
@@ -212,6 +220,23 @@ def _build_world() -> World:
 class _Built:
     world: World
     media: Path
+    # Each person's session cookie from a real sign-in, and when it was made (see `client_for`).
+    sessions: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+# The settings the world is built under and its people sign in under: tests/conftest.py's.
+def _module_settings(media: Path):
+    return override_settings(
+        MEDIA_ROOT=media,
+        SITE_URL="http://testserver",
+        RATE_STATIC_APPROVED=["*"],
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+    )
+
+
+# A kept sign-in is lent for this long, well inside ACCOUNT_REAUTHENTICATION_TIMEOUT (5 min),
+# so a money change in a test still finds a recent sign-in; an older one is signed in anew.
+SIGN_IN_KEPT_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
@@ -228,12 +253,7 @@ def _built_world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterat
         outer = transaction.atomic()
         outer.__enter__()
         try:
-            with override_settings(
-                MEDIA_ROOT=media,
-                SITE_URL="http://testserver",
-                RATE_STATIC_APPROVED=["*"],
-                PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
-            ):
+            with _module_settings(media):
                 world = _build_world()
         except BaseException:
             transaction.set_rollback(True)
@@ -248,10 +268,57 @@ def _built_world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterat
 
 
 @pytest.fixture
-def world(_built_world, db, settings) -> World:
+def _signed_in(_built_world, django_db_blocker) -> dict[str, str]:
+    """Session cookies of alice, bob, victor and charlie, each from a real POST to the sign-in
+    page made in the module's transaction (so every test's rollback returns to it), at most
+    SIGN_IN_KEPT_SECONDS old. Signing in was a quarter of these tests' time. Requested before
+    `db`, so a stale one is renewed in the module's transaction, not in a test's."""
+    from django.conf import settings as django_settings
+    from django.db import connection
+    from django.test import Client
+
+    sessions = _built_world.sessions
+    if connection.in_atomic_block and len(connection.savepoint_ids) > 0:
+        return {}  # a test's transaction is already open: `client_for` signs in each time
+    now = time.monotonic()
+    for email in ("alice@acme.test", "bob@acme.test", "victor@acme.test", "charlie@globex.test"):
+        if email in sessions and now - sessions[email][0] < SIGN_IN_KEPT_SECONDS:
+            continue
+        with django_db_blocker.unblock(), _module_settings(_built_world.media):
+            cache.clear()
+            client = Client()
+            response = client.post("/login/", {"login": email, "password": PASSWORD})
+            assert response.status_code == 302, response.content[:2000]
+            cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+        sessions[email] = (now, cookie)
+    return {email: cookie for email, (_at, cookie) in sessions.items()}
+
+
+@pytest.fixture
+def world(_built_world, _signed_in, db, settings) -> World:
     """This test's copy of the module's world (a test may change the objects it is given)."""
     settings.MEDIA_ROOT = _built_world.media
     return copy.deepcopy(_built_world.world)
+
+
+@pytest.fixture
+def client_for(_signed_in):
+    """A browser signed in as tests/conftest.py's `client_for` signs in, through the real
+    sign-in page: for the world's people, a new browser holding the session cookie of a
+    sign-in kept from the module's transaction (each test changes that session only inside its
+    own rollback); anyone else signs in now."""
+    from django.conf import settings as django_settings
+    from django.test import Client
+
+    def make(user):
+        cookie = _signed_in.get(user.email)
+        if cookie is None:
+            return _client_for(Client, user)
+        client = Client()
+        client.cookies[django_settings.SESSION_COOKIE_NAME] = cookie
+        return client
+
+    return make
 
 
 # The people of tests/conftest.py, the ones in the world.
