@@ -91,6 +91,14 @@ if XDIST_WORKER:
     _share_redis_between_workers(XDIST_WORKER)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (`make test`): one worker more than there are cores. Much of the suite waits
+    rather than computes (on subprocesses it starts: gunicorn, a Celery worker, anvil, inner
+    pytest runs, the chaos scenario's killed rounds; on a browser; on PostgreSQL), and a core
+    would sit idle while its only worker waits."""
+    return (os.cpu_count() or 1) + 1
+
+
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 
