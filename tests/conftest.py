@@ -10,6 +10,7 @@ from django.test.testcases import LiveServerThread
 
 from config.celery import app as celery_app
 from merchants.models import Role
+from tests import template_db
 from tests.evm import dev_network, tester  # noqa: F401 (fixtures for every test directory)
 from tests.factories import (
     PASSWORD,
@@ -89,6 +90,9 @@ def _share_redis_between_workers(worker: str) -> None:
 
 if XDIST_WORKER:
     _share_redis_between_workers(XDIST_WORKER)
+    template_db.install()
+else:
+    template_db.run_key()  # before the workers start, so they inherit it
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -246,6 +250,8 @@ def pytest_sessionfinish(session, exitstatus):
     if workeroutput is not None:  # a pytest-xdist worker: the controller judges the run
         workeroutput["skip_policy_deselected"] = _deselection_breaches
         return
+    if session.config.getoption("numprocesses", None):
+        template_db.drop_template()
     if _policy_breaches and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
