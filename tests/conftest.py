@@ -103,57 +103,6 @@ def pytest_xdist_auto_num_workers(config):
     return (os.cpu_count() or 1) + 1
 
 
-# Modules that each take minutes, with their measured share of a run (seconds, summed over
-# their tests). In file order they all fall into the first worker's contiguous share, where
-# they run one after the other and set the run's wall time while the other workers finish
-# early; see pytest_collection_modifyitems.
-LONG_MODULES = {
-    "tests/api/test_schemathesis.py": 217,
-    "tests/chaos/test_chaos.py": 156,
-    "tests/api/test_schemathesis_cli.py": 127,
-    "tests/checkout/test_state_machine.py": 64,
-    "tests/ops/test_devserver.py": 61,
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Spread the long modules over the xdist workers, each at the start of a worker's share.
-
-    worksteal first hands worker k the k-th contiguous slice of the collection, and later
-    steals from the end of the longest queue; a module at the start of a share stays with
-    its worker (so module fixtures are built once) and runs while the others have work. Every
-    worker collects and orders the same way, as xdist requires; nothing is added or dropped."""
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    if workers < 2:
-        return
-    by_module: dict[str, list] = {}
-    for item in items:
-        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
-    long_ones = [
-        m for m in sorted(LONG_MODULES, key=LONG_MODULES.get, reverse=True) if m in by_module
-    ]
-    rest = [item for item in items if item.nodeid.split("::")[0] not in long_ones]
-    heads: list[list] = [[] for _ in range(workers)]
-    load = [0] * workers
-    for module in long_ones:
-        k = load.index(min(load))
-        heads[k] += by_module[module]
-        load[k] += LONG_MODULES[module]
-    # The slices worksteal cuts: worker k gets len(pending) // (workers - k) of what is left.
-    ordered: list = []
-    left = len(items)
-    for k in range(workers):
-        size = left // (workers - k)
-        left -= size
-        ordered += heads[k]
-        take = max(0, size - len(heads[k]))
-        ordered += rest[:take]
-        del rest[:take]
-    ordered += rest
-    assert sorted(map(id, ordered)) == sorted(map(id, items))
-    items[:] = ordered
-
-
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 
