@@ -3,13 +3,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db import connections
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from customers.models import Customer
 from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus, InvoiceStatusCount
-from merchants.fields import PRECISION
+from merchants.fields import PRECISION, exact_totals
 from merchants.models import Merchant
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
@@ -147,52 +146,32 @@ def _money_figures(
     the page more in building and running it than the few rows cost to read."""
     is_outstanding = Q(status__in=OUTSTANDING)
     # Open-amount invoices ask for nothing in particular; they add no outstanding total.
-    owed = is_outstanding & Q(total__gt=0)
-    is_paid = Q(status=InvoiceStatus.PAID, finalized_at__gte=since)
-    late = is_outstanding & Q(due_date__lt=today)
+    figure = Case(
+        When(is_outstanding & Q(total__gt=0), then=Value("owed")),
+        When(is_outstanding, then=Value("")),
+        default=Value("paid"),
+    )
+    late = Case(When(is_outstanding & Q(due_date__lt=today), then=True), default=False)
     # The merchant inside each branch of the OR, so that each is one index range (SQLite
     # unions them; with the merchant outside, it read every invoice of the merchant).
     mine = Q(merchant=merchant)
-    rows = Invoice.objects.filter((mine & is_outstanding) | (mine & is_paid)).order_by()
-    outstanding: list[CurrencyTotal] = []
-    paid: list[CurrencyTotal] = []
-    if connections[rows.db].vendor != "sqlite":
-        overdue = 0
-        grouped = (
-            rows.values("currency")
-            .annotate(
-                owed=Sum("total", filter=owed),
-                owed_n=Count("pk", filter=owed),
-                paid=Sum("total", filter=is_paid),
-                paid_n=Count("pk", filter=is_paid),
-                late_n=Count("pk", filter=late),
-            )
-            .order_by("currency")
-        )
-        for row in grouped:
-            if row["owed_n"]:
-                outstanding.append(CurrencyTotal(row["currency"], row["owed"], row["owed_n"]))
-            if row["paid_n"]:
-                paid.append(CurrencyTotal(row["currency"], row["paid"], row["paid_n"]))
-            overdue += row["late_n"]
-        return outstanding, paid, overdue
-    # SQLite sums decimals as floats: the rows are added up here, exactly (as exact_totals).
-    sums: dict[tuple[bool, str], list] = {}
+    rows = Invoice.objects.filter(
+        (mine & is_outstanding) | (mine & Q(status=InvoiceStatus.PAID, finalized_at__gte=since))
+    ).annotate(figure=figure, late=late)
+    figures: dict[str, dict[str, CurrencyTotal]] = {"owed": {}, "paid": {}}
     overdue = 0
-    fields = ("currency", "status", "total", "due_date")
-    with decimal.localcontext(prec=PRECISION):
-        for currency, status, total, due_date in rows.values_list(*fields).iterator():
-            total = total or Decimal(0)
-            if status in OUTSTANDING:
-                if due_date is not None and due_date < today:
-                    overdue += 1
-                if total <= 0:
-                    continue
-            group = sums.setdefault((status in OUTSTANDING, currency), [Decimal(0), 0])
-            group[0] += total
-            group[1] += 1
-    for (owing, currency), (amount, n) in sorted(sums.items(), key=lambda kv: kv[0][1]):
-        (outstanding if owing else paid).append(CurrencyTotal(currency, amount, n))
+    for row in exact_totals(rows, ["figure", "currency", "late"], "total"):
+        if row["late"]:
+            overdue += row["n"]
+        if row["figure"]:
+            # A currency's late and not-late rows are two groups: added here, exactly.
+            known = figures[row["figure"]].get(row["currency"])
+            total, n = row["total"] or Decimal(0), row["n"]
+            if known is not None:
+                with decimal.localcontext(prec=PRECISION):
+                    total, n = known.amount + total, known.count + n
+            figures[row["figure"]][row["currency"]] = CurrencyTotal(row["currency"], total, n)
+    outstanding, paid = (sorted(figures[k].values(), key=lambda t: t.currency) for k in figures)
     return outstanding, paid, overdue
 
 
