@@ -140,46 +140,47 @@ def clock(monkeypatch):
     return fake
 
 
-def test_news_on_the_way_waits_until_polling_would_have_shown_it(
-    shop, waiting, client, settings, clock
-):
-    # So a page asks no more often than every 3 s while the payment moves, as polling did.
+@pytest.fixture
+def opened(waiting, client, settings, clock):
+    """A page that waits for news, opened now: its invoice, payment and the state it has."""
     settings.PAY_STATUS_HOLD_SECONDS = 10
     invoice, payment = waiting
     page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+    return invoice, payment, state_of(page)
+
+
+def test_news_on_the_way_waits_until_polling_would_have_shown_it(shop, opened, client, clock):
+    # So a page asks no more often than every 3 s while the payment moves, as polling did.
+    invoice, payment, seen = opened
     given = clock.now
     shop.send(payment, 10 * USDC)
     shop.watch()
 
-    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    html = status(client, invoice, seen, **THREADED).content.decode()
     assert "Payment seen on chain." in html
     assert given + views.POLL_SECONDS <= clock.now < given + views.POLL_SECONDS + 1
     assert trigger_of(html) == "load, retry"
 
 
-def test_the_end_of_the_payment_is_answered_at_once(shop, waiting, client, settings, clock):
-    settings.PAY_STATUS_HOLD_SECONDS = 10
-    invoice, payment = waiting
-    page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+def test_the_end_of_the_payment_is_answered_at_once(shop, opened, client, clock):
+    invoice, payment, seen = opened
     given = clock.now
     shop.send(payment, 10 * USDC)
     shop.confirm()
 
-    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    html = status(client, invoice, seen, **THREADED).content.decode()
     assert "<h2>Paid</h2>" in html
     assert clock.now == given  # not a moment's wait
 
 
-def test_a_state_given_long_ago_gets_its_news_at_once(shop, waiting, client, settings, clock):
-    settings.PAY_STATUS_HOLD_SECONDS = 10
-    invoice, payment = waiting
-    page = client.get(reverse("pay", args=[invoice.public_token]), **THREADED).content.decode()
+def test_a_state_given_long_ago_gets_its_news_at_once(shop, opened, client, clock):
+    invoice, payment, seen = opened
     clock.now += views.POLL_SECONDS
     shop.send(payment, 10 * USDC)
     shop.watch()
     asked = clock.now
 
-    html = status(client, invoice, state_of(page), **THREADED).content.decode()
+    html = status(client, invoice, seen, **THREADED).content.decode()
     assert "Payment seen on chain." in html
     assert clock.now == asked
 
