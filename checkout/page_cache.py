@@ -12,9 +12,11 @@ CSRF token, the seconds left on the timer) are stored as markers and filled in o
 
 import hashlib
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from checkout import page_news
 from checkout.models import OPEN_PAYMENT, Payment, RefundRequest
 from customers.models import Customer
 from invoices.models import Invoice, InvoiceKind, InvoiceStatus
@@ -154,7 +157,8 @@ def _state_sql() -> str:
             "  WHERE r.invoice_id = i.id) AS refunds,"
             f" (SELECT COUNT(*) || ':' || COALESCE(SUM(a.id), 0) || ':' || COALESCE(SUM(n.id), 0)"
             f"  FROM {asset} a JOIN {network} n ON n.id = a.network_id"
-            "  WHERE a.enabled = %s AND n.enabled = %s) AS catalogue"
+            "  WHERE a.enabled = %s AND n.enabled = %s) AS catalogue,"
+            f" i.{col['merchant']}, i.{col['customer']}"
             f" FROM {table[Invoice]} i"
             f" JOIN {table[Merchant]} m ON m.id = i.{col['merchant']}"
             f" LEFT JOIN {table[Customer]} u ON u.id = i.{col['customer']}"
@@ -199,9 +203,33 @@ def _aware(value: Any) -> datetime | None:
     return value
 
 
+# The state of each page this process served, with where page_news stood when it was read.
+MEMO_SIZE = 10_000
+_memo: "OrderedDict[str, _Kept]" = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Kept:
+    state: PageState
+    mark: tuple[int, int]
+    news: tuple[str, ...]
+
+
 def page_state(token: str) -> PageState | None:
     """The state of the invoice behind `token` as the database has it now; None when no
-    issued invoice has that token. One indexed query."""
+    issued invoice has that token. One indexed query; none at all while page_news vouches
+    that nothing the page shows changed since this process last read it."""
+    if not page_news.enabled():
+        return _read_state(token)
+    kept = _memo.get(token)
+    if kept is not None and page_news.listener.unchanged(kept.mark, kept.news):
+        return replace(kept.state, now=timezone.now())
+    # The mark is taken before the read, so a change committed during it is not missed.
+    return _read_state(token, keep=page_news.listener.mark())
+
+
+def _read_state(token: str, keep: tuple[int, int] | None = None) -> PageState | None:
     opened = [str(status) for status in sorted(OPEN_PAYMENT)]
     # In the order of the placeholders: the current payment's, the catalogue's, the filter's.
     params: list[bool | str] = [
@@ -223,7 +251,7 @@ def page_state(token: str) -> PageState | None:
         return None
     # str() so the same state reads the same whichever database and driver gave it.
     digest = hashlib.sha256(repr([str(v) for v in row]).encode()).hexdigest()[:32]
-    return PageState(
+    state = PageState(
         invoice_id=row[0],
         kind=row[1],
         pricing_mode=row[2],
@@ -232,6 +260,24 @@ def page_state(token: str) -> PageState | None:
         now=timezone.now(),
         digest=digest,
     )
+    if keep is not None:
+        merchant_id, customer_id = row[_MERCHANT_AT], row[_MERCHANT_AT + 1]
+        news: tuple[str, ...] = (
+            page_news.invoice_news(state.invoice_id),
+            page_news.merchant_news(merchant_id),
+        )
+        if customer_id is not None:
+            news += (page_news.customer_news(customer_id),)
+        with _memo_lock:
+            _memo[token] = _Kept(state=state, mark=keep, news=news)
+            _memo.move_to_end(token)
+            while len(_memo) > MEMO_SIZE:
+                _memo.popitem(last=False)
+    return state
+
+
+# Where the invoice's merchant and customer ids sit in the state query's row.
+_MERCHANT_AT = 14
 
 
 def serve(

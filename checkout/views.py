@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from checkout import page_news
 from checkout.claim_views import invoice_claim_rows
 from checkout.models import OPEN_PAYMENT, Payment, PaymentStatus, RefundRequest, RefundStatus
 from checkout.page_cache import PageState, page_state, serve
@@ -198,9 +199,13 @@ def _context(invoice: Invoice, now: datetime | None = None) -> dict:
 
 # Polling when the server cannot hold a status request: what the page did before push.
 POLL_SECONDS = 3
-# How often a held status request looks for news: the payer sees a change within this of
-# the server knowing it. One indexed query each time.
+# How often a held status request looks for news when nothing tells it (SQLite, or page_news
+# not vouching): the payer sees a change within this of the server knowing it. One indexed
+# query each time.
 CHECK_SECONDS = 0.2
+# While page_news tells it of every change, a held request still looks this often: a
+# safety net, not the way news arrives.
+TOLD_CHECK_SECONDS = 2.0
 _holding = 0
 _holding_lock = threading.Lock()
 
@@ -224,7 +229,10 @@ def _wait_for_news(invoice: Invoice, seen: str) -> bool:
     sooner than POLL_SECONDS after the page was given the state it has, as polling would
     have shown it: so the page asks no more often than polling every 3 s even while a
     payment moves (each answer then carries whatever happened meanwhile). A state given
-    longer ago, or unknown here, gets its news at once."""
+    longer ago, or unknown here, gets its news at once.
+
+    On PostgreSQL the request sleeps until page_news hears of a change to this invoice, and
+    only then reads its state; elsewhere it reads it every CHECK_SECONDS."""
     global _holding
     with _holding_lock:
         if _holding >= settings.PAY_STATUS_HOLD_SLOTS:
@@ -234,11 +242,20 @@ def _wait_for_news(invoice: Invoice, seen: str) -> bool:
         given = cache.get(_given_key(invoice.pk, seen))
         paced = given + POLL_SECONDS if isinstance(given, float) else 0.0
         deadline = time.monotonic() + settings.PAY_STATUS_HOLD_SECONDS
-        while time.monotonic() < deadline:
+        told = page_news.enabled()
+        news = (page_news.invoice_news(invoice.pk),)
+        while (left := deadline - time.monotonic()) > 0:
+            mark = page_news.listener.mark() if told else None
             state, final = _state_now(invoice)
             if state != seen and (final or time.time() >= paced):
                 break
-            time.sleep(CHECK_SECONDS)
+            pause = min(left, CHECK_SECONDS if mark is None else TOLD_CHECK_SECONDS)
+            if state != seen:  # news to give once the pace allows, or at once if final
+                pause = min(pause, max(0.0, paced - time.time()))
+            if mark is None:
+                time.sleep(pause)
+            else:
+                page_news.listener.wait(mark, news, pause)
     finally:
         with _holding_lock:
             _holding -= 1

@@ -119,6 +119,10 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_CONN_HEALTH_CHEC
 # connection. A pooler in transaction mode (PgBouncer) hands a session's statements to
 # other server connections, where it does not exist: switch it off there.
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
+# Each web process listens (LISTEN/NOTIFY) for changes to what the payer's page shows, and
+# reads a page's state again only when told (checkout/page_news.py). A pooler in transaction
+# mode breaks LISTEN: switch it off there, or point the app at the server directly.
+DATABASE_LISTEN = env_bool("DATABASE_LISTEN", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default, with a worker writing while the web process serves requests:
     # - WAL: readers never wait for the writer (and the writer never waits for readers);
@@ -345,7 +349,7 @@ CELERY_TASK_ROUTES = {
 
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("REDIS_URL")}
+        {"BACKEND": "config.cache.RedisCache", "LOCATION": env_str("REDIS_URL")}
         if env_str("REDIS_URL", "")
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )

@@ -8,6 +8,7 @@ from django.core.servers.basehttp import WSGIServer
 from django.db import connection
 from django.test.testcases import LiveServerThread
 
+from checkout import page_news
 from config.celery import app as celery_app
 from merchants.models import Role
 from tests import template_db
@@ -75,7 +76,7 @@ def _share_redis_between_workers(worker: str) -> None:
     from django.core.cache import caches
 
     conf = settings.CACHES["default"]
-    if conf["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    if conf["BACKEND"] == "config.cache.RedisCache":
         # cache.clear() (every test's start) empties this worker's keys only; see the module.
         conf["BACKEND"] = "tests.worker_cache.WorkerRedisCache"
         conf["KEY_PREFIX"] = f"test-{worker}"
@@ -114,6 +115,15 @@ def require_postgres() -> None:
     if os.environ.get("CI"):
         pytest.fail("CI must run these tests on PostgreSQL: set DATABASE_URL.")
     pytest.skip("needs PostgreSQL (set DATABASE_URL=postgres://...)")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's, and before it drops the test database: the page-news listener
+    (checkout/page_news.py), started by any request that read a payer's page outside a
+    transaction, holds a connection to it."""
+    yield
+    page_news.listener.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,22 @@ def test_cache_round_trip_on_the_configured_backend():
     assert cache.get(key) is None
 
 
+def test_the_redis_cache_keeps_one_client_for_every_operation():
+    """config/cache.py: Django's own Redis cache builds a client per operation. Making a
+    client connects to nothing, so this holds without a Redis server too."""
+    from config.cache import RedisCache
+
+    backend = RedisCache("redis://127.0.0.1:6379/15", {})._cache
+    first = backend.get_client("a", write=True)
+    assert all(backend.get_client(key) is first for key in ("a", "b", "c"))
+    assert backend.get_client("b", write=True) is first
+    if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):  # and it still works
+        configured = cache._cache  # type: ignore[attr-defined]
+        assert configured.get_client("a") is configured.get_client("b")
+        cache.set("kept-client", 1, timeout=30)
+        assert cache.get("kept-client") == 1
+
+
 @pytest.fixture
 def real_worker():
     """A Celery worker thread on the configured broker; tasks really travel through it."""

@@ -3,10 +3,11 @@
 Under pytest-xdist (`make test`) the workers share the Redis database REDIS_URL names. Django's
 RedisCache.clear() is FLUSHDB, so one worker clearing its cache at the start of a test would wipe
 another's rate-limit counters and cached rates mid-test. tests/conftest.py gives each worker a
-KEY_PREFIX of its own and this backend; everything but clear() is Django's own.
+KEY_PREFIX of its own and this backend; everything but clear() is the app's own
+(config/cache.py).
 """
 
-from django.core.cache.backends.redis import RedisCache
+from config.cache import RedisCache
 
 
 class WorkerRedisCache(RedisCache):
