@@ -215,3 +215,13 @@ def test_a_held_status_request_wakes_on_the_news_without_asking_meanwhile(shop, 
     # have been eight looks.
     looks = [q for q in captured.captured_queries if 'AS "invoice__status"' in q["sql"]]
     assert 2 <= len(looks) <= 3, [q["sql"][:300] for q in captured.captured_queries]
+
+
+def test_switched_off_every_request_reads_the_state(shop, client, settings):
+    """DATABASE_LISTEN=0, as behind a transaction-pooling PgBouncer: no state is kept."""
+    settings.DATABASE_LISTEN = False
+    invoice = shop.invoice("10.00")
+    shop.start(invoice)
+    heard()
+    html(client, invoice, **HX)
+    assert [queries(client, invoice, **HX) for _ in range(3)] == [1, 1, 1]
