@@ -66,6 +66,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self._stopping = threading.Event()
+        self._beat_asked = threading.Event()
 
     # What requests ask ---------------------------------------------------------------------
 
@@ -158,7 +159,8 @@ class Listener:
         prefix = f"beat:{os.getpid()}:{id(conn)}:"
         while not self._stopping.is_set():
             now = time.monotonic()
-            if now >= next_beat:
+            if now >= next_beat or self._beat_asked.is_set():
+                self._beat_asked.clear()
                 number += 1
                 beats[f"{prefix}{number}"] = now
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{prefix}{number}"))
@@ -191,6 +193,7 @@ class Listener:
         self._start()
         since = time.monotonic()
         deadline = since + seconds
+        self._beat_asked.set()  # rather than wait for the next one
         with self._changed:
             while self._beat_back_at < since:
                 left = deadline - time.monotonic()
