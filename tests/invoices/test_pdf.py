@@ -18,8 +18,9 @@ from pypdf import PdfReader
 
 from invoices import pdf
 from invoices.delivery import ReceiptInput, TransferRef, invoice_paid_deliver
-from invoices.models import Invoice
-from invoices.services import invoice_mark_paid, invoice_void
+from invoices.models import Invoice, PaymentMethod, TaxRate
+from invoices.rules import LineItemInput
+from invoices.services import InvoiceInput, invoice_create, invoice_mark_paid, invoice_void
 from tests.factories import CustomerFactory, make_invoice
 
 pytestmark = pytest.mark.django_db
@@ -446,3 +447,68 @@ def test_long_unbroken_text_wraps_inside_the_page(acme, tmp_path):
     assert right_edges and max(right_edges) <= page_width
     # The wrapped header, notes, payment box and terms fill two pages, as laid out by hand.
     assert len(PdfReader(io.BytesIO(content)).pages) == 2
+
+
+def word_right_edges(content: bytes, tmp_path) -> tuple[float, list[tuple[str, float]]]:
+    """The page width and every word's right edge, in PDF points, as pdftotext places them."""
+    require("pdftotext")
+    path = tmp_path / "edges.pdf"
+    path.write_bytes(content)
+    boxes = subprocess.run(
+        ["pdftotext", "-bbox", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    page_width = float(re.search(r'<page width="([0-9.]+)"', boxes).group(1))
+    words = re.findall(r'<word xMin="[0-9.]+" yMin="[0-9.]+" xMax="([0-9.]+)"[^>]*>([^<]*)<', boxes)
+    return page_width, [(word, float(x)) for x, word in words]
+
+
+def test_long_unbroken_text_in_every_field_stays_inside_the_right_margin(acme, tmp_path):
+    # Only the fields that may hold it break long words (document.css): in the tables sized by
+    # their content (the facts beside "Bill to", the totals, a payment method's facts) a word
+    # that may not break anywhere widens the table past the margin and the page.
+    acme.invoice_prefix = "V" * 12
+    acme.save()
+    rate = TaxRate.objects.create(merchant=acme, name="X" * 64, percent=Decimal("10"))
+    method = PaymentMethod.objects.create(
+        merchant=acme,
+        name="M" * 80,
+        account_holder="H" * 200,
+        bank_name="K" * 200,
+        iban="Z" * 64,
+        bic="Q" * 32,
+        instructions="R" * 300,
+    )
+    customer = CustomerFactory(merchant=acme, name="C" * 200, email="c@example.org")
+    invoice = invoice_create(
+        merchant=acme,
+        issue=True,
+        data=InvoiceInput(
+            currency="USD",
+            customer=customer,
+            items=[LineItemInput("I" * 200, Decimal("1"), Decimal("10"), "D" * 300, tax=rate.spec)],
+            description="E" * 300,
+            po_number="P" * 64,
+            foreign_id="F" * 128,
+            footer="W" * 300,
+            payment_methods=[method],
+        ),
+    )
+    content = pdf.invoice_pdf(invoice, use_cache=False).content
+    text = "".join(text_of(content).split())
+    for run in ("X" * 64, "H" * 200, "K" * 200, "Z" * 64, "P" * 64, "F" * 128, "D" * 300):
+        assert run in text
+    receipt = invoice_paid_deliver(
+        invoice=invoice,
+        receipt=ReceiptInput(
+            key="order-1",
+            order_number="O" * 48,
+            paid_at=timezone.now(),
+            amount=invoice.total,
+            method="Y" * 200,
+        ),
+    )
+    right_margin = 18 / 25.4 * 72  # document.css: @page margin, 18 mm left and right
+    for document in (content, pdf.receipt_pdf(receipt, use_cache=False).content):
+        page_width, words = word_right_edges(document, tmp_path)
+        beyond = [(word[:12], x) for word, x in words if x > page_width - right_margin + 1]
+        assert words and not beyond
