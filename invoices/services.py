@@ -14,8 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from customers.models import Customer
@@ -158,7 +159,6 @@ def invoice_create(
                     Invoice.payment_methods.through(invoice=invoice, paymentmethod=method)
                     for method in methods
                 )
-            LineItem.objects.bulk_create(rows)
             # The new invoice whole (its items, its methods, no credit notes yet), for the
             # callback's snapshot and, on request, the caller's, without reading it back. A
             # copy: the caches would go stale on an invoice that lives on and changes.
@@ -188,7 +188,7 @@ def invoice_create(
                         to_status=InvoiceStatus.OPEN,
                     )
                 )
-            for event in InvoiceEvent.objects.bulk_create(events):
+            for event in _insert_items_and_events(rows, events):
                 callbacks_enqueue(event=event, invoice=whole, endpoints=endpoints)
     except IntegrityError:
         # Two requests with the same foreign ID raced past the check in _validate.
@@ -228,6 +228,62 @@ def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool]:
     if row is None:
         raise Merchant.DoesNotExist(f"Merchant {merchant.pk} is gone.")
     return int(row[0]), str(row[1]), bool(row[2])
+
+
+def _insert_items_and_events(
+    items: list[LineItem], events: list[InvoiceEvent]
+) -> list[InvoiceEvent]:
+    """Insert a new invoice's items and events; the events come back with their ids (the
+    outbox rows name them), the items without (nothing reads them by id).
+
+    On PostgreSQL the two INSERTs, as bulk_create writes them, go in one round trip: each
+    statement of a creation waits on the database while the merchant's numbering lock is
+    held. SQLite runs one statement per call, so there they are two bulk_creates.
+    """
+    if connection.vendor != "postgresql":
+        LineItem.objects.bulk_create(items)
+        return InvoiceEvent.objects.bulk_create(events)
+    for obj in (*items, *events):
+        # The items were built before their invoice had an id: take it now, as bulk_create does.
+        prepare = obj._prepare_related_fields_for_save  # type: ignore[attr-defined]
+        prepare(operation_name="bulk_create")
+    for event in events:
+        event.fill_merchant()
+    pk = InvoiceEvent._meta.pk
+    event_sql, event_params = _insert_sql(InvoiceEvent, events, returning=pk)
+    with connection.cursor() as cursor:
+        if items:
+            item_sql, item_params = _insert_sql(LineItem, items)
+            # Client-side binding (Django's default for psycopg) sends both as one query.
+            cursor.execute(f"{item_sql}; {event_sql}", (*item_params, *event_params))
+            cursor.nextset()
+        else:  # a draft may have none
+            cursor.execute(event_sql, event_params)
+        ids = [row[0] for row in cursor.fetchall()]
+    for obj in (*items, *events):
+        obj._state.adding = False
+        obj._state.db = connection.alias
+    for event, event_id in zip(events, ids, strict=True):
+        event.pk = event_id
+    return events
+
+
+def _insert_sql(
+    model: type[models.Model], objs: list[Any], *, returning: Any = None
+) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT that bulk_create runs for new rows of `model`, RETURNING the given field."""
+    meta = model._meta
+    fields = [
+        f
+        for f in meta.concrete_fields
+        if not f.generated and f is not meta.pk  # type: ignore[attr-defined]
+    ]
+    query = InsertQuery(model)
+    query.insert_values(fields, objs)
+    compiler = query.get_compiler(connection=connection)
+    compiler.returning_fields = [returning] if returning is not None else None  # type: ignore[assignment]
+    [(sql, params)] = compiler.as_sql()
+    return sql, tuple(params)
 
 
 def _prefetched(instance: Any, name: str, rows: list[Any]) -> None:

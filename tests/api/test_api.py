@@ -15,6 +15,7 @@ import jsonschema_rs
 import pytest
 from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
 from django.test import Client
 
 from customers.models import Customer
@@ -135,16 +136,17 @@ def test_create_costs_a_fixed_few_queries(client, acme, acme_key, django_assert_
     post(client, INVOICES, acme_key, TWO_ITEMS)  # the key's last use is noted once a minute
     # The key (one indexed query); the transaction's savepoint; the number taken and counted
     # on in one UPDATE, which also says the merchant has no webhook endpoint to read; the
-    # invoice, its items and its event inserted; release. The answer is built from what was
-    # written.
-    with django_assert_num_queries(7) as captured:
+    # invoice inserted, then its items and its events (one round trip on PostgreSQL, two
+    # statements on SQLite); release. The answer is built from what was written.
+    inserts = ["INSERT", "INSERT"] if connection.vendor == "postgresql" else ["INSERT"] * 3
+    with django_assert_num_queries(4 + len(inserts)) as captured:
         response = post(client, INVOICES, acme_key, TWO_ITEMS)
     assert response.status_code == 201
     assert response.json()["reference"] == "INV-00002"
     # The numbering lock (the merchant row, taken by the UPDATE) is held for inserts alone.
     sql = [query["sql"] for query in captured.captured_queries]
     taken = next(i for i, q in enumerate(sql) if q.startswith("UPDATE") and "next_invoice" in q)
-    assert [q.split()[0] for q in sql[taken + 1 :]] == ["INSERT", "INSERT", "INSERT", "RELEASE"]
+    assert [q.split()[0] for q in sql[taken + 1 :]] == [*inserts, "RELEASE"]
 
 
 def test_create_with_a_single_amount_makes_one_item(client, acme_key):
