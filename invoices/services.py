@@ -143,7 +143,7 @@ def invoice_create(
     # the savepoint keeps the transaction usable to look the twin up.
     try:
         with transaction.atomic(savepoint=bool(invoice.foreign_id)):
-            number, prefix, hooked = _take_invoice_number(merchant)
+            number, prefix, hooked, invoice.pk = _take_invoice_number(merchant)
             # Most merchants have no endpoint: the UPDATE said so, and a separate read of
             # none (a statement of its own, a fifth of a creation's time) is left out. An
             # endpoint added meanwhile misses this invoice either way, as the lock is on the
@@ -153,19 +153,10 @@ def invoice_create(
             )
             invoice.number = number
             invoice.reference = f"{prefix}{number:05d}"
-            invoice.save(force_insert=True)
-            if methods:
-                Invoice.payment_methods.through.objects.bulk_create(
-                    Invoice.payment_methods.through(invoice=invoice, paymentmethod=method)
-                    for method in methods
-                )
-            # The new invoice whole (its items, its methods, no credit notes yet), for the
-            # callback's snapshot and, on request, the caller's, without reading it back. A
-            # copy: the caches would go stale on an invoice that lives on and changes.
-            whole = copy.copy(invoice)
-            _prefetched(whole, "items", rows)
-            _prefetched(whole, "credit_notes", [])
-            _prefetched(whole, "payment_methods", methods)
+            links = [
+                Invoice.payment_methods.through(invoice=invoice, paymentmethod=method)
+                for method in methods
+            ]
             # The timeline still tells it as created, then issued; the callback's snapshot
             # shows the invoice as it is, open.
             events = [
@@ -188,7 +179,15 @@ def invoice_create(
                         to_status=InvoiceStatus.OPEN,
                     )
                 )
-            for event in _insert_items_and_events(rows, events):
+            _insert_new(invoice=invoice, links=links, items=rows, events=events)
+            # The new invoice whole (its items, its methods, no credit notes yet), for the
+            # callback's snapshot and, on request, the caller's, without reading it back. A
+            # copy: the caches would go stale on an invoice that lives on and changes.
+            whole = copy.copy(invoice)
+            _prefetched(whole, "items", rows)
+            _prefetched(whole, "credit_notes", [])
+            _prefetched(whole, "payment_methods", methods)
+            for event in events:
                 callbacks_enqueue(event=event, invoice=whole, endpoints=endpoints)
     except IntegrityError:
         # Two requests with the same foreign ID raced past the check in _validate.
@@ -199,9 +198,9 @@ def invoice_create(
     return whole if whole_for_snapshot else invoice
 
 
-def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool]:
-    """The merchant's next invoice number, its prefix and whether it has a webhook endpoint,
-    counted on in the same statement.
+def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool, int | None]:
+    """The merchant's next invoice number, its prefix, whether it has a webhook endpoint and
+    (on PostgreSQL) the new invoice's id from its sequence, counted on in the same statement.
 
     The UPDATE locks the merchant row until the transaction ends, so concurrent creations
     queue here and numbers neither repeat nor skip (a rolled-back creation gives its number
@@ -217,66 +216,88 @@ def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool]:
     hooks = WebhookEndpoint._meta
     hooks_table = quote(hooks.db_table)
     hooks_merchant = quote(str(hooks.get_field("merchant").column))
+    # Known before the INSERT, the id lets the invoice, its items and its events go to the
+    # database together (see _insert_new).
+    invoice_id = "NULL"
+    params: list[Any] = [merchant.pk]
+    if connection.vendor == "postgresql":
+        invoice_id = "nextval(pg_get_serial_sequence(%s, %s))"
+        params += [quote(Invoice._meta.db_table), str(Invoice._meta.pk.column)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {counter} = {counter} + 1 "  # noqa: S608
             f"WHERE {pk} = %s RETURNING {counter} - 1, {prefix}, EXISTS "
-            f"(SELECT 1 FROM {hooks_table} WHERE {hooks_table}.{hooks_merchant} = {table}.{pk})",
-            [merchant.pk],
+            f"(SELECT 1 FROM {hooks_table} WHERE {hooks_table}.{hooks_merchant} = {table}.{pk}), "
+            f"{invoice_id}",
+            params,
         )
         row = cursor.fetchone()
     if row is None:
         raise Merchant.DoesNotExist(f"Merchant {merchant.pk} is gone.")
-    return int(row[0]), str(row[1]), bool(row[2])
+    return int(row[0]), str(row[1]), bool(row[2]), row[3]
 
 
-def _insert_items_and_events(
-    items: list[LineItem], events: list[InvoiceEvent]
-) -> list[InvoiceEvent]:
-    """Insert a new invoice's items and events; the events come back with their ids (the
-    outbox rows name them), the items without (nothing reads them by id).
+def _insert_new(
+    *, invoice: Invoice, links: list[Any], items: list[LineItem], events: list[InvoiceEvent]
+) -> None:
+    """Insert a new invoice with its payment-method links, items and events; the events come
+    back with their ids (the outbox rows name them), the links and items without (nothing
+    reads them by id).
 
-    On PostgreSQL the two INSERTs, as bulk_create writes them, go in one round trip: each
-    statement of a creation waits on the database while the merchant's numbering lock is
-    held. SQLite runs one statement per call, so there they are two bulk_creates.
+    On PostgreSQL, with the invoice's id taken from its sequence beforehand, the INSERTs (as
+    save and bulk_create write them) go in one round trip: each statement of a creation waits
+    on the database while the merchant's numbering lock is held. SQLite runs one statement
+    per call, so there they go one after another.
     """
     if connection.vendor != "postgresql":
+        invoice.save(force_insert=True)
+        for event in events:
+            event.invoice = invoice  # built before it had an id: fill_merchant needs it now
+        if links:
+            Invoice.payment_methods.through.objects.bulk_create(links)
         LineItem.objects.bulk_create(items)
-        return InvoiceEvent.objects.bulk_create(events)
-    for obj in (*items, *events):
-        # The items were built before their invoice had an id: take it now, as bulk_create does.
+        InvoiceEvent.objects.bulk_create(events)
+        return
+    for obj in (*links, *items, *events):
+        # Built before their invoice had its id: they take it now, as bulk_create does.
         prepare = obj._prepare_related_fields_for_save  # type: ignore[attr-defined]
         prepare(operation_name="bulk_create")
     for event in events:
         event.fill_merchant()
-    pk = InvoiceEvent._meta.pk
-    event_sql, event_params = _insert_sql(InvoiceEvent, events, returning=pk)
+    statements = [_insert_sql(Invoice, [invoice])]
+    if links:
+        statements.append(_insert_sql(Invoice.payment_methods.through, links))
+    if items:  # a draft may have none
+        statements.append(_insert_sql(LineItem, items))
+    statements.append(_insert_sql(InvoiceEvent, events, returning=InvoiceEvent._meta.pk))
     with connection.cursor() as cursor:
-        if items:
-            item_sql, item_params = _insert_sql(LineItem, items)
-            # Client-side binding (Django's default for psycopg) sends both as one query.
-            cursor.execute(f"{item_sql}; {event_sql}", (*item_params, *event_params))
+        # Client-side binding (Django's default for psycopg) sends them as one query; the
+        # events' ids are the last statement's result.
+        cursor.execute(
+            "; ".join(sql for sql, _ in statements),
+            tuple(param for _, params in statements for param in params),
+        )
+        for _ in statements[1:]:
             cursor.nextset()
-        else:  # a draft may have none
-            cursor.execute(event_sql, event_params)
         ids = [row[0] for row in cursor.fetchall()]
-    for obj in (*items, *events):
+    for obj in (invoice, *links, *items, *events):
         obj._state.adding = False
         obj._state.db = connection.alias
     for event, event_id in zip(events, ids, strict=True):
         event.pk = event_id
-    return events
 
 
 def _insert_sql(
     model: type[models.Model], objs: list[Any], *, returning: Any = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """The INSERT that bulk_create runs for new rows of `model`, RETURNING the given field."""
+    """The INSERT that bulk_create runs for new rows of `model` (with their ids when they have
+    them), RETURNING the given field."""
     meta = model._meta
+    with_pk = all(obj.pk is not None for obj in objs)
     fields = [
         f
         for f in meta.concrete_fields
-        if not f.generated and f is not meta.pk  # type: ignore[attr-defined]
+        if not f.generated and (with_pk or f is not meta.pk)  # type: ignore[attr-defined]
     ]
     query = InsertQuery(model)
     query.insert_values(fields, objs)
