@@ -247,9 +247,13 @@ def _insert_new(
     On PostgreSQL, with the invoice's id taken from its sequence beforehand, the INSERTs (as
     save and bulk_create write them) go in one round trip: each statement of a creation waits
     on the database while the merchant's numbering lock is held. SQLite runs one statement
-    per call, so there they go one after another.
+    per call, so there they go one after another; and so do PostgreSQL's when the operator
+    asks for server-side binding (OPTIONS server_side_binding), which takes one statement a
+    query.
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get(
+        "server_side_binding"
+    ):
         invoice.save(force_insert=True)
         for event in events:
             event.invoice = invoice  # built before it had an id: fill_merchant needs it now
