@@ -8,19 +8,46 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
-from eth_account import Account
-from web3 import EthereumTesterProvider, HTTPProvider, Web3
-from web3.exceptions import (
-    BlockNotFound,
-    ContractLogicError,
-    MethodUnavailable,
-    ProviderConnectionError,
-    Web3RPCError,
-)
-from web3.providers.base import BaseProvider
+from eth_utils import keccak, to_checksum_address
+
+if TYPE_CHECKING:
+    from eth_account import Account
+    from web3 import EthereumTesterProvider, HTTPProvider, Web3
+    from web3.exceptions import (
+        BlockNotFound,
+        ContractLogicError,
+        MethodUnavailable,
+        ProviderConnectionError,
+        Web3RPCError,
+    )
+    from web3.providers.base import BaseProvider
+
+
+def _load_web3() -> None:
+    """Bind web3's names above on first use (every Chain calls it before it talks to a node).
+
+    Importing web3 takes some 1.3 s of CPU (it imports eth_account, whose keyfile module
+    builds py_ecc's BLS tables), and this module is imported by the admin, the settlement and
+    the scanner, so every process paid it at django.setup(): each manage.py command, gunicorn
+    worker and Celery worker, whether or not it ever asked a node anything."""
+    global Account, EthereumTesterProvider, HTTPProvider, Web3
+    global BlockNotFound, ContractLogicError, MethodUnavailable, ProviderConnectionError
+    global Web3RPCError
+    if "Web3" in globals():
+        return
+    from eth_account import Account
+    from web3 import EthereumTesterProvider, HTTPProvider, Web3
+    from web3.exceptions import (
+        BlockNotFound,
+        ContractLogicError,
+        MethodUnavailable,
+        ProviderConnectionError,
+        Web3RPCError,
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +71,8 @@ ERC20_ABI = [
     },
 ]
 # DepositFactory's logs (contracts/DepositFactory.sol).
-CLAIMED_TOPIC = Web3.keccak(text="Claimed(address,uint256)").to_0x_hex()
-ETHER_CLAIMED_TOPIC = Web3.keccak(text="EtherClaimed(address,address,uint256)").to_0x_hex()
+CLAIMED_TOPIC = "0x" + keccak(text="Claimed(address,uint256)").hex()
+ETHER_CLAIMED_TOPIC = "0x" + keccak(text="EtherClaimed(address,address,uint256)").hex()
 
 # Phrases nodes and hosted providers use when a getLogs range or result is too large.
 RANGE_REFUSALS = (
@@ -71,13 +98,13 @@ FULL_BLOCK_BATCH = 20
 VALUE_FRAMES = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
 
 # Function selectors (first 4 bytes of the keccak of the signature).
-AGGREGATE3 = bytes(Web3.keccak(text="aggregate3((address,bool,bytes)[])")[:4])
-GET_ETH_BALANCE = bytes(Web3.keccak(text="getEthBalance(address)")[:4])
-ERC20_TRANSFER = bytes(Web3.keccak(text="transfer(address,uint256)")[:4])
+AGGREGATE3 = bytes(keccak(text="aggregate3((address,bool,bytes)[])")[:4])
+GET_ETH_BALANCE = bytes(keccak(text="getEthBalance(address)")[:4])
+ERC20_TRANSFER = bytes(keccak(text="transfer(address,uint256)")[:4])
 # The stablecoins' own freeze lists: USDT spells it isBlackListed, USDC isBlacklisted.
 FREEZE_LIST_CALLS = {
-    "isBlackListed": bytes(Web3.keccak(text="isBlackListed(address)")[:4]),
-    "isBlacklisted": bytes(Web3.keccak(text="isBlacklisted(address)")[:4]),
+    "isBlackListed": bytes(keccak(text="isBlackListed(address)")[:4]),
+    "isBlacklisted": bytes(keccak(text="isBlacklisted(address)")[:4]),
 }
 ZERO_ADDRESS = "0x" + "0" * 40
 
@@ -196,11 +223,12 @@ class Chain:
         self,
         rpc_url: str = "",
         *,
-        provider: BaseProvider | None = None,
+        provider: "BaseProvider | None" = None,
         timeout: float = 10,
         attempts: int = 4,
         backoff: float = 0.5,
     ) -> None:
+        _load_web3()
         if provider is None:
             if not rpc_url:
                 raise ChainUnavailable("No RPC URL is configured for this network.")
@@ -219,6 +247,7 @@ class Chain:
     @classmethod
     def in_process(cls) -> "Chain":
         """A fresh in-memory chain (eth-tester), for unit tests."""
+        _load_web3()
         return cls(provider=EthereumTesterProvider())
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -342,7 +371,7 @@ class Chain:
         self, multicall: str, addresses: list[str], *, block: int
     ) -> dict[str, int]:
         """ETH balances at `block`, 500 addresses per Multicall3 aggregate3 call."""
-        target = Web3.to_checksum_address(multicall)
+        target = to_checksum_address(multicall)
         balances: dict[str, int] = {}
         for start in range(0, len(addresses), BALANCES_PER_CALL):
             part = addresses[start : start + BALANCES_PER_CALL]
@@ -476,7 +505,7 @@ class Chain:
         logs = self._logs(
             from_block,
             to_block,
-            {"address": Web3.to_checksum_address(factory), "topics": [CLAIMED_TOPIC]},
+            {"address": to_checksum_address(factory), "topics": [CLAIMED_TOPIC]},
         )
         return [
             SeenClaim(
@@ -559,9 +588,9 @@ class Chain:
         return "The transaction reverted (it succeeds when replayed now: the chain changed)."
 
     def estimate_gas(self, *, sender: str, to: str, data: str) -> int:
-        call: Any = {"to": Web3.to_checksum_address(to), "data": data}
+        call: Any = {"to": to_checksum_address(to), "data": data}
         if sender:
-            call["from"] = Web3.to_checksum_address(sender)
+            call["from"] = to_checksum_address(sender)
         try:
             return self._call("eth_estimateGas", lambda: int(self.w3.eth.estimate_gas(call)))
         except ContractLogicError as error:
@@ -572,13 +601,11 @@ class Chain:
         else why not (a person's sentence)."""
         if not self.has_code(factory):
             return "There is no contract at this address on this network."
-        selector = Web3.keccak(text="forwarderImplementation()")[:4]
+        selector = keccak(text="forwarderImplementation()")[:4]
         try:
             raw = self._call(
                 "eth_call",
-                lambda: self.w3.eth.call(
-                    {"to": Web3.to_checksum_address(factory), "data": selector}
-                ),  # type: ignore[typeddict-item]
+                lambda: self.w3.eth.call({"to": to_checksum_address(factory), "data": selector}),  # type: ignore[typeddict-item]
             )
         except ChainError as error:
             return f"The node could not read the contract: {error}"
@@ -590,22 +617,20 @@ class Chain:
         return ""
 
     def has_code(self, address: str) -> bool:
-        code = self._call(
-            "eth_getCode", lambda: self.w3.eth.get_code(Web3.to_checksum_address(address))
-        )
+        code = self._call("eth_getCode", lambda: self.w3.eth.get_code(to_checksum_address(address)))
         return len(code) > 0
 
     def token_balance(self, token: str, owner: str) -> int:
-        contract = self.w3.eth.contract(address=Web3.to_checksum_address(token), abi=ERC20_ABI)
+        contract = self.w3.eth.contract(address=to_checksum_address(token), abi=ERC20_ABI)
         return self._call(
             "balanceOf",
-            lambda: int(contract.functions.balanceOf(Web3.to_checksum_address(owner)).call()),
+            lambda: int(contract.functions.balanceOf(to_checksum_address(owner)).call()),
         )
 
     def freeze_listed(self, token: str, account: str) -> bool | None:
         """Whether the token contract's own freeze list holds `account` (asked by eth_call
         under both spellings); None when the contract has no such list."""
-        target = Web3.to_checksum_address(token)
+        target = to_checksum_address(token)
         answers = []
         for name, selector in FREEZE_LIST_CALLS.items():
             data = selector + bytes(12) + bytes.fromhex(account.lower().removeprefix("0x"))
@@ -684,7 +709,7 @@ class Chain:
         logs = self._logs(
             from_block,
             to_block,
-            {"address": [Web3.to_checksum_address(t) for t in tokens], "topics": topics},
+            {"address": [to_checksum_address(t) for t in tokens], "topics": topics},
         )
         return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
 
@@ -697,7 +722,7 @@ class Chain:
         logs = self._logs(
             from_block,
             to_block,
-            {"address": [Web3.to_checksum_address(t) for t in tokens], "topics": [TRANSFER_TOPIC]},
+            {"address": [to_checksum_address(t) for t in tokens], "topics": [TRANSFER_TOPIC]},
         )
         return [p for p in (_parse_transfer_log(log) for log in logs) if p is not None]
 
@@ -766,8 +791,8 @@ class Signer:
 
     def call(self, contract: str, abi: list, function: str, args: list, *, nonce: int) -> str:
         """Send a state-changing call to `contract`; returns its transaction hash."""
-        target = self.chain.w3.eth.contract(address=Web3.to_checksum_address(contract), abi=abi)
-        converted = [Web3.to_checksum_address(a) if _is_address(a) else a for a in args]
+        target = self.chain.w3.eth.contract(address=to_checksum_address(contract), abi=abi)
+        converted = [to_checksum_address(a) if _is_address(a) else a for a in args]
         params: Any = {"from": self.address, "nonce": nonce}
         tx = target.functions[function](*converted).build_transaction(params)
         return self._send(dict(tx))
@@ -778,7 +803,7 @@ class Signer:
         price = self.chain._call("eth_gasPrice", lambda: int(w3.eth.gas_price))
         chain_id = self.chain.chain_id()
         tx: dict[str, Any] = {
-            "to": Web3.to_checksum_address(to),
+            "to": to_checksum_address(to),
             "data": data,
             "value": 0,
             "gas": gas,
@@ -809,7 +834,7 @@ class Signer:
 
 # Custom errors of DepositFactory, DepositForwarder and OpenZeppelin, by selector.
 KNOWN_ERRORS = {
-    bytes(Web3.keccak(text=signature)[:4]).hex(): text
+    bytes(keccak(text=signature)[:4]).hex(): text
     for signature, text in (
         ("ZeroDestination()", "The claim names no destination."),
         ("OnlyFactory()", "Only the factory may move a forwarder's funds."),
@@ -850,6 +875,7 @@ def _data_int(log: Any) -> int:
 
 def address_of_key(private_key: str) -> str:
     """The lower-case address a private key signs for (the relayer's)."""
+    _load_web3()
     return str(Account.from_key(private_key).address).lower()
 
 
@@ -861,7 +887,7 @@ def checksum_address(address: str) -> str:
     """The EIP-55 spelling of a 0x address (raises ValueError for anything else)."""
     if not _is_address(address) or not all(c in "0123456789abcdefABCDEF" for c in address[2:]):
         raise ValueError("not a 0x address of 20 bytes")
-    return str(Web3.to_checksum_address(address.lower()))
+    return str(to_checksum_address(address.lower()))
 
 
 def checksum_ok(address: str) -> bool:
