@@ -24,6 +24,11 @@ DEVSERVER = REPO / "bin" / "devserver"
 STARTUP_SECONDS = 240  # migrations, demo data and contract deployment on a busy machine
 
 
+def _default_signals() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,6 +110,10 @@ class Devserver:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As a terminal's shell starts it: Ctrl-C and TERM at their defaults. This test
+            # process may have inherited them ignored, and a signal ignored when bash starts
+            # can never be trapped, so the devserver would not see the Ctrl-C at all.
+            preexec_fn=_default_signals,
         )
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
