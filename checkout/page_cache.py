@@ -158,7 +158,7 @@ def _state_sql() -> str:
             f" (SELECT COUNT(*) || ':' || COALESCE(SUM(a.id), 0) || ':' || COALESCE(SUM(n.id), 0)"
             f"  FROM {asset} a JOIN {network} n ON n.id = a.network_id"
             "  WHERE a.enabled = %s AND n.enabled = %s) AS catalogue,"
-            f" i.{col['merchant']}, i.{col['customer']}"
+            f" i.{col['merchant']} AS page_merchant, i.{col['customer']} AS page_customer"
             f" FROM {table[Invoice]} i"
             f" JOIN {table[Merchant]} m ON m.id = i.{col['merchant']}"
             f" LEFT JOIN {table[Customer]} u ON u.id = i.{col['customer']}"
@@ -247,6 +247,8 @@ def _read_state(token: str, keep: tuple[int, int] | None = None) -> PageState | 
         else:
             cursor.execute(_state_sql(), params)
         row = cursor.fetchone()
+        # By name: the ids sit among the subquery's columns (s.*), wherever it puts them.
+        columns = [c[0] for c in cursor.description or ()] if keep is not None else []
     if row is None:
         return None
     # str() so the same state reads the same whichever database and driver gave it.
@@ -261,7 +263,8 @@ def _read_state(token: str, keep: tuple[int, int] | None = None) -> PageState | 
         digest=digest,
     )
     if keep is not None:
-        merchant_id, customer_id = row[_MERCHANT_AT], row[_MERCHANT_AT + 1]
+        merchant_id = row[columns.index("page_merchant")]
+        customer_id = row[columns.index("page_customer")]
         news: tuple[str, ...] = (
             page_news.invoice_news(state.invoice_id),
             page_news.merchant_news(merchant_id),
@@ -274,10 +277,6 @@ def _read_state(token: str, keep: tuple[int, int] | None = None) -> PageState | 
             while len(_memo) > MEMO_SIZE:
                 _memo.popitem(last=False)
     return state
-
-
-# Where the invoice's merchant and customer ids sit in the state query's row.
-_MERCHANT_AT = 14
 
 
 def serve(
