@@ -173,9 +173,13 @@ def qr_png(data: str) -> bytes:
     """A QR code as a PNG of one pixel per module, drawn without smoothing (`image-rendering:
     pixelated` in document.css), so it prints as sharp as vector art. An inline SVG looked
     the same but cost a sixth of a render: WeasyPrint parses its path of a thousand modules
-    on every render, where a PNG of a few hundred bytes is embedded as it is."""
+    on every render, where a PNG of a few hundred bytes is embedded as it is. Opaque white
+    (the page's colour) rather than transparent: WeasyPrint splits a transparent image into
+    colour and alpha and encodes both again on every render."""
     buffer = io.BytesIO()
-    segno.make(data, error="m").save(buffer, kind="png", scale=1, border=0, dark="#000", light=None)
+    segno.make(data, error="m").save(
+        buffer, kind="png", scale=1, border=0, dark="#000", light="#fff"
+    )
     return buffer.getvalue()
 
 
