@@ -14,6 +14,7 @@ wall time and in this process's CPU time (which excludes the time spent waiting 
 """
 
 import io
+import os
 import statistics
 import time
 
@@ -108,9 +109,11 @@ def test_pdf_render_and_cached_download(capsys):
     payer_url = reverse("public_invoice_pdf", kwargs={"token": one.public_token})
     payer_download = median_seconds(lambda: client.get(payer_url))
 
+    load = ", ".join(f"{figure:.2f}" for figure in os.getloadavg())
     with capsys.disabled():
+        print(f"\nload average (1, 5, 15 min): {load}")
         print(
-            f"\nbaseline: warm render of a 1-item invoice {baseline * 1000:.1f} ms (median of {ROUNDS})"
+            f"baseline: warm render of a 1-item invoice {baseline * 1000:.1f} ms (median of {ROUNDS})"
         )
         print(
             f"bare WeasyPrint render of a one-line page: {bare_warm * 1000:.1f} ms; "
@@ -142,4 +145,12 @@ def test_pdf_render_and_cached_download(capsys):
             f"100 / 1 item warm render: {renders[100][1] / renders[1][1]:.2f} "
             f"({renders[100][1] * 1000:.1f} / {renders[1][1] * 1000:.1f} ms); in CPU time "
             f"{cpu[100] / cpu[1]:.2f} ({cpu[100] * 1000:.1f} / {cpu[1] * 1000:.1f} ms)"
+        )
+        print(
+            f"each line item beyond the first: {(wall[100] - wall[1]) / 99 * 1000:.2f} ms "
+            f"(CPU {(cpu[100] - cpu[1]) / 99 * 1000:.2f} ms)"
+        )
+        print(
+            f"goals: 1-item / bare one-line {baseline / bare_warm:.2f} x (goal <= 1.5); "
+            f"100 / 1 item {renders[100][1] / renders[1][1]:.2f} x (goal <= 3)"
         )
