@@ -408,11 +408,46 @@ def _logo(merchant: Merchant) -> _Asset | None:
         return None
     try:
         with merchant.logo.open("rb") as file:
-            return _Asset(body=file.read(), media_type=media_type)
+            body = file.read()
     except OSError:
         # A logo lost from storage must not stop the invoice from going out.
         logger.warning("Logo %s of merchant %s is missing", merchant.logo.name, merchant.pk)
         return None
+    return _print_logo(body, media_type)
+
+
+# Twice the pixels of the largest box a logo is drawn in (.logo in document.css, 55 x 16 mm)
+# at 300 dpi: more cannot show on paper.
+LOGO_PRINT_PIXELS = (1300, 380)
+
+
+# Keyed by the stored bytes: at most 16 MB of them (a logo is at most 1 MB, merchants.validators).
+@lru_cache(maxsize=16)
+def _print_logo(body: bytes, media_type: str) -> _Asset:
+    """The logo as WeasyPrint embeds it cheapest: opaque on the page's white and no larger than
+    print needs, worked out once per logo and process.
+
+    WeasyPrint decodes and encodes a PNG again on every render, a transparent one twice (colour,
+    then alpha), in time that grows with its pixels: 7 ms for 600 x 200, 21 ms for 1200 x 400,
+    most of a render for the largest logo we accept. A JPEG is embedded as it is, so it stays.
+    """
+    if media_type == "image/jpeg":
+        return _Asset(body=body, media_type=media_type)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            image.load()
+            pixels = image.convert("RGBA")
+    except (OSError, SyntaxError, ValueError):
+        # Not ours to judge here: WeasyPrint leaves out an image it cannot read, as before.
+        return _Asset(body=body, media_type=media_type)
+    opaque = Image.new("RGB", pixels.size, "white")
+    opaque.paste(pixels, mask=pixels.getchannel("A"))
+    opaque.thumbnail(LOGO_PRINT_PIXELS, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    opaque.save(buffer, format="PNG")
+    return _Asset(body=buffer.getvalue(), media_type="image/png")
 
 
 def assets_phrase(codes: list[str]) -> str:

@@ -342,6 +342,25 @@ def test_a_logo_in_the_merchants_storage_is_embedded(acme, invoice):
     assert qr[0] == qr[1]
 
 
+def test_a_large_transparent_logo_is_embedded_opaque_at_print_size(acme, invoice):
+    # WeasyPrint encodes an embedded PNG again on every render, in time that grows with its
+    # pixels (twice for a transparent one): the PDF gets the logo flattened onto the page's
+    # white and no larger than twice 300 dpi in its 55 x 16 mm box.
+    buffer = io.BytesIO()
+    Image.new("RGBA", (2600, 760), (79, 70, 229, 128)).save(buffer, format="PNG")
+    acme.logo.save("logo.png", SimpleUploadedFile("logo.png", buffer.getvalue()))
+    invoice.refresh_from_db()
+
+    page = PdfReader(io.BytesIO(pdf.invoice_pdf(invoice).content)).pages[0]
+    [logo] = [image.image for image in page.images if image.image.size[0] != image.image.size[1]]
+    assert logo.size == (1300, 380)
+    assert logo.mode == "RGB"
+    # Half-transparent indigo over white, as it showed on the page before.
+    assert all(
+        abs(a - b) <= 1 for a, b in zip(logo.getpixel((650, 190)), (167, 162, 242), strict=True)
+    )
+
+
 def test_a_logo_missing_from_storage_does_not_stop_the_invoice(acme, invoice):
     acme.logo.name = "logos/gone.png"
     acme.save()
