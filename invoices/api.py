@@ -2,6 +2,7 @@
 as `invoice_snapshot` shows it, which is also what callbacks carry."""
 
 import re
+from contextlib import nullcontext
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -622,7 +623,10 @@ def create_invoice(request: HttpRequest, payload: InvoiceCreateIn):
         raise ApiError(
             422, "A draft cannot be emailed.", fields={"send_email": ["Needs issue: true."]}
         )
-    with transaction.atomic():
+    # A customer made from the request and the email stand or fall with the invoice; without
+    # them, the creation needs no transaction around it (see invoice_create).
+    together = payload.customer is not None or payload.send_email
+    with transaction.atomic() if together else nullcontext():
         data = InvoiceInput(
             currency=payload.currency,
             items=items,

@@ -5,6 +5,8 @@ Status changes lock the invoice row, check the move against `TRANSITIONS`, and w
 """
 
 import copy
+import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -16,7 +18,6 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
-from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from customers.models import Customer
@@ -139,56 +140,64 @@ def invoice_create(
     if issue:
         invoice.preview_methods = methods  # type: ignore[attr-defined]
         invoice.document = document_snapshot(invoice)
-    # Only a foreign ID can meet a unique violation worth answering (a twin request): then
-    # the savepoint keeps the transaction usable to look the twin up.
-    try:
-        with transaction.atomic(savepoint=bool(invoice.foreign_id)):
-            number, prefix, hooked, invoice.pk = _take_invoice_number(merchant)
-            # Most merchants have no endpoint: the UPDATE said so, and a separate read of
-            # none (a statement of its own, a fifth of a creation's time) is left out. An
-            # endpoint added meanwhile misses this invoice either way, as the lock is on the
-            # merchant row, not on its endpoints.
-            endpoints = (
-                list(WebhookEndpoint.objects.filter(merchant_id=merchant.pk)) if hooked else []
+    links = [
+        Invoice.payment_methods.through(invoice=invoice, paymentmethod=method) for method in methods
+    ]
+    # The timeline still tells it as created, then issued; the callback's snapshot shows the
+    # invoice as it is, open.
+    events = [
+        _event(
+            invoice=invoice,
+            type="invoice.created",
+            actor=actor,
+            by=by,
+            to_status=InvoiceStatus.DRAFT,
+        )
+    ]
+    if issue:
+        events.append(
+            _event(
+                invoice=invoice,
+                type="invoice.issued",
+                actor=actor,
+                by=by,
+                from_status=InvoiceStatus.DRAFT,
+                to_status=InvoiceStatus.OPEN,
             )
-            invoice.number = number
-            invoice.reference = f"{prefix}{number:05d}"
-            links = [
-                Invoice.payment_methods.through(invoice=invoice, paymentmethod=method)
-                for method in methods
-            ]
-            # The timeline still tells it as created, then issued; the callback's snapshot
-            # shows the invoice as it is, open.
-            events = [
-                _event(
-                    invoice=invoice,
-                    type="invoice.created",
-                    actor=actor,
-                    by=by,
-                    to_status=InvoiceStatus.DRAFT,
+        )
+    try:
+        written = None
+        if _in_one_statement() and not connection.in_atomic_block and not invoice.callback_url:
+            # Outside a transaction the statement is a transaction of its own: a creation
+            # with no callback to write (no endpoint, no callback URL) is then one round trip
+            # where BEGIN, the statement and COMMIT were three.
+            written = _insert_whole(
+                merchant=merchant,
+                invoice=invoice,
+                links=links,
+                items=rows,
+                events=events,
+                unless_hooked=True,
+            )
+        if written is None:
+            # Only a foreign ID can meet a unique violation worth answering (a twin
+            # request): then the savepoint keeps the transaction usable to look the twin up.
+            with transaction.atomic(savepoint=bool(invoice.foreign_id)):
+                hooked = _number_and_insert(
+                    merchant=merchant, invoice=invoice, links=links, items=rows, events=events
                 )
-            ]
-            if issue:
-                events.append(
-                    _event(
-                        invoice=invoice,
-                        type="invoice.issued",
-                        actor=actor,
-                        by=by,
-                        from_status=InvoiceStatus.DRAFT,
-                        to_status=InvoiceStatus.OPEN,
-                    )
+                # Most merchants have no endpoint: the UPDATE said so, and a separate read
+                # of none is left out. An endpoint added meanwhile misses this invoice
+                # either way, as the lock is on the merchant row, not on its endpoints.
+                endpoints = (
+                    list(WebhookEndpoint.objects.filter(merchant_id=merchant.pk)) if hooked else []
                 )
-            _insert_new(invoice=invoice, links=links, items=rows, events=events)
-            # The new invoice whole (its items, its methods, no credit notes yet), for the
-            # callback's snapshot and, on request, the caller's, without reading it back. A
-            # copy: the caches would go stale on an invoice that lives on and changes.
-            whole = copy.copy(invoice)
-            _prefetched(whole, "items", rows)
-            _prefetched(whole, "credit_notes", [])
-            _prefetched(whole, "payment_methods", methods)
-            for event in events:
-                callbacks_enqueue(event=event, invoice=whole, endpoints=endpoints)
+                whole = _whole(invoice, items=rows, methods=methods)
+                for event in events:
+                    callbacks_enqueue(event=event, invoice=whole, endpoints=endpoints)
+        else:
+            # No endpoint and no callback URL: callbacks_enqueue would write no outbox row.
+            whole = _whole(invoice, items=rows, methods=methods)
     except IntegrityError:
         # Two requests with the same foreign ID raced past the check in _validate.
         foreign_id = invoice.foreign_id
@@ -196,6 +205,61 @@ def invoice_create(
             raise ValidationError({"foreign_id": DUPLICATE_FOREIGN_ID}) from None
         raise
     return whole if whole_for_snapshot else invoice
+
+
+def _whole(invoice: Invoice, *, items: list[LineItem], methods: list[PaymentMethod]) -> Invoice:
+    """The new invoice whole (its items, its methods, no credit notes yet), for the callback's
+    snapshot and, on request, the caller's, without reading it back. A copy: the caches
+    would go stale on an invoice that lives on and changes."""
+    whole = copy.copy(invoice)
+    _prefetched(whole, "items", items)
+    _prefetched(whole, "credit_notes", [])
+    _prefetched(whole, "payment_methods", methods)
+    return whole
+
+
+def _in_one_statement() -> bool:
+    """Whether a creation goes to the database as one statement (_insert_whole): on
+    PostgreSQL, unless the operator asked for server-side binding (OPTIONS
+    server_side_binding), under which the statement's untyped parameters are not tried."""
+    return connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get(
+        "server_side_binding"
+    )
+
+
+def _number_and_insert(
+    *,
+    merchant: Merchant,
+    invoice: Invoice,
+    links: list[Any],
+    items: list[LineItem],
+    events: list[InvoiceEvent],
+) -> bool:
+    """Number the invoice and insert it with its rows, inside the caller's transaction;
+    whether the merchant has a webhook endpoint."""
+    if _in_one_statement():
+        hooked = _insert_whole(
+            merchant=merchant,
+            invoice=invoice,
+            links=links,
+            items=items,
+            events=events,
+            unless_hooked=False,
+        )
+        assert hooked is not None  # unless_hooked=False writes or raises
+        return hooked
+    number, prefix, hooked, invoice.pk = _take_invoice_number(merchant)
+    invoice.number = number
+    invoice.reference = f"{prefix}{number:05d}"
+    invoice.save(force_insert=True)
+    for obj in (*links, *items, *events):
+        # Built before their invoice had its id: they take it now (fill_merchant needs it).
+        obj.invoice = invoice
+    if links:
+        Invoice.payment_methods.through.objects.bulk_create(links)
+    LineItem.objects.bulk_create(items)
+    InvoiceEvent.objects.bulk_create(events)
+    return hooked
 
 
 def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool, int | None]:
@@ -216,8 +280,6 @@ def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool, int | None
     hooks = WebhookEndpoint._meta
     hooks_table = quote(hooks.db_table)
     hooks_merchant = quote(str(hooks.get_field("merchant").column))
-    # Known before the INSERT, the id lets the invoice, its items and its events go to the
-    # database together (see _insert_new).
     invoice_id = "NULL"
     params: list[Any] = [merchant.pk]
     if connection.vendor == "postgresql":
@@ -237,78 +299,152 @@ def _take_invoice_number(merchant: Merchant) -> tuple[int, str, bool, int | None
     return int(row[0]), str(row[1]), bool(row[2]), row[3]
 
 
-def _insert_new(
-    *, invoice: Invoice, links: list[Any], items: list[LineItem], events: list[InvoiceEvent]
-) -> None:
-    """Insert a new invoice with its payment-method links, items and events; the events come
-    back with their ids (the outbox rows name them), the links and items without (nothing
-    reads them by id).
+def _insert_whole(
+    *,
+    merchant: Merchant,
+    invoice: Invoice,
+    links: list[Any],
+    items: list[LineItem],
+    events: list[InvoiceEvent],
+    unless_hooked: bool,
+) -> bool | None:
+    """Number a new invoice and insert it with its payment-method links, items and events,
+    in one statement (PostgreSQL): whether the merchant has a webhook endpoint; the events
+    come back with their ids (the outbox rows name them), the links and items without
+    (nothing reads them by id). `unless_hooked`: write nothing for a merchant with an
+    endpoint (None), as its outbox rows must commit with the invoice.
 
-    On PostgreSQL, with the invoice's id taken from its sequence beforehand, the INSERTs (as
-    save and bulk_create write them) go in one round trip: each statement of a creation waits
-    on the database while the merchant's numbering lock is held. SQLite runs one statement
-    per call, so there they go one after another; and so do PostgreSQL's when the operator
-    asks for server-side binding (OPTIONS server_side_binding), which takes one statement a
-    query.
+    Its first part, the UPDATE of the merchant's counter, locks the merchant row until the
+    transaction ends, so concurrent creations queue there and numbers neither repeat nor
+    skip (a failed creation gives its number back); the invoice's id comes from its
+    sequence in the same part, and the INSERTs take both from it.
     """
-    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get(
-        "server_side_binding"
-    ):
-        invoice.save(force_insert=True)
-        for event in events:
-            event.invoice = invoice  # built before it had an id: fill_merchant needs it now
-        if links:
-            Invoice.payment_methods.through.objects.bulk_create(links)
-        LineItem.objects.bulk_create(items)
-        InvoiceEvent.objects.bulk_create(events)
-        return
+    for event in events:
+        event.merchant_id = invoice.merchant_id  # what fill_merchant does once it has the id
+    sequence = [connection.ops.quote_name(Invoice._meta.db_table), Invoice._meta.pk.column]
+    params: list[Any] = [merchant.pk, *sequence]
+    params += _db_values(invoice)
+    for obj in (*links, *items, *events):
+        params += _db_values(obj)
+    sql = _creation_sql(len(links), len(items), len(events), unless_hooked=unless_hooked)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        if unless_hooked:
+            return None  # hooked (or gone: the transactional way says so)
+        raise Merchant.DoesNotExist(f"Merchant {merchant.pk} is gone.")
+    invoice.number, invoice.reference, hooked, invoice.pk, event_ids = row
     for obj in (*links, *items, *events):
         # Built before their invoice had its id: they take it now, as bulk_create does.
         prepare = obj._prepare_related_fields_for_save  # type: ignore[attr-defined]
         prepare(operation_name="bulk_create")
-    for event in events:
-        event.fill_merchant()
-    statements = [_insert_sql(Invoice, [invoice])]
-    if links:
-        statements.append(_insert_sql(Invoice.payment_methods.through, links))
-    if items:  # a draft may have none
-        statements.append(_insert_sql(LineItem, items))
-    statements.append(_insert_sql(InvoiceEvent, events, returning=InvoiceEvent._meta.pk))
-    with connection.cursor() as cursor:
-        # Client-side binding (Django's default for psycopg) sends them as one query; the
-        # events' ids are the last statement's result.
-        cursor.execute(
-            "; ".join(sql for sql, _ in statements),
-            tuple(param for _, params in statements for param in params),
-        )
-        for _ in statements[1:]:
-            cursor.nextset()
-        ids = [row[0] for row in cursor.fetchall()]
     for obj in (invoice, *links, *items, *events):
         obj._state.adding = False
         obj._state.db = connection.alias
-    for event, event_id in zip(events, ids, strict=True):
+    for event, event_id in zip(events, event_ids, strict=True):
         event.pk = event_id
+    return bool(hooked)
 
 
-def _insert_sql(
-    model: type[models.Model], objs: list[Any], *, returning: Any = None
-) -> tuple[str, tuple[Any, ...]]:
-    """The INSERT that bulk_create runs for new rows of `model` (with their ids when they have
-    them), RETURNING the given field."""
-    meta = model._meta
-    with_pk = all(obj.pk is not None for obj in objs)
-    fields = [
+# Columns the creation statement fills from its UPDATE rather than from parameters.
+_FROM_NUMBERING = {Invoice: ("id", "number", "reference")}
+
+
+@functools.cache
+def _written_fields(model: type[models.Model]) -> list[Any]:
+    """The fields of `model` a creation writes from parameters, in column order: all but the
+    id and the invoice (or the number and reference, for the invoice), which come from the
+    numbering UPDATE."""
+    skip = _FROM_NUMBERING.get(model, ("id", "invoice"))
+    return [
         f
-        for f in meta.concrete_fields
-        if not f.generated and (with_pk or f is not meta.pk)  # type: ignore[attr-defined]
+        for f in model._meta.concrete_fields
+        if not f.generated and f.name not in skip  # type: ignore[attr-defined]
     ]
-    query = InsertQuery(model)
-    query.insert_values(fields, objs)
-    compiler = query.get_compiler(connection=connection)
-    compiler.returning_fields = [returning] if returning is not None else None  # type: ignore[assignment]
-    [(sql, params)] = compiler.as_sql()
-    return sql, tuple(params)
+
+
+def _db_values(obj: models.Model) -> list[Any]:
+    """A new row's values as save and bulk_create write them (auto_now_add filled in)."""
+    values = []
+    for f in _written_fields(type(obj)):
+        value = f.pre_save(obj, add=True)
+        if hasattr(value, "resolve_expression"):
+            raise TypeError(f"{f}: an expression has no place in a new row's values")
+        values.append(f.get_db_prep_save(value, connection))
+    return values
+
+
+_LENGTH = re.compile(r"\(.*?\)")  # varchar(16) -> varchar, numeric(26, 8) -> numeric
+
+
+@functools.lru_cache(maxsize=256)
+def _creation_sql(links: int, items: int, events: int, *, unless_hooked: bool) -> str:
+    """The creation statement for this many links, items and events, built once per shape
+    (compiling a 50-column INSERT with Django's SQL compiler cost more than sending it).
+
+    Every parameter is cast to its column's type without a length (`varchar`, `numeric`):
+    rows from a VALUES list are typed before they reach the INSERT, and a value too long
+    for its column is refused on assignment, as in a plain INSERT, rather than cut short.
+    """
+    quote = connection.ops.quote_name
+    meta = Merchant._meta
+    table = quote(meta.db_table)
+    pk = quote(str(meta.pk.column))
+    counter = quote(str(meta.get_field("next_invoice_number").column))
+    prefix = quote(str(meta.get_field("invoice_prefix").column))
+    hooks = WebhookEndpoint._meta
+    hooks_table = quote(hooks.db_table)
+    hooks_merchant = quote(str(hooks.get_field("merchant").column))
+    hooks_match = f"{hooks_table}.{hooks_merchant} = {table}.{pk}"
+    has_hooks = f"EXISTS (SELECT 1 FROM {hooks_table} WHERE {hooks_match})"  # noqa: S608
+    number = f"({counter} - 1)"
+    guard = f" AND NOT {has_hooks}" if unless_hooked else ""
+    # The reference as f"{prefix}{number:05d}" writes it: zero-padded to five digits at least.
+    reference = f"{prefix} || lpad({number}::text, greatest(5, length({number}::text)), '0')"
+    ctes = [
+        f"m AS (UPDATE {table} SET {counter} = {counter} + 1 WHERE {pk} = %s{guard} "  # noqa: S608
+        f"RETURNING {number} AS number, {reference} AS reference, {has_hooks} AS hooked, "
+        "nextval(pg_get_serial_sequence(%s, %s)) AS id)"
+    ]
+
+    def typed(model: type[models.Model]) -> tuple[str, str]:
+        fields = _written_fields(model)
+        columns = ", ".join(quote(str(f.column)) for f in fields)
+        casts = ", ".join(f"%s::{_LENGTH.sub('', str(f.db_type(connection)))}" for f in fields)
+        return columns, casts
+
+    invoice = Invoice._meta
+    columns, casts = typed(Invoice)
+    ends = ", ".join(
+        quote(str(invoice.get_field(name).column)) for name in _FROM_NUMBERING[Invoice]
+    )
+    ctes.append(
+        f"i AS (INSERT INTO {quote(invoice.db_table)} ({ends}, {columns}) "  # noqa: S608
+        f"SELECT m.id, m.number, m.reference, {casts} FROM m)"
+    )
+    for name, model, count in (
+        ("l", Invoice.payment_methods.through, links),
+        ("it", LineItem, items),
+        ("e", InvoiceEvent, events),
+    ):
+        if not count:  # a draft may have no items; most invoices name no other method
+            continue
+        columns, casts = typed(model)
+        fk = quote(str(model._meta.get_field("invoice").column))
+        values = ", ".join(f"({n}, {casts})" for n in range(count))
+        names = ", ".join(f"v.{quote(str(f.column))}" for f in _written_fields(model))
+        # In the order given, so the events' ids follow the timeline.
+        returning = f" RETURNING {quote(str(model._meta.pk.column))}" if name == "e" else ""
+        ctes.append(
+            f"{name} AS (INSERT INTO {quote(model._meta.db_table)} ({fk}, {columns}) "  # noqa: S608
+            f"SELECT m.id, {names} FROM m, (VALUES {values}) AS v (o, {columns}) "
+            f"ORDER BY v.o{returning})"
+        )
+    event_pk = quote(str(InvoiceEvent._meta.pk.column))
+    event_ids = f"ARRAY(SELECT e.{event_pk} FROM e ORDER BY e.{event_pk})"  # noqa: S608
+    answer = f"SELECT m.number, m.reference, m.hooked, m.id, {event_ids} FROM m"  # noqa: S608
+    return f"WITH {', '.join(ctes)} {answer}"
 
 
 def _prefetched(instance: Any, name: str, rows: list[Any]) -> None:

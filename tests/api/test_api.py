@@ -20,7 +20,7 @@ from django.test import Client
 
 from customers.models import Customer
 from invoices.callbacks import invoice_snapshot
-from invoices.models import Invoice, InvoiceKind
+from invoices.models import Invoice, InvoiceKind, PaymentMethod
 from invoices.services import invoice_cancel, invoice_mark_paid
 from merchants.integrations import api_key_create, api_key_revoke
 from merchants.models import ApiKey, IdempotencyRecord
@@ -134,19 +134,97 @@ def test_create_answers_what_reading_the_invoice_back_shows(client, acme, acme_k
 
 def test_create_costs_a_fixed_few_queries(client, acme, acme_key, django_assert_num_queries):
     post(client, INVOICES, acme_key, TWO_ITEMS)  # the key's last use is noted once a minute
-    # The key (one indexed query); the transaction's savepoint; the number taken and counted
-    # on in one UPDATE, which also says the merchant has no webhook endpoint to read; the
-    # invoice, its items and its events inserted (one round trip on PostgreSQL, three
-    # statements on SQLite); release. The answer is built from what was written.
-    inserts = ["INSERT"] if connection.vendor == "postgresql" else ["INSERT"] * 3
-    with django_assert_num_queries(4 + len(inserts)) as captured:
+    # The key (one indexed query); the number taken and counted on, and the invoice, its
+    # items and its events inserted: one statement on PostgreSQL, which also says the
+    # merchant has no webhook endpoint to read; on SQLite the UPDATE, then three INSERTs.
+    # The answer is built from what was written.
+    writes = ["WITH"] if connection.vendor == "postgresql" else ["UPDATE", *["INSERT"] * 3]
+    with django_assert_num_queries(1 + len(writes)) as captured:
         response = post(client, INVOICES, acme_key, TWO_ITEMS)
     assert response.status_code == 201
     assert response.json()["reference"] == "INV-00002"
-    # The numbering lock (the merchant row, taken by the UPDATE) is held for inserts alone.
     sql = [query["sql"] for query in captured.captured_queries]
-    taken = next(i for i, q in enumerate(sql) if q.startswith("UPDATE") and "next_invoice" in q)
-    assert [q.split()[0] for q in sql[taken + 1 :]] == [*inserts, "RELEASE"]
+    assert [q.split()[0] for q in sql[1:]] == writes
+
+
+def test_references_are_padded_to_five_digits_and_never_cut(client, acme, acme_key):
+    acme.next_invoice_number = 99999
+    acme.save(update_fields=["next_invoice_number"])
+
+    first = post(client, INVOICES, acme_key, TWO_ITEMS).json()
+    second = post(client, INVOICES, acme_key, TWO_ITEMS).json()
+
+    assert (first["reference"], second["reference"]) == ("INV-99999", "INV-100000")
+    assert Invoice.objects.get(pk=second["id"]).number == 100000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_create_outside_a_transaction_is_one_statement_that_commits_what_it_answers(
+    client, acme, acme_key, django_assert_num_queries
+):
+    require_postgres()
+    post(client, INVOICES, acme_key, TWO_ITEMS)  # the key's last use is noted once a minute
+    method = PaymentMethod.objects.create(merchant=acme, name="SEPA", iban="DE89370400440532013000")
+    body = {**TWO_ITEMS, "payment_method_ids": [method.pk]}
+    # The key, the payment method (looked up by the handler, checked by the service), then
+    # the creation: no BEGIN or COMMIT around it, the statement is its own transaction.
+    with django_assert_num_queries(4) as captured:
+        response = post(client, INVOICES, acme_key, body)
+
+    assert response.status_code == 201
+    assert [q["sql"].split()[0] for q in captured.captured_queries] == [*["SELECT"] * 3, "WITH"]
+    created = response.json()
+    assert created["reference"] == "INV-00002"
+    stored = Invoice.objects.select_related("customer").get(pk=created["id"])
+    assert created == json.loads(json.dumps(invoice_snapshot(stored), cls=DjangoJSONEncoder))
+    assert [e.type for e in stored.events.order_by("pk")] == ["invoice.created", "invoice.issued"]
+    assert {e.merchant_id for e in stored.events.all()} == {acme.pk}
+    assert list(Invoice.objects.values_list("number", flat=True).order_by("number")) == [1, 2]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_hooked_merchants_creation_writes_its_callback_in_the_invoices_transaction(
+    client, acme, acme_key, django_assert_num_queries
+):
+    from config.celery import app
+    from invoices.models import CallbackDelivery
+    from merchants.integrations import webhook_endpoint_create
+
+    require_postgres()
+    post(client, INVOICES, acme_key, TWO_ITEMS)  # before the endpoint: no callback
+    endpoint = webhook_endpoint_create(
+        merchant=acme, url="https://hooks.example.com/in", events=["invoice.created"]
+    )
+    # The task each commit sends stays on the broker: no delivery is tried from here.
+    app.conf.task_always_eager = False
+    try:
+        with django_assert_num_queries(7) as captured:
+            response = post(client, INVOICES, acme_key, {**TWO_ITEMS, "callback_url": ""})
+    finally:
+        app.conf.task_always_eager = True
+        with app.connection_for_write() as broker:
+            broker.default_channel.queue_purge("callbacks")
+
+    assert response.status_code == 201
+    # The one-statement creation wrote nothing for a merchant with an endpoint; the
+    # transaction then numbers the invoice, reads the endpoints and writes the outbox row.
+    assert [q["sql"].split()[0] for q in captured.captured_queries] == [
+        "SELECT",
+        "WITH",
+        "BEGIN",
+        "WITH",
+        "SELECT",
+        "INSERT",
+        "COMMIT",
+    ]
+    invoice = Invoice.objects.get(pk=response.json()["id"])
+    assert invoice.number == 2  # the first try took no number
+    delivery = CallbackDelivery.objects.get()
+    assert (delivery.invoice_id, delivery.endpoint_id) == (invoice.pk, endpoint.pk)
+    assert delivery.message_id == f"msg_{invoice.events.get(type='invoice.created').pk}"
+    assert json.loads(delivery.payload)["data"]["invoice"]["reference"] == "INV-00002"
 
 
 def test_create_with_a_single_amount_makes_one_item(client, acme_key):
