@@ -6,7 +6,7 @@ Status changes lock the invoice row, check the move against `TRANSITIONS`, and w
 
 import copy
 import functools
-import re
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -323,10 +323,10 @@ def _insert_whole(
         event.merchant_id = invoice.merchant_id  # what fill_merchant does once it has the id
     sequence = [connection.ops.quote_name(Invoice._meta.db_table), Invoice._meta.pk.column]
     params: list[Any] = [merchant.pk, *sequence]
-    params += _db_values(invoice)
-    for obj in (*links, *items, *events):
-        params += _db_values(obj)
-    sql = _creation_sql(len(links), len(items), len(events), unless_hooked=unless_hooked)
+    params.append(_rows_json(_row(invoice)))
+    for rows in (links, items, events):
+        params.append(_rows_json([_row(obj) for obj in rows]))
+    sql = _creation_sql(unless_hooked=unless_hooked)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -348,7 +348,9 @@ def _insert_whole(
 
 
 # Columns the creation statement fills from its UPDATE rather than from parameters.
-_FROM_NUMBERING = {Invoice: ("id", "number", "reference")}
+_FROM_NUMBERING: dict[type[models.Model], tuple[str, ...]] = {
+    Invoice: ("id", "number", "reference")
+}
 
 
 @functools.cache
@@ -364,28 +366,42 @@ def _written_fields(model: type[models.Model]) -> list[Any]:
     ]
 
 
-def _db_values(obj: models.Model) -> list[Any]:
-    """A new row's values as save and bulk_create write them (auto_now_add filled in)."""
-    values = []
+def _row(obj: models.Model) -> dict[str, Any]:
+    """A new row's values as save and bulk_create write them (auto_now_add filled in), by
+    column."""
+    row = {}
     for f in _written_fields(type(obj)):
         value = f.pre_save(obj, add=True)
         if hasattr(value, "resolve_expression"):
             raise TypeError(f"{f}: an expression has no place in a new row's values")
-        values.append(f.get_db_prep_save(value, connection))
-    return values
+        # A JSONField's value goes into the JSON as it is (none of ours has an encoder).
+        is_json = isinstance(f, models.JSONField)
+        row[f.column] = value if is_json else f.get_db_prep_save(value, connection)
+    return row
 
 
-_LENGTH = re.compile(r"\(.*?\)")  # varchar(16) -> varchar, numeric(26, 8) -> numeric
+def _as_json(value: Any) -> Any:
+    # The column types' text forms, as PostgreSQL reads them back in jsonb_populate_record.
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date):  # and datetime, aware: with its offset
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not written by a creation")
 
 
-@functools.lru_cache(maxsize=256)
-def _creation_sql(links: int, items: int, events: int, *, unless_hooked: bool) -> str:
-    """The creation statement for this many links, items and events, built once per shape
-    (compiling a 50-column INSERT with Django's SQL compiler cost more than sending it).
+def _rows_json(rows: list[dict[str, Any]] | dict[str, Any]) -> str:
+    return json.dumps(rows, default=_as_json, ensure_ascii=False, separators=(",", ":"))
 
-    Every parameter is cast to its column's type without a length (`varchar`, `numeric`):
-    rows from a VALUES list are typed before they reach the INSERT, and a value too long
-    for its column is refused on assignment, as in a plain INSERT, rather than cut short.
+
+@functools.cache
+def _creation_sql(*, unless_hooked: bool) -> str:
+    """The creation statement, built once per process.
+
+    Each table's rows travel as one JSON parameter, read into the table's own row type by
+    jsonb_populate_record(set): every value is read as its column's type reads it (a value
+    too long for its column is refused, a price rounded to the column's scale, as in a plain
+    INSERT), and the statement's text is the same whatever the number of items, where a
+    parameter per value made one text per shape, of hundreds of parameters to bind.
     """
     quote = connection.ops.quote_name
     meta = Merchant._meta
@@ -408,38 +424,33 @@ def _creation_sql(links: int, items: int, events: int, *, unless_hooked: bool) -
         "nextval(pg_get_serial_sequence(%s, %s)) AS id)"
     ]
 
-    def typed(model: type[models.Model]) -> tuple[str, str]:
-        fields = _written_fields(model)
-        columns = ", ".join(quote(str(f.column)) for f in fields)
-        casts = ", ".join(f"%s::{_LENGTH.sub('', str(f.db_type(connection)))}" for f in fields)
-        return columns, casts
+    def columns(model: type[models.Model], prefix: str = "") -> str:
+        return ", ".join(prefix + quote(str(f.column)) for f in _written_fields(model))
 
     invoice = Invoice._meta
-    columns, casts = typed(Invoice)
     ends = ", ".join(
-        quote(str(invoice.get_field(name).column)) for name in _FROM_NUMBERING[Invoice]
+        quote(str(invoice.get_field(name).column))  # type: ignore[union-attr]
+        for name in _FROM_NUMBERING[Invoice]
     )
     ctes.append(
-        f"i AS (INSERT INTO {quote(invoice.db_table)} ({ends}, {columns}) "  # noqa: S608
-        f"SELECT m.id, m.number, m.reference, {casts} FROM m)"
+        f"i AS (INSERT INTO {quote(invoice.db_table)} ({ends}, {columns(Invoice)}) "  # noqa: S608
+        f"SELECT m.id, m.number, m.reference, {columns(Invoice, 'r.')} FROM m, "
+        f"jsonb_populate_record(NULL::{quote(invoice.db_table)}, %s::jsonb) AS r)"
     )
-    for name, model, count in (
-        ("l", Invoice.payment_methods.through, links),
-        ("it", LineItem, items),
-        ("e", InvoiceEvent, events),
+    for name, model in (
+        ("l", Invoice.payment_methods.through),
+        ("it", LineItem),
+        ("e", InvoiceEvent),
     ):
-        if not count:  # a draft may have no items; most invoices name no other method
-            continue
-        columns, casts = typed(model)
+        db_table = quote(model._meta.db_table)
         fk = quote(str(model._meta.get_field("invoice").column))
-        values = ", ".join(f"({n}, {casts})" for n in range(count))
-        names = ", ".join(f"v.{quote(str(f.column))}" for f in _written_fields(model))
         # In the order given, so the events' ids follow the timeline.
         returning = f" RETURNING {quote(str(model._meta.pk.column))}" if name == "e" else ""
         ctes.append(
-            f"{name} AS (INSERT INTO {quote(model._meta.db_table)} ({fk}, {columns}) "  # noqa: S608
-            f"SELECT m.id, {names} FROM m, (VALUES {values}) AS v (o, {columns}) "
-            f"ORDER BY v.o{returning})"
+            f"{name} AS (INSERT INTO {db_table} ({fk}, {columns(model)}) "  # noqa: S608
+            f"SELECT m.id, {columns(model, 'r.')} FROM m, "
+            f"jsonb_populate_recordset(NULL::{db_table}, %s::jsonb) WITH ORDINALITY AS r "
+            f"ORDER BY r.ordinality{returning})"
         )
     event_pk = quote(str(InvoiceEvent._meta.pk.column))
     event_ids = f"ARRAY(SELECT e.{event_pk} FROM e ORDER BY e.{event_pk})"  # noqa: S608
