@@ -3,13 +3,22 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.db import connections
 from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from customers.models import Customer
+from invoices.compiled import (
+    STAND_IN_DATE,
+    STAND_IN_DATETIME,
+    STAND_IN_ID,
+    Compiled,
+    fields_of,
+    instances,
+)
 from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus, InvoiceStatusCount
-from merchants.fields import PRECISION, exact_totals
-from merchants.models import Merchant
+from merchants.fields import PRECISION, exact_totals_from_rows, exact_totals_query
+from merchants.models import Merchant, User
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
 SEARCH_CUSTOMERS = 500
@@ -73,11 +82,19 @@ def invoice_list(
     return invoices.order_by("-created_at", "-pk")
 
 
+# The dashboard's and the list's queries, compiled once (see invoices.compiled): each page
+# runs them on every visit, and building them cost more than running them.
+_STATUS_COUNTS = Compiled(
+    lambda merchant_id: InvoiceStatusCount.objects.filter(
+        merchant_id=merchant_id, n__gt=0
+    ).values_list("status", "n"),
+    merchant_id=STAND_IN_ID,
+)
+
+
 def invoice_status_counts(*, merchant: Merchant) -> dict[str, int]:
     """How many invoices the merchant has in each status (kept by triggers, one small read)."""
-    return dict(
-        InvoiceStatusCount.objects.filter(merchant=merchant, n__gt=0).values_list("status", "n")
-    )
+    return dict(_STATUS_COUNTS.rows(merchant_id=merchant.pk))  # type: ignore[arg-type]
 
 
 def invoice_count(*, merchant: Merchant, status: str = "") -> int:
@@ -121,29 +138,54 @@ class DashboardSummary:
     recent_events: list[InvoiceEvent]
 
 
+_RECENT_INVOICES = Compiled(
+    lambda merchant_id: (
+        Invoice.objects.filter(merchant_id=merchant_id)
+        .order_by("-created_at", "-pk")
+        .values_list(*fields_of(Invoice), *fields_of(Customer, "customer__"))[:6]
+    ),
+    merchant_id=STAND_IN_ID,
+)
+# The merchant's latest events from one range of event_merchant_recent_idx: their invoices
+# are joined by primary key afterwards, eight rows whatever the history.
+_RECENT_EVENTS = Compiled(
+    lambda merchant_id: (
+        InvoiceEvent.objects.filter(merchant_id=merchant_id)
+        .order_by("-created_at", "-pk")
+        .values_list(
+            *fields_of(InvoiceEvent),
+            *fields_of(Invoice, "invoice__"),
+            *fields_of(User, "actor_user__"),
+        )[:8]
+    ),
+    merchant_id=STAND_IN_ID,
+)
+
+
 def dashboard_summary(*, merchant: Merchant, days: int = 30) -> DashboardSummary:
-    invoices = invoice_scope(merchant=merchant)
     counts = invoice_status_counts(merchant=merchant)
     since = timezone.now() - timedelta(days=days)
     outstanding, paid, overdue = _money_figures(merchant, since, timezone.localdate())
-    recent = list(invoices.select_related("customer").order_by("-created_at", "-pk")[:6])
-    # The merchant's latest events from one range of event_merchant_recent_idx: their
-    # invoices are joined by primary key afterwards, eight rows whatever the history.
-    events = list(
-        InvoiceEvent.objects.filter(merchant=merchant)
-        .select_related("invoice", "actor_user")
-        .order_by("-created_at", "-pk")[:8]
+    recent = list(
+        instances(_RECENT_INVOICES.rows(merchant_id=merchant.pk), Invoice, [("customer", Customer)])
     )
-    return DashboardSummary(counts, outstanding, paid, overdue, recent, events)
+    events = list(
+        instances(
+            _RECENT_EVENTS.rows(merchant_id=merchant.pk),
+            InvoiceEvent,
+            [("invoice", Invoice), ("actor_user", User)],
+        )
+    )
+    return DashboardSummary(counts, outstanding, paid, overdue, recent, events)  # type: ignore[arg-type]
 
 
-def _money_figures(
-    merchant: Merchant, since: datetime, today: date
-) -> tuple[list[CurrencyTotal], list[CurrencyTotal], int]:
-    """Outstanding and recently paid totals per currency, and the overdue count, in one query
-    over the rows they read (the outstanding ones and those paid since `since`, through
-    invoice_status_idx and invoice_paid_idx), instead of one query each: each query costs
-    the page more in building and running it than the few rows cost to read."""
+_FIGURE_KEYS = ["figure", "currency", "late"]
+
+
+def _figure_rows(merchant_id: int, since: datetime, today: date) -> QuerySet:
+    """The rows of the dashboard's money figures: the outstanding invoices and those paid
+    since `since`, through invoice_status_idx and invoice_paid_idx, each with its figure
+    and whether it is late."""
     is_outstanding = Q(status__in=OUTSTANDING)
     # Open-amount invoices ask for nothing in particular; they add no outstanding total.
     figure = Case(
@@ -154,13 +196,29 @@ def _money_figures(
     late = Case(When(is_outstanding & Q(due_date__lt=today), then=True), default=False)
     # The merchant inside each branch of the OR, so that each is one index range (SQLite
     # unions them; with the merchant outside, it read every invoice of the merchant).
-    mine = Q(merchant=merchant)
+    mine = Q(merchant_id=merchant_id)
     rows = Invoice.objects.filter(
         (mine & is_outstanding) | (mine & Q(status=InvoiceStatus.PAID, finalized_at__gte=since))
     ).annotate(figure=figure, late=late)
+    return exact_totals_query(rows, _FIGURE_KEYS, "total")
+
+
+_MONEY_FIGURES = Compiled(
+    _figure_rows, merchant_id=STAND_IN_ID, since=STAND_IN_DATETIME, today=STAND_IN_DATE
+)
+
+
+def _money_figures(
+    merchant: Merchant, since: datetime, today: date
+) -> tuple[list[CurrencyTotal], list[CurrencyTotal], int]:
+    """Outstanding and recently paid totals per currency, and the overdue count, in one query
+    over the rows they read instead of one query each: each query costs the page more in
+    building and running it than the few rows cost to read."""
+    rows = _MONEY_FIGURES.rows(merchant_id=merchant.pk, since=since, today=today)
+    grouped = connections["default"].vendor != "sqlite"
     figures: dict[str, dict[str, CurrencyTotal]] = {"owed": {}, "paid": {}}
     overdue = 0
-    for row in exact_totals(rows, ["figure", "currency", "late"], "total"):
+    for row in exact_totals_from_rows(rows, _FIGURE_KEYS, grouped=grouped):
         if row["late"]:
             overdue += row["n"]
         if row["figure"]:

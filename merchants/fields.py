@@ -136,12 +136,33 @@ def exact_sum(queryset: QuerySet, field: str) -> Decimal:
 def exact_totals(queryset: QuerySet, by: Sequence[str], field: str) -> list[dict[str, Any]]:
     """Grouped totals: one dict per group with the `by` keys, "total" and "n" (row count),
     ordered by the keys."""
+    rows = exact_totals_query(queryset, by, field)
+    grouped = not _sqlite(connections[queryset.db])
+    return exact_totals_from_rows(rows if grouped else rows.iterator(), by, grouped=grouped)
+
+
+def exact_totals_query(queryset: QuerySet, by: Sequence[str], field: str) -> QuerySet:
+    """What exact_totals reads: the groups' sums where the database sums exactly, else each
+    row's keys and amount (SQLite sums text amounts as floats), for exact_totals_from_rows."""
     if not _sqlite(connections[queryset.db]):
-        return list(
-            queryset.order_by().values(*by).annotate(total=Sum(field), n=Count("pk")).order_by(*by)
+        return (
+            queryset.order_by()
+            .values_list(*by)
+            .annotate(total=Sum(field), n=Count("pk"))
+            .order_by(*by)
         )
+    return queryset.order_by().values_list(*by, field)
+
+
+def exact_totals_from_rows(
+    rows: Iterable[Sequence[Any]], by: Sequence[str], *, grouped: bool
+) -> list[dict[str, Any]]:
+    """exact_totals' dicts from the rows of exact_totals_query (`grouped`: the database's)."""
+    if grouped:
+        return [
+            {**dict(zip(by, keys, strict=True)), "total": total, "n": n} for *keys, total, n in rows
+        ]
     groups: dict[tuple, dict[str, Any]] = {}
-    rows: Iterable[tuple] = queryset.order_by().values_list(*by, field).iterator()
     with decimal.localcontext(prec=PRECISION):
         for *keys, amount in rows:
             group = groups.setdefault(
