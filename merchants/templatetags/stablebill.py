@@ -7,8 +7,9 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import QueryDict
+from django.template.defaultfilters import date as date_filter
 from django.urls import get_script_prefix, get_urlconf, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from merchants.money import UnknownCurrency, format_amount, format_money
@@ -121,3 +122,48 @@ def timer(seconds: int | None) -> str:
     minutes, secs = divmod(max(0, int(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# One row of the invoice list, as the template wrote it, whitespace included.
+_INVOICE_ROW = """
+        <tr class="rowlink">
+          <td><a class="ref" href="{url}"><strong>{reference}</strong></a>{permanent}
+            <div class="sub-line show-sm">{customer_or_none}</div>
+            {foreign_id}</td>
+          <td class="hide-sm">{customer}</td>
+          <td>{badges}</td>
+          <td class="hide-sm">{due}</td>
+          <td class="hide-md muted">{created}</td>
+          <td class="num"><strong>{total}</strong></td>
+        </tr>
+      """
+
+
+@register.simple_tag
+def invoice_rows(invoices: Any) -> SafeString:
+    """The invoice list's rows. Written here rather than as a {% for %} over template markup:
+    each of the 25 rows cost the template engine some thirty variable lookups and filters,
+    most of the list's rendering and what made a full page dearer than a short one."""
+    rows = []
+    for invoice in invoices:
+        name = invoice.customer.name if invoice.customer_id is not None else ""
+        rows.append(
+            format_html(
+                _INVOICE_ROW,
+                url=fixed_url("invoice_detail", invoice.pk),
+                reference=invoice.reference,
+                permanent=mark_safe(' <span class="tag">Permanent</span>')
+                if invoice.kind == "permanent"
+                else "",
+                customer_or_none=name or "No customer",
+                foreign_id=format_html('<div class="muted small mono">{}</div>', invoice.foreign_id)
+                if invoice.foreign_id
+                else "",
+                customer=name or "—",
+                badges=status_badges(invoice),
+                due=date_filter(invoice.due_date, "M j, Y") or "—",
+                created=date_filter(invoice.created_at, "M j, Y"),
+                total=invoice.total_display,
+            )
+        )
+    return format_html_join("", "{}", ((row,) for row in rows))

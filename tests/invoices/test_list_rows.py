@@ -1,0 +1,36 @@
+"""The invoice list's rows ({% invoice_rows %}): each invoice's link, customer, badges, dates
+and total, with everything the merchant or the API wrote escaped."""
+
+from django.urls import reverse
+
+from invoices.models import Invoice
+from tests.factories import CustomerFactory, make_invoice
+
+
+def test_a_row_shows_the_invoice_and_escapes_what_people_wrote(client_for, alice, acme, db):
+    customer = CustomerFactory(merchant=acme, name="<b>Bold</b> & Co")
+    invoice = make_invoice(acme, customer=customer, issue=True)
+    Invoice.objects.filter(pk=invoice.pk).update(foreign_id="<script>x</script>")
+    invoice.refresh_from_db()
+
+    html = client_for(alice).get(reverse("invoice_list")).content.decode()
+
+    detail = reverse("invoice_detail", args=[invoice.pk])
+    assert f'<a class="ref" href="{detail}"><strong>{invoice.reference}</strong></a>' in html
+    assert '<td class="hide-sm">&lt;b&gt;Bold&lt;/b&gt; &amp; Co</td>' in html
+    assert '<div class="muted small mono">&lt;script&gt;x&lt;/script&gt;</div>' in html
+    assert "<script>x" not in html
+    assert '<span class="badge badge-open">Open</span>' in html
+    assert "<strong>$300.00</strong>" in html
+
+
+def test_a_row_without_customer_or_total_says_so(client_for, alice, acme, db):
+    invoice = make_invoice(acme, issue=True)
+    Invoice.objects.filter(pk=invoice.pk).update(kind="permanent", total=0)
+
+    html = client_for(alice).get(reverse("invoice_list")).content.decode()
+
+    assert ' <span class="tag">Permanent</span>' in html
+    assert '<div class="sub-line show-sm">No customer</div>' in html
+    assert '<td class="hide-sm">—</td>' in html
+    assert "<strong>Open amount</strong>" in html
