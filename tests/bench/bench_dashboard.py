@@ -13,6 +13,7 @@ like real ones. Counts come from the counts the database keeps, sums and "recent
 indexes over the open or recent rows: the pages should cost the same at 100,000 as at 10.
 """
 
+import os
 import statistics
 import time
 from datetime import timedelta
@@ -124,9 +125,10 @@ def test_pages_against_history_size(capsys):
         items=[LineItemInput("Item", Decimal(1), Decimal("10.00")) for _ in range(10)],
     )
     create = median_seconds(lambda: invoice_create(merchant=merchant, data=data, by=user))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     with capsys.disabled():
         print(
-            f"\n{connection.vendor}; baseline: minimal authenticated view "
+            f"\n{connection.vendor}, load {load}; baseline: minimal authenticated view "
             f"{baseline * 1000:.2f} ms (median of {ROUNDS}), and again beside each figure, "
             "measured in the same rounds"
         )
