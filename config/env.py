@@ -4,6 +4,7 @@ Every reader fails loudly (ImproperlyConfigured) on a value it cannot parse: a t
 production environment must stop the process at start-up, not surface later as a default.
 """
 
+import math
 import os
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -43,6 +44,22 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         value = int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}.")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    """A float, for durations a fraction of a second can matter in (never money)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if not math.isfinite(value):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a finite number.")
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}.")
     return value

@@ -20,6 +20,7 @@ from config.env import (
     database_from_url,
     env_bool,
     env_decimal,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -394,8 +395,10 @@ for _key in sorted(os.environ):
 # A local dev chain (Network.is_dev, anvil) is watched only under DEBUG (and in the tests):
 # its published keys would let anyone fake deposits.
 CHAIN_DEV_NETWORKS_ALLOWED = DEBUG or TESTING
-# Seconds the watcher waits for one node answer before it retries (with backoff).
-CHAIN_RPC_TIMEOUT_SECONDS = env_int("CHAIN_RPC_TIMEOUT_SECONDS", 10, minimum=1)
+# Seconds the watcher waits for one node answer before it retries (with backoff). A fraction
+# is allowed: a node next door (anvil in the chaos test) answers in milliseconds, and the lease
+# below, whose floor this sets, is how long a killed worker's round stays blocked.
+CHAIN_RPC_TIMEOUT_SECONDS = env_float("CHAIN_RPC_TIMEOUT_SECONDS", 10, minimum=0.1)
 # A watch round holds its network's lease this long at most without renewing it; a killed
 # worker's round is taken over after that.
 CHAIN_ROUND_LEASE_SECONDS = env_int("CHAIN_ROUND_LEASE_SECONDS", 120, minimum=2)

@@ -260,6 +260,7 @@ def pytest_sessionfinish(session, exitstatus):
     if workeroutput is not None:  # a pytest-xdist worker: the controller judges the run
         workeroutput["skip_policy_deselected"] = _deselection_breaches
         return
+    template_db.drop_migrated_sqlite()
     if session.config.getoption("numprocesses", None):
         template_db.drop_template()
     if _policy_breaches and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):

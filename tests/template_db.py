@@ -148,6 +148,75 @@ def _sqlite_copy(creation, path: Path, verbosity: int, autoclobber: bool) -> str
     return name
 
 
+def _migrated_sqlite_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"stablebill-migrated-{run_key()}.sqlite3"
+
+
+def migrated_sqlite(var_dir: Path) -> Path:
+    """Put a migrated embedded database (VAR_DIR/stablebill.sqlite3) into `var_dir`, for the
+    tests that serve the app from a subprocess (gunicorn, the container roles, the SQLite
+    locking tests, the Schemathesis CLI run). The first caller of the run migrates one file
+    (`manage.py migrate`, some 12 s of CPU); every caller gets a copy, so its own
+    `migrate` step only finds nothing left to apply (2 s). The migrations depend on no
+    setting but AUTH_USER_MODEL, so one file fits every environment these tests use. Migrating
+    a fresh database from scratch stays tested: tests/ops/test_fresh_clone.py, the devserver's
+    first start, and every worker's test database on SQLite."""
+    import shutil
+    import subprocess
+    import sys
+
+    template = _migrated_sqlite_path()
+    with open(template.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            scratch = Path(tempfile.mkdtemp(prefix="stablebill-migrate-"))
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("CI", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL")
+            }
+            env.update(DEBUG="1", STABLEBILL_VAR_DIR=str(scratch))
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+                cwd=Path(__file__).resolve().parents[1],
+                env=env,
+                check=True,
+                timeout=600,
+            )
+            _sqlite_file_copy(scratch / "stablebill.sqlite3", template)
+            shutil.rmtree(scratch, ignore_errors=True)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    target = var_dir / "stablebill.sqlite3"
+    _sqlite_file_copy(template, target)
+    return target
+
+
+def _sqlite_file_copy(source: Path, target: Path) -> None:
+    # The backup API, not a file copy: the app runs SQLite in WAL mode.
+    partial = target.with_name(target.name + ".partial")
+    src, dst = sqlite3.connect(source), sqlite3.connect(partial)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    partial.replace(target)
+
+
+def pg_template(cursor) -> str | None:
+    """The run's PostgreSQL template database (made once a worker migrated), if there is one."""
+    cursor.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"test\\_%\\_tpl\\_{run_key()}"]
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def drop_migrated_sqlite() -> None:
+    """At the end of the run (the controller, or a run without workers)."""
+    if owns_template():
+        _migrated_sqlite_path().unlink(missing_ok=True)
+        _migrated_sqlite_path().with_suffix(".lock").unlink(missing_ok=True)
+
+
 def drop_template() -> None:
     """At the end of the run (the controller): remove the template, if a worker made one."""
     if not owns_template():

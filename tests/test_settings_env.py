@@ -3,7 +3,15 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import database_from_url, env_bool, env_decimal, env_int, env_list, env_str
+from config.env import (
+    database_from_url,
+    env_bool,
+    env_decimal,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
 
 
 def test_env_bool_reads_common_spellings(monkeypatch):
@@ -34,6 +42,20 @@ def test_env_int_checks_type_and_minimum(monkeypatch):
         env_int("N", 1, minimum=0)
     monkeypatch.setenv("N", "7")
     assert env_int("N", 1) == 7
+
+
+def test_env_float_takes_fractions_and_checks_the_minimum(monkeypatch):
+    monkeypatch.setenv("T", "0.4")
+    assert env_float("T", 10, minimum=0.1) == 0.4
+    monkeypatch.setenv("T", "0.05")
+    with pytest.raises(ImproperlyConfigured, match=r"at least 0\.1"):
+        env_float("T", 10, minimum=0.1)
+    for raw in ("soon", "inf", "nan"):
+        monkeypatch.setenv("T", raw)
+        with pytest.raises(ImproperlyConfigured):
+            env_float("T", 10)
+    monkeypatch.delenv("T")
+    assert env_float("T", 10) == 10
 
 
 def test_env_decimal_refuses_non_numbers(monkeypatch):

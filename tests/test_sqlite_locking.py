@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.template_db import migrated_sqlite
+
 ROOT = Path(__file__).resolve().parent.parent
 # Stands up a business with an API key and prints the key, in the subprocess's database.
 SETUP = """
@@ -89,6 +91,7 @@ def _lines(output: str) -> dict[str, str]:
 def embedded(tmp_path_factory):
     """A migrated SQLite file with a business and two API keys."""
     var_dir = tmp_path_factory.mktemp("sqlite-var")
+    migrated_sqlite(var_dir)  # a copy of the run's migrated database (tests/template_db.py)
     _manage(var_dir, "migrate", "--no-input", "-v", "0")
     keys = _lines(_manage(var_dir, "shell", "-c", SETUP))["KEYS"].split(",")
     return var_dir, keys

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from tests.served import CONTAINER, REPO, free_port, production_env
+from tests.template_db import migrated_sqlite
 
 SCHEMATHESIS = str(REPO / ".venv" / "bin" / "schemathesis")
 
@@ -51,6 +52,8 @@ def served(tmp_path):
         # business prices in EUR), so every currency is offered.
         RATE_STATIC_APPROVED="*",
     )
+    # On a copy of the run's migrated database (tests/template_db.py): nothing left to apply.
+    migrated_sqlite(tmp_path / "var")
     subprocess.run([CONTAINER, "migrate", "-v", "0"], cwd=REPO, env=env, check=True, timeout=600)
     made = subprocess.run(
         [CONTAINER, "manage", "shell", "-c", MAKE_KEY.format(email="demo@stablebill.localhost")],

@@ -83,7 +83,7 @@ def main(rpc_url: str, kills_wanted: int, seconds: float) -> dict:
         drop=0.03,
         delay=0.02,
         bad_gateway=0.05,
-        delay_seconds=1.5,  # the watcher's client times out after 1 s (CHAIN_RPC_TIMEOUT_SECONDS)
+        delay_seconds=1.0,  # the watcher's client times out after 0.4 s (CHAIN_RPC_TIMEOUT_SECONDS)
         max_log_range=4,
         seed=11,
     )
@@ -164,7 +164,8 @@ def main(rpc_url: str, kills_wanted: int, seconds: float) -> dict:
         if lease is not None and lease > timezone.now():
             time.sleep(max(0.0, (lease - timezone.now()).total_seconds()) + 0.05)
         pid = _fork_round(network.pk)
-        deadline = time.monotonic() + rng.uniform(0.05, 3.5)
+        # Up to 2.5 s: some rounds finish (progress between kills), most are cut short.
+        deadline = time.monotonic() + rng.uniform(0.05, 2.5)
         status = None
         while time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)

@@ -22,6 +22,7 @@ import yaml
 
 from tests.chain import running_anvil
 from tests.ops.conftest import closed_port
+from tests.template_db import migrated_sqlite
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINER = str(REPO / "bin" / "container")
@@ -79,6 +80,9 @@ def deployment(tmp_path):
                 timeout=timeout,
             )
 
+        # The release step, on a copy of the run's migrated database (tests/template_db.py):
+        # migrating from scratch is tests/ops/test_fresh_clone.py's.
+        migrated_sqlite(tmp_path / "var")
         assert run("migrate", "-v", "0").returncode == 0
         # The operator points the dev network at its node; tokens come from our deploy script.
         setup = run("manage", "devchain_setup", "--rpc-url", anvil_url)
@@ -205,7 +209,9 @@ def test_every_compose_variable_is_in_the_readme_table():
 def test_every_setting_read_from_the_environment_is_in_the_readme_table():
     settings_text = (REPO / "config" / "settings.py").read_text()
     names = set(
-        re.findall(r'env_(?:str|int|bool|list|decimal)\(\s*"([A-Z][A-Z0-9_]*)"', settings_text)
+        re.findall(
+            r'env_(?:str|int|float|bool|list|decimal)\(\s*"([A-Z][A-Z0-9_]*)"', settings_text
+        )
     )
     documented = documented_variables()
     missing = sorted(n for n in names if not is_documented(n, documented))
