@@ -3,6 +3,12 @@ the app served by gunicorn as the image runs it (production settings: no DEBUG, 
 callback targets refused), on a database of its own holding the demo business, with an API
 key of that business. The run is bounded (few examples per operation) and seeded, so it is
 the same run every time; it passes only when Schemathesis reports no failure at all.
+
+Its phases are the examples, fuzzing and stateful ones. The coverage phase (boundary and
+schema-violating values of every input) took 312 of the run's 354 s; it is
+tests/api/test_schemathesis.py's, which runs it in-process with every check on every
+operation. What only this run shows is the served app answering as documented under
+production settings, and the stateful phase's chains of operations through the API's links.
 """
 
 import re
@@ -96,6 +102,8 @@ def test_schemathesis_cli_with_all_checks_finds_nothing(served):
             "all",
             "--header",
             f"Authorization: Bearer {key}",
+            "--phases",
+            "examples,fuzzing,stateful",
             "--max-examples",
             "15",
             "--seed",
