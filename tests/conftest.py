@@ -104,6 +104,81 @@ def pytest_xdist_auto_num_workers(config):
     return (os.cpu_count() or 1) + 1
 
 
+# The suite's long tests, by module, with roughly what each module takes on a quiet machine
+# (seconds, PostgreSQL). `pytest_collection_modifyitems` below starts them first, spread over
+# the workers. Only the order depends on these figures; a stale one costs time, not coverage.
+LONG_MODULES = {
+    "tests/api/test_schemathesis.py": 100,
+    "tests/chaos/test_chaos.py": 80,
+    "tests/ops/test_skip_policy.py": 78,
+    "tests/ops/test_devserver.py": 53,
+    "tests/ops/test_container.py": 46,
+    "tests/api/test_schemathesis_cli.py": 45,
+    "tests/checkout/test_state_machine.py": 30,
+    "tests/wallets/test_scanner_faults.py": 30,
+    "tests/wallets/test_keys_migration.py": 22,
+    "tests/ops/test_gunicorn.py": 20,
+    "tests/test_sqlite_locking.py": 20,
+    "tests/ops/test_fresh_clone.py": 16,
+}
+# Modules of independent tests (no module-scoped fixture) whose tests may go to different
+# workers: one Schemathesis test per API operation, the longest about 40 s.
+SPLIT_MODULES = {"tests/api/test_schemathesis.py"}
+
+
+def _xdist_shares(count: int, workers: int) -> list[int]:
+    """How many of `count` tests each of `workers` gets at the start under `--dist worksteal`:
+    contiguous shares of the collection, sized as xdist's WorkStealingScheduling sizes them."""
+    sizes, left = [], count
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    return sizes
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's worksteal, each worker starts on a contiguous share of the
+    collection and idle workers steal from the tail of the longest queue; a long test is never
+    stolen once it runs. In collection order the long modules (tests/api, tests/chaos,
+    tests/checkout) all fall into the first worker's share and run one after the other there,
+    for minutes after the others are done. So each share starts with its own long modules (the
+    longest first, each to the share with the least long work so far; the tests of a
+    SPLIT_MODULES module one by one) and is filled up with the rest in collection order.
+    Every worker computes the same order (xdist checks)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        return
+    groups: dict[str, list] = {}
+    rest = []
+    for index, item in enumerate(items):
+        module = item.nodeid.split("::", 1)[0]
+        if module in SPLIT_MODULES:
+            groups[f"{module}::{index}"] = [item]
+        elif module in LONG_MODULES:
+            groups.setdefault(module, []).append(item)
+        else:
+            rest.append(item)
+
+    def cost(key: str) -> float:
+        module = key.split("::", 1)[0]
+        if module in SPLIT_MODULES:
+            return LONG_MODULES[module] / sum(k.startswith(module + "::") for k in groups)
+        return LONG_MODULES[module]
+
+    heads: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for key in sorted(groups, key=lambda k: -cost(k)):  # stable: ties in collection order
+        share = load.index(min(load))
+        heads[share] += groups[key]
+        load[share] += cost(key)
+    ordered = []
+    for head, size in zip(heads, _xdist_shares(len(items), workers), strict=True):
+        fill = max(0, size - len(head))
+        ordered += head + rest[:fill]
+        rest = rest[fill:]
+    items[:] = ordered + rest
+
+
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 

@@ -412,10 +412,9 @@ def _rate_of(transfer: Transfer) -> Decimal:
 def test_random_payment_histories_keep_the_books_and_the_tables(dev_network):
     run_state_machine_as_test(
         CheckoutMachine,
-        # 15 histories of 25 steps: every rule fires in each of a few histories, and the
-        # invariants run after all 375 steps. Fewer, not shorter, histories than before (30):
-        # a reorg or a late confirmation needs the deposit, scan and timer steps before it, so
-        # the length is what reaches them; more histories mostly repeat the same moves.
+        # 15 histories of 25 steps, the invariants checked after each of the 375. Fewer, not
+        # shorter, histories than before (30): a reorg or a late confirmation needs the
+        # deposit, scan and timer steps before it, so the length is what reaches them.
         settings=settings(
             max_examples=15,
             stateful_step_count=25,
