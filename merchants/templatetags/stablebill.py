@@ -8,9 +8,11 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import QueryDict
 from django.template.defaultfilters import date as date_filter
+from django.template.defaultfilters import timesince_filter
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.timezone import localtime
 
 from merchants.money import UnknownCurrency, format_amount, format_money
 
@@ -162,8 +164,63 @@ def invoice_rows(invoices: Any) -> SafeString:
                 customer=name or "—",
                 badges=status_badges(invoice),
                 due=date_filter(invoice.due_date, "M j, Y") or "—",
-                created=date_filter(invoice.created_at, "M j, Y"),
+                created=date_filter(localtime(invoice.created_at), "M j, Y"),
                 total=invoice.total_display,
             )
         )
     return format_html_join("", "{}", ((row,) for row in rows))
+
+
+_RECENT_INVOICE_ROW = """
+        <tr class="rowlink"><td><a class="ref" href="{url}"><strong>{reference}</strong></a>\
+<div class="sub-line"><span class="show-sm">{customer_or_none} · </span>{created}</div></td>
+          <td class="hide-sm">{customer}</td><td>{badges}</td><td class="num">{total}</td></tr>
+      """
+
+
+@register.simple_tag
+def recent_invoice_rows(invoices: Any) -> SafeString:
+    """The dashboard's recent invoices, written here for the reason invoice_rows is: as a
+    {% for %} over markup, its six rows and eight activity items were two fifths of the
+    dashboard's time."""
+    rows = []
+    for invoice in invoices:
+        name = invoice.customer.name if invoice.customer_id is not None else ""
+        rows.append(
+            format_html(
+                _RECENT_INVOICE_ROW,
+                url=fixed_url("invoice_detail", invoice.pk),
+                reference=invoice.reference,
+                customer_or_none=name or "No customer",
+                created=date_filter(localtime(invoice.created_at), "M j"),
+                customer=name or "—",
+                badges=status_badges(invoice),
+                total=invoice.total_display,
+            )
+        )
+    return format_html_join("", "{}", ((row,) for row in rows))
+
+
+_ACTIVITY_ITEM = """
+      <li><a href="{url}"><strong>{reference}</strong></a> · {title}
+        <div class="when">{since} ago · {actor}</div></li>
+      """
+
+
+@register.simple_tag
+def activity_items(events: Any) -> SafeString:
+    """The dashboard's latest events, each with its invoice (see recent_invoice_rows)."""
+    return format_html_join(
+        "",
+        _ACTIVITY_ITEM,
+        (
+            {
+                "url": fixed_url("invoice_detail", event.invoice_id),
+                "reference": event.invoice.reference,
+                "title": event.title,
+                "since": timesince_filter(event.created_at),
+                "actor": event.actor_display,
+            }
+            for event in events
+        ),
+    )

@@ -1,9 +1,12 @@
-"""The invoice list's rows ({% invoice_rows %}): each invoice's link, customer, badges, dates
+"""The invoice list's rows ({% invoice_rows %}) and the dashboard's ({% recent_invoice_rows %},
+{% activity_items %}): each invoice's link, customer, badges, dates
 and total, with everything the merchant or the API wrote escaped."""
+
+from datetime import UTC, datetime
 
 from django.urls import reverse
 
-from invoices.models import Invoice
+from invoices.models import Invoice, InvoiceEvent
 from tests.factories import CustomerFactory, make_invoice
 
 
@@ -34,3 +37,36 @@ def test_a_row_without_customer_or_total_says_so(client_for, alice, acme, db):
     assert '<div class="sub-line show-sm">No customer</div>' in html
     assert '<td class="hide-sm">—</td>' in html
     assert "<strong>Open amount</strong>" in html
+
+
+def test_rows_give_dates_in_the_sites_time_zone_as_templates_do(
+    client_for, alice, acme, db, settings
+):
+    # 20:00 UTC on New Year's Day is already the 2nd at UTC+14.
+    settings.TIME_ZONE = "Pacific/Kiritimati"
+    invoice = make_invoice(acme, issue=True)
+    late_evening = datetime(2026, 1, 1, 20, 0, tzinfo=UTC)
+    Invoice.objects.filter(pk=invoice.pk).update(created_at=late_evening)
+    InvoiceEvent.objects.filter(invoice=invoice).update(created_at=late_evening)
+
+    listed = client_for(alice).get(reverse("invoice_list")).content.decode()
+    dashboard = client_for(alice).get(reverse("dashboard")).content.decode()
+
+    assert '<td class="hide-md muted">Jan 2, 2026</td>' in listed
+    assert "Jan 1, 2026" not in listed
+    assert "</span>Jan 2</div>" in dashboard
+
+
+def test_dashboard_rows_escape_what_people_wrote(client_for, alice, acme, db):
+    customer = CustomerFactory(merchant=acme, name="<b>Bold</b> & Co")
+    invoice = make_invoice(acme, customer=customer, issue=True)
+
+    html = client_for(alice).get(reverse("dashboard")).content.decode()
+
+    detail = reverse("invoice_detail", args=[invoice.pk])
+    assert f'<a class="ref" href="{detail}"><strong>{invoice.reference}</strong></a>' in html
+    assert '<td class="hide-sm">&lt;b&gt;Bold&lt;/b&gt; &amp; Co</td>' in html
+    assert "<b>Bold" not in html
+    assert (
+        f'<li><a href="{detail}"><strong>{invoice.reference}</strong></a> · Invoice issued' in html
+    )
