@@ -193,12 +193,28 @@ def require_postgres() -> None:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup):
+def django_db_setup(django_db_setup, django_db_blocker):
     """pytest-django's, and before it drops the test database: the page-news listener
     (checkout/page_news.py), started by any request that read a payer's page outside a
     transaction, holds a connection to it."""
     yield
     page_news.listener.stop()
+    with django_db_blocker.unblock():
+        _end_stray_sessions()
+
+
+def _end_stray_sessions() -> None:
+    """End what else is still connected to this process's test database: PostgreSQL will not
+    drop a database in use, and a thread or child process a test left running (a worker, a
+    watcher, a server) would leave the database behind. Each xdist worker has a database of
+    its own, so every such session is this run's."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(autouse=True)
