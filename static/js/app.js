@@ -84,6 +84,9 @@
   document.addEventListener("click", function (event) {
     var tab = event.target.closest("[data-preview]");
     if (!tab) return;
+    // The click is itself the refresh: a pending one (the field left by this very click fires
+    // its change first) would only render the same preview again and cut this one's load short.
+    clearTimeout(previewTimer);
     document.querySelectorAll("[data-preview]").forEach(function (other) {
       other.setAttribute("aria-selected", other === tab ? "true" : "false");
     });

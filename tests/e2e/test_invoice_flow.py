@@ -184,6 +184,17 @@ def _preview_of(kind: str):
     return matches
 
 
+def _wait_for_pdf_viewer(page: Page) -> None:
+    """Until the preview frame holds Chromium's PDF viewer, loaded."""
+    for _ in range(300):
+        viewers = [f for f in page.frames if f.url.startswith("chrome-extension://")]
+        if viewers:
+            viewers[-1].wait_for_load_state("load", timeout=30_000)
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"no PDF viewer in the preview: {[f.url for f in page.frames]}")
+
+
 def test_owner_previews_the_pdf_and_email_then_creates_and_sends(
     chromium_path, live_server, owner, watched_page, mailoutbox
 ):
@@ -211,7 +222,11 @@ def test_owner_previews_the_pdf_and_email_then_creates_and_sends(
     with page.expect_response(_preview_of("pdf")) as pdf_preview:
         pdf_tab.click()
     assert pdf_preview.value.headers["content-type"] == "application/pdf"
-    page.get_by_role("tab", name="Email").click()
+    # Switch once the PDF is on screen, as a person would: Chromium's PDF viewer navigated away
+    # while it is still starting up can leave the frame's next document out of reach.
+    _wait_for_pdf_viewer(page)
+    with page.expect_response(_preview_of("email"), timeout=30_000):
+        page.get_by_role("tab", name="Email").click()
     expect(preview.locator("body")).to_contain_text("Hello Grace Hopper,")
     expect(preview.locator("body")).to_contain_text("Compiler <audit> \u00d7 3")
     expect(preview.locator("body")).to_contain_text("Pay $1,200.00")
