@@ -1,11 +1,17 @@
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 
 from django import forms
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import QueryDict
 from django.utils import timezone
+from django.utils.safestring import SafeString
+from django.utils.translation import get_language
 
 from customers.models import Customer
 from customers.selectors import customer_list
@@ -409,15 +415,55 @@ class IntegrationForm(forms.ModelForm):
         }
 
 
+class RenderedOnce:
+    """A widget whose HTML is rendered once per name, value, attributes and language, then
+    reused. For the invoice list's filters, drawn on every visit and every search keystroke:
+    Django renders a widget through its form templates, and the status select and two date
+    inputs cost more than the 25 rows below them. Only plain values are kept (what a query
+    string holds), a bounded number of them, so a stream of odd values cannot grow it."""
+
+    rendered: "OrderedDict[tuple, SafeString]"
+    KEEP = 256
+    _lock = threading.Lock()
+
+    def render(self, name, value, attrs=None, renderer=None):
+        if not (value is None or isinstance(value, str)):
+            return super().render(name, value, attrs, renderer)  # type: ignore[misc]
+        key = (name, value, tuple(sorted((attrs or {}).items())), renderer, get_language())
+        kept = self.rendered.get(key)
+        if kept is None:
+            kept = super().render(name, value, attrs, renderer)  # type: ignore[misc]
+            with self._lock:
+                self.rendered[key] = kept
+                while len(self.rendered) > self.KEEP:
+                    self.rendered.popitem(last=False)
+        return kept
+
+
+class OnceSelect(RenderedOnce, forms.Select):
+    rendered = OrderedDict()
+
+
+class OnceDateInput(RenderedOnce, forms.DateInput):
+    rendered = OrderedDict()
+
+
+@receiver(setting_changed)
+def _forget_rendered_widgets(**kwargs: object) -> None:
+    # Format and template settings change how a widget is written (in tests).
+    OnceSelect.rendered.clear()
+    OnceDateInput.rendered.clear()
+
+
 class InvoiceFilterForm(forms.Form):
     q = forms.CharField(required=False, label="Search")
     status = forms.ChoiceField(
-        choices=[("", "All statuses"), *InvoiceStatus.choices], required=False
+        choices=[("", "All statuses"), *InvoiceStatus.choices], required=False, widget=OnceSelect
     )
     customer = forms.IntegerField(required=False, min_value=1)
     overdue = forms.BooleanField(required=False)
-    created_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    created_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    created_from = forms.DateField(required=False, widget=OnceDateInput(attrs={"type": "date"}))
+    created_to = forms.DateField(required=False, widget=OnceDateInput(attrs={"type": "date"}))
 
 
 class CreditNoteForm(forms.Form):

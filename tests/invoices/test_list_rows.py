@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from django.urls import reverse
 
+from invoices.forms import OnceDateInput
 from invoices.models import Invoice, InvoiceEvent
 from tests.factories import CustomerFactory, make_invoice
 
@@ -70,3 +71,33 @@ def test_dashboard_rows_escape_what_people_wrote(client_for, alice, acme, db):
     assert (
         f'<li><a href="{detail}"><strong>{invoice.reference}</strong></a> · Invoice issued' in html
     )
+
+
+def test_the_filters_show_the_values_asked_for_each_time(client_for, alice, acme, db):
+    """The filter widgets are rendered once per value and reused (invoices.forms.RenderedOnce):
+    each request still shows its own value, selected or typed."""
+    make_invoice(acme, issue=True)
+    client = client_for(alice)
+
+    def filters(**query) -> str:
+        html = client.get(reverse("invoice_list"), query).content.decode()
+        start = html.index('<form class="filters"')
+        return html[start : html.index("</form>", start)]
+
+    for _ in range(2):
+        opened = filters(status="open", created_from="2026-01-02")
+        assert '<option value="open" selected>Open</option>' in opened
+        assert '<option value="paid">Paid</option>' in opened
+        assert 'name="created_from" value="2026-01-02"' in opened
+        paid = filters(status="paid", created_from="not-a-date\"><b>")
+        assert '<option value="paid" selected>Paid</option>' in paid
+        assert '<option value="open">Open</option>' in paid
+        assert 'value="not-a-date&quot;&gt;&lt;b&gt;"' in paid
+        assert 'name="created_from" value="2026-01-02"' not in paid
+
+
+def test_the_filters_keep_a_bounded_number_of_renderings(client_for, alice, acme, db):
+    client = client_for(alice)
+    for day in range(OnceDateInput.KEEP + 40):
+        client.get(reverse("invoice_list"), {"created_to": f"odd-{day}"})
+    assert len(OnceDateInput.rendered) <= OnceDateInput.KEEP

@@ -129,8 +129,27 @@ def test_invoice_list_search_query_count_does_not_grow_with_rows(
     for i in range(n):
         make_invoice(acme, issue=i % 2 == 0)
     client = client_for(alice)
-    # session, user, membership (and the switcher's businesses), matching customers, count,
-    # page of invoices with customers
-    with django_assert_num_queries(6):
+    # session, user, membership (and the switcher's businesses), matching customers, page
+    # of invoices with customers: a first page that holds every match is its own count
+    with django_assert_num_queries(5):
         response = client.get(reverse("invoice_list"), {"q": "INV-0000"})
     assert len(response.context["page"].object_list) == min(n, 9)
+    assert response.context["page"].paginator.count == min(n, 9)
+
+
+def test_a_search_with_more_than_a_page_counts_them_all(
+    client_for, alice, acme, django_assert_num_queries
+):
+    for _ in range(27):
+        make_invoice(acme, issue=True)
+    client = client_for(alice)
+    # as above, and a COUNT(*) for the pages: the first page read one row more than it shows
+    with django_assert_num_queries(6):
+        first = client.get(reverse("invoice_list"), {"q": "INV-000"}).context["page"]
+    assert [len(first.object_list), first.paginator.count, first.paginator.num_pages] == [25, 27, 2]
+    second = client.get(reverse("invoice_list"), {"q": "INV-000", "page": "2"}).context["page"]
+    assert [i.reference for i in second.object_list] == ["INV-00002", "INV-00001"]
+    # Page numbers that are not pages fall back as before: the last, the first.
+    for asked, shown in (("9", 2), ("x", 1)):
+        page = client.get(reverse("invoice_list"), {"q": "INV-000", "page": asked}).context["page"]
+        assert page.number == shown
