@@ -416,20 +416,22 @@ class IntegrationForm(forms.ModelForm):
 
 
 class RenderedOnce:
-    """A widget whose HTML is rendered once per name, value, attributes and language, then
-    reused. For the invoice list's filters, drawn on every visit and every search keystroke:
-    Django renders a widget through its form templates, and the status select and two date
-    inputs cost more than the 25 rows below them. Only plain values are kept (what a query
+    """A widget whose HTML is rendered once per class, name, value, attributes and language,
+    then reused. For the invoice list's filters, drawn on every visit and every search
+    keystroke: Django renders a widget through its form templates, and the status select and
+    two date inputs cost more than the 25 rows below them. For widgets whose choices and
+    attributes are fixed by their declaration. Only plain values are kept (what a query
     string holds), a bounded number of them, so a stream of odd values cannot grow it."""
 
-    rendered: "OrderedDict[tuple, SafeString]"
+    rendered: "OrderedDict[tuple, SafeString]" = OrderedDict()
     KEEP = 256
     _lock = threading.Lock()
 
     def render(self, name, value, attrs=None, renderer=None):
         if not (value is None or isinstance(value, str)):
             return super().render(name, value, attrs, renderer)  # type: ignore[misc]
-        key = (name, value, tuple(sorted((attrs or {}).items())), renderer, get_language())
+        written = tuple(sorted((attrs or {}).items()))
+        key = (type(self), name, value, written, renderer, get_language())
         kept = self.rendered.get(key)
         if kept is None:
             kept = super().render(name, value, attrs, renderer)  # type: ignore[misc]
@@ -441,18 +443,17 @@ class RenderedOnce:
 
 
 class OnceSelect(RenderedOnce, forms.Select):
-    rendered = OrderedDict()
+    pass
 
 
 class OnceDateInput(RenderedOnce, forms.DateInput):
-    rendered = OrderedDict()
+    pass
 
 
 @receiver(setting_changed)
 def _forget_rendered_widgets(**kwargs: object) -> None:
     # Format and template settings change how a widget is written (in tests).
-    OnceSelect.rendered.clear()
-    OnceDateInput.rendered.clear()
+    RenderedOnce.rendered.clear()
 
 
 class InvoiceFilterForm(forms.Form):
