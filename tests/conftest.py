@@ -210,11 +210,22 @@ def _end_stray_sessions() -> None:
     its own, so every such session is this run's."""
     if connection.vendor != "postgresql":
         return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    from django.db import OperationalError
+
+    for attempt in (1, 2):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            return
+        except OperationalError:
+            # This process's own connection may be gone by now (a test that forked a
+            # worker and killed it, a server that dropped an idle session): open a new one.
+            if attempt == 2:
+                raise
+            connection.close()
 
 
 @pytest.fixture(autouse=True)

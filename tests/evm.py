@@ -1,6 +1,9 @@
 """An in-process EVM chain (eth-tester) with our demo token, and the seeded dev network.
 
-Imported by tests/conftest.py so every test directory can use the fixtures.
+Imported by tests/conftest.py so every test directory can use the fixtures. web3 and
+eth-tester are imported on first use of a chain, not here: that import is a second of CPU,
+which every pytest process would otherwise pay at start-up, the inner runs of the skip-policy
+tests and the workers' shares that never touch a chain included.
 """
 
 import importlib
@@ -8,8 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from web3 import EthereumTesterProvider, Web3
-from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
+from eth_utils import to_checksum_address
 
 from wallets.chain import Chain
 from wallets.models import Network
@@ -25,6 +27,9 @@ class TesterChain:
     """An in-process chain (eth-tester) with our demo token deployed on it."""
 
     def __init__(self) -> None:
+        from web3 import EthereumTesterProvider, Web3
+        from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
+
         # The dev network's chain id, which every watch round checks (eth-tester has its own):
         # signed transactions carry it, and eth_chainId answers it.
         endpoints = {**API_ENDPOINTS, "eth": {**API_ENDPOINTS["eth"]}}
@@ -47,14 +52,14 @@ class TesterChain:
     def pay(self, to: str, amount: int) -> str:
         # A fixed gas limit (a transfer takes about 52,000) skips a gas estimate per payment,
         # which costs twice the transfer itself on eth-tester.
-        tx = self.token.functions.transfer(Web3.to_checksum_address(to), amount).transact(
+        tx = self.token.functions.transfer(to_checksum_address(to), amount).transact(
             {"from": self.payer, "gas": 100_000}
         )
         return tx.to_0x_hex()
 
     def send_eth(self, to: str, wei: int) -> str:
         tx = self.w3.eth.send_transaction(
-            {"from": self.payer, "to": Web3.to_checksum_address(to), "value": wei}
+            {"from": self.payer, "to": to_checksum_address(to), "value": wei}
         )
         return tx.to_0x_hex()
 
