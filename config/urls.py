@@ -17,7 +17,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
-    re_path(r"^api/(?P<rest>.*)$", unknown_api_path),
+    # Every character, line breaks included: "." stops at one and left such a path to the
+    # site's HTML 404.
+    re_path(r"^api/(?P<rest>[\s\S]*)\Z", unknown_api_path),
     # Sign-up, sign-in, email verification, password reset, re-authentication and
     # two-factor (/2fa/): django-allauth, with our templates.
     path("", include("allauth.urls")),

@@ -1156,3 +1156,28 @@ def test_where_private_targets_are_refused_the_schema_admits_only_host_names(
     schemas = client.get("/api/openapi.json").json()["components"]["schemas"]
     valid = jsonschema_rs.validator_for(schemas["InvoiceCreateIn"]["properties"]["callback_url"])
     assert valid.is_valid("http://localhost:8000/hook")
+
+
+@pytest.mark.parametrize("private_allowed", [True, False], ids=["any-host", "public-hosts"])
+def test_a_callback_host_may_have_253_characters_and_no_more(
+    client, acme_key, settings, private_allowed
+):
+    settings.CALLBACKS_ALLOW_PRIVATE = private_allowed
+    schemas = client.get("/api/openapi.json").json()["components"]["schemas"]
+    valid = jsonschema_rs.validator_for(schemas["InvoiceCreateIn"]["properties"]["callback_url"])
+    labels = ".".join(["a" * 63, "b" * 63, "c" * 63])
+    longest = f"{labels}.{'d' * 57}.com"
+    assert len(longest) == 253
+    for host, port in ((longest, ""), (longest, ":8443"), ("x.io", "")):
+        url = f"https://{host}{port}/hook?x=1"
+        assert valid.is_valid(url), url
+        response = post(client, INVOICES, acme_key, {**TWO_ITEMS, "callback_url": url})
+        assert response.status_code == 201, response.json()
+        assert response.json()["callback_url"] == url
+    made = Invoice.objects.count()
+    for url in (f"https://{labels}.{'d' * 58}.com/hook", f"https://{labels}.{'d' * 58}.com"):
+        assert not valid.is_valid(url)
+        response = post(client, INVOICES, acme_key, {**TWO_ITEMS, "callback_url": url})
+        assert response.status_code == 422, url
+        assert list(response.json()["fields"]) == ["callback_url"]
+    assert Invoice.objects.count() == made

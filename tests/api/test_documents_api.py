@@ -195,7 +195,17 @@ def test_the_owner_lists_its_rates_and_methods(client, acme_key, rates, sepa):
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v2/invoices", "/api/nothing", "/api/v1/invoices/abc", "/api/v1/invoices/1/x"]
+    "path",
+    [
+        "/api/v2/invoices",
+        "/api/nothing",
+        "/api/v1/invoices/abc",
+        "/api/v1/invoices/1/x",
+        # Found by fuzzing: a line break in the path got the site's HTML 404.
+        "/api/v1/invoices/%C2%A7%0A%F1%BA%98%BB",
+        "/api/v1/customers/%0A",
+        "/api/%0A",
+    ],
 )
 @pytest.mark.parametrize("method", ["get", "post", "patch", "delete"])
 def test_unknown_api_paths_answer_the_json_error(path, method):
