@@ -2,9 +2,10 @@
 meets real provider answers (accepted, refused, down) without leaving the machine."""
 
 import json
-import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.local_http import serve_in_background
 
 
 @dataclass
@@ -64,5 +65,5 @@ def start_fake_postmark() -> tuple[FakePostmark, ThreadingHTTPServer]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     return state, server

@@ -19,6 +19,7 @@ import pytest
 
 from merchants.outbound import BlockedURL, OutboundResponse, Target, check_url, post
 from merchants.outbound import _send as send_to_checked_target
+from tests.local_http import serve_in_background
 
 LONG_BODY = ("é" * 10 + "abcdefghij") * 200  # 4,000 characters, multi-byte in UTF-8
 
@@ -118,7 +119,7 @@ def serve() -> Iterator[Callable[..., Receiver]]:
         if tls is not None:
             server.socket = tls.wrap_socket(server.socket, server_side=True)
         receiver.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        serve_in_background(server)
         started.append((server, receiver))
         return receiver
 
@@ -479,7 +480,7 @@ def test_an_unreachable_first_address_falls_back_to_the_next_checked_one():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     try:
         target = Target(
             url="http://receiver.invalid/",

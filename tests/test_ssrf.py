@@ -1,13 +1,13 @@
 """The SSRF guard on callback URLs (merchants/outbound.py): every address that is not
 globally routable is refused, however it is written, before any connection is made."""
 
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from merchants.integrations import check_callback_url
 from merchants.outbound import BlockedURL, check_url, post
+from tests.local_http import serve_in_background
 
 REFUSED = [
     ("http://127.0.0.1/", "loopback"),
@@ -97,7 +97,7 @@ class _Counting(BaseHTTPRequestHandler):
 def local_server():
     _Counting.hits = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     yield server.server_port
     server.shutdown()
     server.server_close()

@@ -37,6 +37,7 @@ from invoices.models import CallbackDelivery, CallbackStatus, Invoice, InvoiceSt
 from merchants.integrations import api_key_create, sign, webhook_endpoint_create
 from tests.bench.bench_checkout import _env, _gunicorn
 from tests.factories import MerchantFactory, make_invoice
+from tests.local_http import serve_in_background
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -170,8 +171,7 @@ def test_invoice_creation_and_callback_delivery_per_second(server, capsys):
     # Callback deliveries: a merchant with one endpoint on a receiver on this machine.
     Receiver.received, Receiver.lock = [], threading.Lock()
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    receiver_thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    receiver_thread.start()
+    receiver_thread = serve_in_background(receiver)
     hooked = MerchantFactory(name="Hooked Shop")
     hooked_key = api_key_create(merchant=hooked, name="Bench", by=None).plaintext
     hooked_auth = {"Authorization": f"Bearer {hooked_key}"}

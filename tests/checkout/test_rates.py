@@ -3,7 +3,6 @@ fake exchange on 127.0.0.1 (a real HTTP server in a thread, no mocks of urllib).
 
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -17,6 +16,7 @@ from django.utils import timezone
 from checkout.rates import HttpTickerRates, RateUnavailable, StaticRates, provider
 from checkout.services import CheckoutError, quote
 from merchants.money import price_gap
+from tests.local_http import serve_in_background
 from wallets.models import Asset
 
 TABLE = {
@@ -120,8 +120,7 @@ def exchange():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_background(server)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/api/v3/ticker/price"  # type: ignore[attr-defined]
     yield fake
     server.shutdown()

@@ -37,6 +37,7 @@ from merchants.integrations import (
 from merchants.models import WebhookEndpoint
 from tests.conftest import require_postgres
 from tests.factories import make_invoice
+from tests.local_http import serve_in_background
 
 
 class Receiver:
@@ -80,7 +81,7 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self):
         self.server.shutdown()

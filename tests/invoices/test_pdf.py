@@ -5,7 +5,6 @@ import logging
 import re
 import shutil
 import subprocess
-import threading
 from datetime import date, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from invoices.models import Invoice, PaymentMethod, TaxRate
 from invoices.rules import LineItemInput
 from invoices.services import InvoiceInput, invoice_create, invoice_mark_paid, invoice_void
 from tests.factories import CustomerFactory, make_invoice
+from tests.local_http import serve_in_background
 
 pytestmark = pytest.mark.django_db
 
@@ -300,7 +300,7 @@ def local_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     yield f"http://127.0.0.1:{server.server_address[1]}", hits
     server.shutdown()
 
