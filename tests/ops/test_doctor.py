@@ -61,10 +61,14 @@ def anvil_network(db, anvil_url):
     return network
 
 
+# No worker answers in these tests: doctor waits out the whole worker wait each time.
+NO_WORKER_WAIT = ("--worker-wait", "0.2")
+
+
 def doctor(*args):
     out = StringIO()
     try:
-        call_command("doctor", "--head-wait", "0", *args, stdout=out)
+        call_command("doctor", "--head-wait", "0", *NO_WORKER_WAIT, *args, stdout=out)
         code = 0
     except CommandError as error:
         assert error.returncode == 1
@@ -189,7 +193,7 @@ def test_head_not_moving_on_a_real_network(production, anvil_network):
     Network.objects.filter(pk=anvil_network.pk).update(is_dev=False)
     out = StringIO()
     with pytest.raises(CommandError):
-        call_command("doctor", "--head-wait", "1.5", stdout=out)
+        call_command("doctor", "--head-wait", "1.5", *NO_WORKER_WAIT, stdout=out)
     assert any("no new block in 1.5 s" in w for w in findings(out.getvalue(), "WARNING"))
 
 
@@ -200,7 +204,7 @@ def test_head_moving(production, db):
         Network.objects.filter(slug="anvil").update(rpc_url=url, enabled=True, is_dev=False)
         out = StringIO()
         with pytest.raises(CommandError):
-            call_command("doctor", "--head-wait", "5", stdout=out)
+            call_command("doctor", "--head-wait", "5", *NO_WORKER_WAIT, stdout=out)
     assert "ok      network anvil: new blocks arrive" in out.getvalue()
 
 
@@ -281,7 +285,7 @@ def test_database_down_in_a_real_process(tmp_path):
     }
     env.pop("CELERY_BROKER_URL", None)
     result = subprocess.run(
-        [sys.executable, "manage.py", "doctor", "--head-wait", "0"],
+        [sys.executable, "manage.py", "doctor", "--head-wait", "0", *NO_WORKER_WAIT],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -324,3 +328,9 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "601", "nan"])
+def test_a_worker_wait_out_of_bounds_is_refused_before_any_check(production, seconds):
+    with pytest.raises(CommandError, match="--worker-wait takes seconds above 0"):
+        call_command("doctor", "--worker-wait", seconds, stdout=StringIO())

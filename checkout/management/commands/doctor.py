@@ -66,8 +66,19 @@ class Command(BaseCommand):
             default=20.0,
             help="Seconds to watch each node's head for a new block (0: do not watch).",
         )
+        parser.add_argument(
+            "--worker-wait",
+            type=float,
+            default=None,
+            help="Seconds to wait for the workers' answers (default: READYZ_TIMEOUT_SECONDS). "
+            "With no worker up, doctor waits all of it.",
+        )
 
-    def handle(self, *args: Any, head_wait: float, **options: Any) -> None:
+    def handle(
+        self, *args: Any, head_wait: float, worker_wait: float | None, **options: Any
+    ) -> None:
+        if worker_wait is not None and not 0 < worker_wait <= 600:
+            raise CommandError("--worker-wait takes seconds above 0, at most 600.")
         report = Report()
         production = not settings.DEBUG
         for check in (
@@ -80,7 +91,8 @@ class Command(BaseCommand):
         if any(f.topic == "database" and f.level == "ok" for f in report.findings):
             guarded(report, lambda: check_networks(report, head_wait=head_wait))
             guarded(report, lambda: check_rates(report))
-        guarded(report, lambda: check_broker_and_workers(report))
+        wait = settings.READYZ_TIMEOUT_SECONDS if worker_wait is None else worker_wait
+        guarded(report, lambda: check_broker_and_workers(report, worker_wait=wait))
         self._print(report)
         errors = report.count("error")
         if errors:
@@ -407,7 +419,7 @@ def check_rates(report: Report) -> None:
         report.warning("rates", "no enabled asset on an active network to price")
 
 
-def check_broker_and_workers(report: Report) -> None:
+def check_broker_and_workers(report: Report, *, worker_wait: float) -> None:
     from config.celery import app
     from config.health import check_broker
 
@@ -422,7 +434,7 @@ def check_broker_and_workers(report: Report) -> None:
         )
         return
     report.ok("broker", broker)
-    replies = app.control.ping(timeout=settings.READYZ_TIMEOUT_SECONDS) or []
+    replies = app.control.ping(timeout=worker_wait) or []
     if not replies:
         report.error(
             "workers",
