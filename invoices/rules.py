@@ -284,11 +284,23 @@ def invoice_totals(
     return figures.subtotal, figures.total
 
 
-def check_total(total: Decimal, currency: Currency) -> None:
+def check_line_amount(quantity: Decimal, price: Decimal, currency: Currency) -> None:
+    """A line's quantity and price may each be in bounds and their product not: every stored
+    figure (a line's amount, the subtotal before an invoice discount) stays within MAX_AMOUNT,
+    not only the total an invoice discount may bring back down."""
+    if quantity * price > MAX_AMOUNT:
+        limit = format_amount(MAX_AMOUNT, currency)
+        raise ValidationError(
+            f"Quantity times price may be at most {limit} {currency.code}.",
+            code="amount_too_large",
+        )
+
+
+def check_total(total: Decimal, currency: Currency, *, what: str = "The invoice total") -> None:
     if total > MAX_AMOUNT:
         limit = format_amount(MAX_AMOUNT, currency)
         raise ValidationError(
-            f"The invoice total may be at most {limit} {currency.code}.", code="total_too_large"
+            f"{what} may be at most {limit} {currency.code}.", code="total_too_large"
         )
 
 

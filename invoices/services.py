@@ -48,6 +48,7 @@ from invoices.rules import (
     LineItemInput,
     check_credit_quantity,
     check_discount,
+    check_line_amount,
     check_percent,
     check_price,
     check_quantity,
@@ -1007,6 +1008,8 @@ def _check_items(
         if not item.name.strip():
             add(f"items.{index}.name", "Name the item.")
             item_errors = True
+        # Each line is judged on its own, so one request learns of every line's problem.
+        line_ok = True
         for key, check, value in (
             ("quantity", check_quantity, item.quantity),
             ("unit_price", lambda price: check_price(price, currency), item.unit_price),
@@ -1014,21 +1017,28 @@ def _check_items(
             try:
                 check(value)
             except ValidationError as error:
-                item_errors = True
+                line_ok = False
                 for message in error.messages:
                     add(f"items.{index}.{key}", message)
+        if line_ok:
+            try:
+                check_line_amount(item.quantity, item.unit_price, currency)
+            except ValidationError as error:
+                line_ok = False
+                add(f"items.{index}.unit_price", error.messages[0])
         if item.tax is not None:
             try:
                 check_percent(item.tax.percent, what="The tax rate")
             except ValidationError as error:
                 item_errors = True
                 add(f"items.{index}.tax_rate", error.messages[0])
-        if item.discount and not item_errors:
+        if item.discount and line_ok:
             try:
                 check_discount(item.discount, item.quantity * item.unit_price, currency)
             except ValidationError as error:
-                item_errors = True
+                line_ok = False
                 add(f"items.{index}.discount_value", error.messages[0])
+        item_errors = item_errors or not line_ok
     rate_ids = {item.tax.rate_id for item in items if item.tax and item.tax.rate_id}
     if rate_ids:
         known = set(
@@ -1040,9 +1050,15 @@ def _check_items(
                 add(f"items.{index}.tax_rate", "Choose one of your tax rates.")
     if item_errors:
         return
+    subtotal = compute_invoice(items, currency).subtotal
+    try:
+        check_total(subtotal, currency, what="The subtotal")
+    except ValidationError as error:
+        add("items", error.messages[0])
+        return
     if discount:
         try:
-            check_discount(discount, compute_invoice(items, currency).subtotal, currency)
+            check_discount(discount, subtotal, currency)
         except ValidationError as error:
             add("discount_value", error.messages[0])
             return

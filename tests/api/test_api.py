@@ -308,6 +308,70 @@ def test_unknown_accepted_asset_is_refused(client, acme_key):
     assert Invoice.objects.count() == 0
 
 
+TRILLION = "1,000,000,000,000.00 GBP"
+
+
+def test_a_line_worth_more_than_a_trillion_is_refused_though_a_discount_clears_the_total(
+    client, acme_key
+):
+    """Each price and quantity in bounds, their product not: no figure of the invoice may
+    outgrow what is stored, even when a 100% invoice discount brings the total to nothing."""
+    body = {
+        "currency": "GBP",
+        "discount": {"kind": "percent", "value": "100"},
+        "items": [
+            {"name": "At the limit", "quantity": "1", "unit_price": "1000000000000.00"},
+            {"name": "Five of them", "quantity": "5", "unit_price": "1000000000000"},
+            {"name": "Bulk", "quantity": "1000000", "unit_price": "526467040709"},
+            {"name": "Fine", "quantity": "0.628", "unit_price": "3"},
+        ],
+    }
+    response = post(client, INVOICES, acme_key, body, **{"Idempotency-Key": "big-lines"})
+
+    assert response.status_code == 422
+    message = f"Quantity times price may be at most {TRILLION}."
+    assert response.json()["fields"] == {
+        "items.1.unit_price": [message],
+        "items.2.unit_price": [message],
+    }
+    assert Invoice.objects.count() == 0
+
+
+def test_a_subtotal_over_a_trillion_is_refused_though_the_discount_brings_the_total_under(
+    client, acme_key
+):
+    body = {
+        "currency": "GBP",
+        "discount": {"kind": "amount", "value": "500000000000"},
+        "items": [
+            {"name": "First", "unit_price": "800000000000"},
+            {"name": "Second", "unit_price": "600000000000"},
+        ],
+    }
+    response = post(client, INVOICES, acme_key, body)
+
+    assert response.status_code == 422
+    assert response.json()["fields"] == {"items": [f"The subtotal may be at most {TRILLION}."]}
+    assert Invoice.objects.count() == 0
+
+
+def test_patch_with_a_line_worth_more_than_a_trillion_changes_nothing(client, acme, acme_key):
+    invoice = make_invoice(acme, issue=True)
+    before = (invoice.total, list(invoice.items.values_list("name", "amount")))
+
+    response = patch(
+        client,
+        f"{INVOICES}/{invoice.pk}",
+        acme_key,
+        {"items": [{"name": "Bulk", "quantity": "2", "unit_price": "999999999999.99"}]},
+    )
+
+    assert response.status_code == 422
+    assert list(response.json()["fields"]) == ["items.0.unit_price"]
+    invoice.refresh_from_db()
+    assert (invoice.total, list(invoice.items.values_list("name", "amount"))) == before
+
+
 def test_loopback_callback_url_is_refused(client, settings, acme_key):
     settings.CALLBACKS_ALLOW_PRIVATE = False  # production's rule; tests allow local receivers
 

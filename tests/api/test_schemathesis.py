@@ -40,7 +40,8 @@ schema = schemathesis.openapi.from_wsgi(
 # refund request refuse with 422 (invoices.rules, invoices.services and checkout.refunds word
 # them so).
 MULTI_FIELD_RULES = re.compile(
-    r"The discount may be at most .+\.|The invoice total may be at most .+\."
+    r"The discount may be at most .+\.|The (?:invoice total|subtotal) may be at most .+\."
+    r"|Quantity times price may be at most .+\."
     r"|[A-Z]{3,4} amounts have at most \d decimals\.|A one-time invoice needs a positive total\."
     r"|Add at least one priced line item before issuing the invoice\."
     r"|A pre-selected currency needs exactly one accepted asset\."

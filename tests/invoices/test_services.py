@@ -16,7 +16,7 @@ from invoices.models import (
     LineItem,
     PricingMode,
 )
-from invoices.rules import LineItemInput
+from invoices.rules import LineItemInput, TaxSpec
 from invoices.services import (
     InvoiceInput,
     InvoiceStateError,
@@ -305,7 +305,13 @@ def test_integration_refuses_bad_urls(acme):
         ([("A", "1", "1.0000001")], "USDT", "items.0.unit_price", "at most 6 decimals"),
         ([("A", "1", "-5")], "USD", "items.0.unit_price", "negative"),
         ([("A", "1", "1000000000000.01")], "USD", "items.0.unit_price", "at most"),
-        ([("A", "1000000", "999999999999")], "USD", "items", "total may be at most"),
+        ([("A", "1000000", "999999999999")], "USD", "items.0.unit_price", "times price"),
+        (
+            [("A", "1", "600000000000"), ("B", "1", "600000000000")],
+            "USD",
+            "items",
+            "subtotal may be at most",
+        ),
         ([("A", "1.00001", "1")], "USD", "items.0.quantity", "at most 4 decimals"),
         ([("  ", "1", "1")], "USD", "items.0.name", "Name the item"),
     ],
@@ -395,3 +401,23 @@ def test_overdue_filter_lists_only_outstanding_invoices_past_their_due_date(acme
     Invoice.objects.filter(pk__in=[late.pk, late_but_paid.pk]).update(due_date=yesterday)
     assert list(invoice_list(merchant=acme, overdue=True)) == [late]
     assert on_time in invoice_list(merchant=acme)
+
+
+def test_a_tax_that_lifts_the_total_over_a_trillion_is_refused(acme):
+    data = InvoiceInput(
+        currency="USD",
+        items=[
+            LineItemInput(
+                name="Almost all",
+                quantity=Decimal("1"),
+                unit_price=Decimal("900000000000"),
+                tax=TaxSpec("VAT", Decimal("20")),
+            )
+        ],
+    )
+    with pytest.raises(ValidationError) as caught:
+        invoice_create(merchant=acme, data=data)
+    assert caught.value.message_dict == {
+        "items": ["The invoice total may be at most 1,000,000,000,000.00 USD."]
+    }
+    assert Invoice.objects.count() == 0

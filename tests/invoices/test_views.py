@@ -229,17 +229,38 @@ def test_bad_line_item_is_refused_with_its_message_and_nothing_saved(
     assert _counts() == before
 
 
-def test_total_over_a_trillion_is_refused_though_each_price_is_allowed(
+def test_subtotal_over_a_trillion_is_refused_though_each_line_is_allowed(
     client_for, alice, acme_customer
 ):
     data = _editor_data(
-        acme_customer, **{"items-0-quantity": "2", "items-0-unit_price": "600000000000.00"}
+        acme_customer,
+        **{
+            "items-0-quantity": "1",
+            "items-0-unit_price": "600000000000.00",
+            "items-1-quantity": "1",
+            "items-1-unit_price": "600000000000.00",
+        },
     )
     response = client_for(alice).post(reverse("invoice_new"), data)
 
     assert response.status_code == 422
-    message = "The invoice total may be at most 1,000,000,000,000.00 USD."
+    message = "The subtotal may be at most 1,000,000,000,000.00 USD."
     assert response.context["form"].non_field_errors() == [message]
+    assert message.encode() in response.content
+    assert _counts() == (0, 0, 0)
+
+
+def test_a_line_over_a_trillion_is_refused_on_its_row(client_for, alice, acme_customer):
+    data = _editor_data(
+        acme_customer, **{"items-1-quantity": "3", "items-1-unit_price": "400000000000.00"}
+    )
+    response = client_for(alice).post(reverse("invoice_new"), data)
+
+    assert response.status_code == 422
+    message = "Quantity times price may be at most 1,000,000,000,000.00 USD."
+    item_forms = response.context["item_forms"]
+    assert item_forms[1].errors["unit_price"] == [message]
+    assert [bool(item.errors) for item in item_forms].count(True) == 1
     assert message.encode() in response.content
     assert _counts() == (0, 0, 0)
 
