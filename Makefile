@@ -4,6 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DJANGO_SETTINGS_MODULE := config.settings
+# Python writes its bytecode caches (__pycache__/, ignored by git) even where the environment
+# says not to: every process of `make run` and `make test` (the suite starts some hundred:
+# workers, servers, inner test runs) would otherwise compile the project's modules again,
+# and pytest rewrite every test module's asserts again, some 3 s of CPU per test process.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench install migrate demo clean e2e-deps node_modules system-packages-run system-packages-test
 
