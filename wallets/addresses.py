@@ -9,25 +9,34 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from bip_utils import (
-    Base58ChecksumError,
-    Bip32KeyError,
-    Bip32Secp256k1,
-    EthAddrEncoder,
-    Kekkak256,
-)
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from merchants.models import Merchant
 from wallets.forwarders import (
     forwarder_address,
+    keccak,
     new_salt_seed,
     parse_account_address,
     payment_salt,
 )
 from wallets.models import DepositAddress, Network, Wallet, WalletMode
+
+if TYPE_CHECKING:
+    from bip_utils import Bip32Secp256k1
+
+
+def _bip() -> ModuleType:
+    """bip_utils, imported on first use: importing it loads every coin it knows, some 0.3 s
+    of CPU in each process (web and worker processes, every management command), most of
+    which never derive an address."""
+    import bip_utils
+
+    return bip_utils
+
 
 HARDENED = 0x80000000
 # Addresses looked up at once when skipping taken ones.
@@ -57,7 +66,7 @@ class AccountKey:
     fingerprint: str
 
 
-def key_fingerprint(key: Bip32Secp256k1) -> str:
+def key_fingerprint(key: "Bip32Secp256k1") -> str:
     """SHA-256 of chain code + compressed public key, the two things every address depends on.
 
     Version bytes, depth, child number and parent fingerprint are labels: an xpub re-encoded
@@ -88,9 +97,10 @@ def parse_account_xpub(raw: str) -> AccountKey:
         )
     if not text.startswith("xpub"):
         raise ValidationError("An extended public key starts with xpub.", code="not_xpub")
+    bip = _bip()
     try:
-        key = Bip32Secp256k1.FromExtendedKey(text)
-    except (Bip32KeyError, Base58ChecksumError, ValueError):
+        key = bip.Bip32Secp256k1.FromExtendedKey(text)
+    except (bip.Bip32KeyError, bip.Base58ChecksumError, ValueError):
         raise ValidationError("This is not a valid extended public key.", code="invalid") from None
     if not key.IsPublicOnly():
         raise ValidationError("Private keys are refused.", code="private_key")
@@ -106,14 +116,15 @@ def parse_account_xpub(raw: str) -> AccountKey:
 
 def derive_address(xpub: str, index: int) -> str:
     """Checksummed address of the external chain's `index`-th key (m/44'/60'/0'/0/index)."""
-    child = Bip32Secp256k1.FromExtendedKey(xpub).DerivePath(f"0/{index}")
-    return EthAddrEncoder.EncodeKey(child.PublicKey().KeyObject())
+    bip = _bip()
+    child = bip.Bip32Secp256k1.FromExtendedKey(xpub).DerivePath(f"0/{index}")
+    return bip.EthAddrEncoder.EncodeKey(child.PublicKey().KeyObject())
 
 
 def checksum_address(address: str) -> str:
     """EIP-55 mixed case of a 0x address, the way wallets and explorers print it."""
     body = address.lower().removeprefix("0x")
-    digest = Kekkak256.QuickDigest(body).hex()
+    digest = keccak(body.encode()).hex()
     return "0x" + "".join(
         c.upper() if int(d, 16) >= 8 else c for c, d in zip(body, digest[:40], strict=True)
     )
@@ -121,9 +132,10 @@ def checksum_address(address: str) -> str:
 
 def _derive_range(xpub: str, start: int, count: int) -> list[tuple[int, str]]:
     """(index, lower-case address) for `count` indexes from `start`, deriving /0 once."""
-    chain = Bip32Secp256k1.FromExtendedKey(xpub).ChildKey(0)
+    bip = _bip()
+    chain = bip.Bip32Secp256k1.FromExtendedKey(xpub).ChildKey(0)
     return [
-        (i, EthAddrEncoder.EncodeKey(chain.ChildKey(i).PublicKey().KeyObject()).lower())
+        (i, bip.EthAddrEncoder.EncodeKey(chain.ChildKey(i).PublicKey().KeyObject()).lower())
         for i in range(start, start + count)
     ]
 

@@ -10,7 +10,7 @@ to the address can only ever be claimed to that destination, by anyone who pays 
 import re
 import secrets
 
-from bip_utils import Kekkak256
+from eth_utils import keccak as _keccak
 
 ZERO_ADDRESS = "0x" + "0" * 40
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -23,7 +23,7 @@ SALT_DOMAIN = b"stablebill/deposit/v1"
 
 
 def keccak(data: bytes) -> bytes:
-    return bytes(Kekkak256.QuickDigest(data))
+    return bytes(_keccak(data))
 
 
 def _raw(address: str) -> bytes:

@@ -3,18 +3,22 @@ and record on each deposit address the key it came from, so a new key can start 
 
 import hashlib
 
-from bip_utils import Bip32Secp256k1, EthAddrEncoder
 from django.db import migrations, models
 from django.db.models import Q
 
 
 def _fingerprint(xpub: str) -> str:
+    from bip_utils import Bip32Secp256k1
+
     key = Bip32Secp256k1.FromExtendedKey(xpub)
     material = key.ChainCode().ToBytes() + key.PublicKey().RawCompressed().ToBytes()
     return hashlib.sha256(material).hexdigest()
 
 
 def fingerprint_keys(apps, schema_editor):
+    # Imported here: every `migrate` loads every migration module, and bip_utils is heavy.
+    from bip_utils import Bip32Secp256k1, EthAddrEncoder
+
     Wallet = apps.get_model("wallets", "Wallet")
     DepositAddress = apps.get_model("wallets", "DepositAddress")
     seen: dict[str, int] = {}
