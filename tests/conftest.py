@@ -109,9 +109,9 @@ def pytest_xdist_auto_num_workers(config):
 # the workers. Only the order depends on these figures; a stale one costs time, not coverage.
 LONG_MODULES = {
     "tests/api/test_schemathesis.py": 100,
-    "tests/chaos/test_chaos.py": 120,
+    "tests/chaos/test_chaos.py": 80,
     "tests/ops/test_skip_policy.py": 78,
-    "tests/ops/test_devserver.py": 53,
+    "tests/ops/test_devserver.py": 35,
     "tests/ops/test_container.py": 46,
     "tests/api/test_schemathesis_cli.py": 45,
     "tests/checkout/test_state_machine.py": 30,
