@@ -120,7 +120,12 @@ LONG_MODULES = {
     "tests/ops/test_gunicorn.py": 20,
     "tests/test_sqlite_locking.py": 20,
     "tests/ops/test_fresh_clone.py": 16,
+    "tests/e2e/": 45,
 }
+# Folders whose modules stay together on one worker, as one of the long "modules" above: the
+# browser tests share a session's Chromium and live server, which every worker that ran one of
+# them would start again.
+GROUPED_FOLDERS = ("tests/e2e/",)
 # Modules of independent tests (no module-scoped fixture) whose tests may go to different
 # workers: one Schemathesis test per API operation, the longest about 40 s.
 SPLIT_MODULES = {"tests/api/test_schemathesis.py"}
@@ -152,6 +157,7 @@ def pytest_collection_modifyitems(config, items):
     rest = []
     for index, item in enumerate(items):
         module = item.nodeid.split("::", 1)[0]
+        module = next((f for f in GROUPED_FOLDERS if module.startswith(f)), module)
         if module in SPLIT_MODULES:
             groups[f"{module}::{index}"] = [item]
         elif module in LONG_MODULES:
