@@ -50,7 +50,7 @@ run: system-packages-run $(STAMP) node_modules/.package-lock.json
 	exec bin/devserver
 
 # Everything runs: a skip or deselection without a reason in tests/skips.py fails the run.
-# In parallel (pytest-xdist): `-n auto` is one process more than there are cores (tests/conftest.py
+# In parallel (pytest-xdist): `-n auto` is two processes more than there are cores (tests/conftest.py
 # says why); TEST_WORKERS=0 runs in one process.
 # worksteal hands each worker a contiguous share (a module's tests, and its module-scoped
 # fixtures, mostly stay together) and lets an idle worker take from the other's queue.

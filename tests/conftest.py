@@ -97,11 +97,12 @@ else:
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (`make test`): one worker more than there are cores. Much of the suite waits
+    """`-n auto` (`make test`): two workers more than there are cores. Much of the suite waits
     rather than computes (on subprocesses it starts: gunicorn, a Celery worker, anvil, inner
-    pytest runs, the chaos scenario's killed rounds; on a browser; on PostgreSQL), and a core
-    would sit idle while its only worker waits."""
-    return (os.cpu_count() or 1) + 1
+    pytest runs, the chaos scenario's killed rounds, which hold one worker for over a minute;
+    on a browser; on PostgreSQL), and a core would sit idle while its only worker waits. On
+    2 cores and PostgreSQL, 4 workers took 177 s where 3 took 192 s."""
+    return (os.cpu_count() or 1) + 2
 
 
 # The suite's long tests, by module, with roughly what each module takes on a quiet machine
