@@ -1,6 +1,7 @@
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -94,6 +95,13 @@ if XDIST_WORKER:
     template_db.install()
 else:
     template_db.run_key()  # before the workers start, so they inherit it
+
+
+def pytest_configure(config):
+    if not XDIST_WORKER and getattr(config.option, "numprocesses", None):
+        from tests import rewrite_cache
+
+        rewrite_cache.warm(config, Path(__file__).resolve().parent)
 
 
 def pytest_xdist_auto_num_workers(config):
