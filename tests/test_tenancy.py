@@ -222,6 +222,8 @@ class _Built:
     media: Path
     # Each person's session cookie from a real sign-in, and when it was made (see `client_for`).
     sessions: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # What Acme owns in this world (`_acme_state`), taken once: every test starts from it.
+    acme_state: dict | None = None
 
 
 # The settings the world is built under and its people sign in under: tests/conftest.py's.
@@ -299,6 +301,16 @@ def world(_built_world, _signed_in, db, settings) -> World:
     """This test's copy of the module's world (a test may change the objects it is given)."""
     settings.MEDIA_ROOT = _built_world.media
     return copy.deepcopy(_built_world.world)
+
+
+@pytest.fixture
+def acme_at_start(_built_world, world) -> dict:
+    """Everything Acme owns as the test starts, which is the module's world for every test
+    (each rolls back what it did), so it is read once per module rather than twice a test. A
+    test that changed Acme before its request would find it differs, and fail."""
+    if _built_world.acme_state is None:
+        _built_world.acme_state = _acme_state(world.acme)
+    return _built_world.acme_state
 
 
 @pytest.fixture
@@ -734,18 +746,18 @@ def test_owner_may_use_every_page(case, world, client_for, alice):
     "case", [c for c in CASES if c.writes], ids=[c.id for c in CASES if c.writes]
 )
 def test_owner_request_really_changes_acme_so_refusals_below_are_meaningful(
-    case, world, client_for, alice
+    case, world, client_for, alice, acme_at_start
 ):
-    before = _acme_state(world.acme)
+    before = acme_at_start
     _send(client_for(alice), case, world)
     assert _acme_state(world.acme) != before
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_staff_teammate_may_use_staff_pages_and_is_refused_owner_pages(
-    case, world, client_for, bob
+    case, world, client_for, bob, acme_at_start
 ):
-    before = _acme_state(world.acme)
+    before = acme_at_start
     response = _send(client_for(bob), case, world)
     if _role_allows(Role.STAFF, case):
         assert response.status_code == case.ok
@@ -755,8 +767,8 @@ def test_staff_teammate_may_use_staff_pages_and_is_refused_owner_pages(
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_viewer_may_read_and_is_refused_every_write(case, world, client_for, victor):
-    before = _acme_state(world.acme)
+def test_viewer_may_read_and_is_refused_every_write(case, world, client_for, victor, acme_at_start):
+    before = acme_at_start
     response = _send(client_for(victor), case, world)
     if case.min_role == Role.VIEWER:
         assert response.status_code == 200
@@ -769,8 +781,10 @@ def test_viewer_may_read_and_is_refused_every_write(case, world, client_for, vic
 
 
 @pytest.mark.parametrize("case", OBJECT_CASES, ids=[c.id for c in OBJECT_CASES])
-def test_outsider_gets_404_for_acme_objects_and_changes_nothing(case, world, client_for, charlie):
-    before = _acme_state(world.acme)
+def test_outsider_gets_404_for_acme_objects_and_changes_nothing(
+    case, world, client_for, charlie, acme_at_start
+):
+    before = acme_at_start
     response = _send(client_for(charlie), case, world)
     assert response.status_code == 404
     assert b"Ada Lovelace" not in response.content
@@ -791,9 +805,9 @@ def test_outsider_cannot_tell_acme_objects_from_missing_ones(case, world, client
 
 @pytest.mark.parametrize("case", COLLECTION_CASES, ids=[c.id for c in COLLECTION_CASES])
 def test_outsider_works_in_own_business_and_never_sees_or_touches_acme(
-    case, world, client_for, alice, charlie
+    case, world, client_for, alice, charlie, acme_at_start
 ):
-    before = _acme_state(world.acme)
+    before = acme_at_start
     response = _send(client_for(charlie), case, world)
     assert response.status_code == case.outsider
     body = _content(response)
@@ -842,8 +856,8 @@ def test_get_on_post_only_acme_url_is_405_for_outsider_exactly_as_for_a_missing_
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_anonymous_is_sent_to_login(case, world, client):
-    before = _acme_state(world.acme)
+def test_anonymous_is_sent_to_login(case, world, client, acme_at_start):
+    before = acme_at_start
     url = _url(case, world)
     response = _send(client, case, world)
     assert response.status_code == 302
