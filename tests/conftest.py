@@ -12,7 +12,7 @@ from django.test.testcases import LiveServerThread
 from checkout import page_news
 from config.celery import app as celery_app
 from merchants.models import Role
-from tests import template_db
+from tests import pg_flush, template_db
 from tests.evm import dev_network, tester  # noqa: F401 (fixtures for every test directory)
 from tests.factories import (
     PASSWORD,
@@ -90,6 +90,7 @@ def _share_redis_between_workers(worker: str) -> None:
         celery_app.conf.broker_transport_options = options
 
 
+pg_flush.install()
 if XDIST_WORKER:
     _share_redis_between_workers(XDIST_WORKER)
     template_db.install()
