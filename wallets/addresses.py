@@ -18,7 +18,6 @@ from django.db import IntegrityError, transaction
 from merchants.models import Merchant
 from wallets.forwarders import (
     forwarder_address,
-    keccak,
     new_salt_seed,
     parse_account_address,
     payment_salt,
@@ -119,15 +118,6 @@ def derive_address(xpub: str, index: int) -> str:
     bip = _bip()
     child = bip.Bip32Secp256k1.FromExtendedKey(xpub).DerivePath(f"0/{index}")
     return bip.EthAddrEncoder.EncodeKey(child.PublicKey().KeyObject())
-
-
-def checksum_address(address: str) -> str:
-    """EIP-55 mixed case of a 0x address, the way wallets and explorers print it."""
-    body = address.lower().removeprefix("0x")
-    digest = keccak(body.encode()).hex()
-    return "0x" + "".join(
-        c.upper() if int(d, 16) >= 8 else c for c, d in zip(body, digest[:40], strict=True)
-    )
 
 
 def _derive_range(xpub: str, start: int, count: int) -> list[tuple[int, str]]:

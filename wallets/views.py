@@ -12,12 +12,12 @@ from merchants.access import MerchantRequest, merchant_view
 from merchants.security import require_recent_reauth
 from merchants.templatetags.stablebill import plain
 from wallets.addresses import (
-    checksum_address,
     wallet_next_addresses,
     wallet_next_forwarders,
     wallet_set,
     wallet_set_account,
 )
+from wallets.chain import checksum_address
 from wallets.forms import AccountAddressForm, LedgerFilterForm, TransferFilterForm, XpubForm
 from wallets.models import Network, Wallet, derivation_path
 from wallets.selectors import (

@@ -10,13 +10,13 @@ from tests.conftest import require_postgres
 from tests.factories import MerchantFactory
 from wallets.addresses import (
     HARDENED,
-    checksum_address,
     deposit_address_allocate,
     derive_address,
     parse_account_xpub,
     wallet_next_addresses,
     wallet_set,
 )
+from wallets.chain import checksum_address
 from wallets.models import DepositAddress, Wallet
 
 # BIP39 test mnemonic "abandon (11 times) about": the account key m/44'/60'/0' and its first address,

@@ -13,7 +13,8 @@ from tests.wallets.test_addresses import (
     reencode,
     take,
 )
-from wallets.addresses import checksum_address, deposit_address_allocate, derive_address, wallet_set
+from wallets.addresses import deposit_address_allocate, derive_address, wallet_set
+from wallets.chain import checksum_address
 from wallets.ledger import Leg, fx_account, ledger_post, merchant_account
 from wallets.models import Asset, Network, Transfer, Wallet
 

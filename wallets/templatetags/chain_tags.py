@@ -1,6 +1,6 @@
 from django import template
 
-from wallets.addresses import checksum_address
+from wallets.chain import checksum_address
 
 register = template.Library()
 
