@@ -20,7 +20,6 @@ from tests.factories import (
     MembershipFactory,
     MerchantFactory,
 )
-from tests.skips import disallowed, skip_reason
 
 
 class _SerialLiveServer(WSGIServer):
@@ -120,7 +119,6 @@ def pytest_xdist_auto_num_workers(config):
 LONG_MODULES = {
     "tests/api/test_schemathesis.py": 100,
     "tests/chaos/test_chaos.py": 80,
-    "tests/ops/test_skip_policy.py": 78,
     "tests/ops/test_devserver.py": 35,
     "tests/ops/test_container.py": 46,
     "tests/api/test_schemathesis_cli.py": 45,
@@ -336,57 +334,9 @@ def _fast_password_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-# The skip policy (tests/skips.py): every skip needs a listed reason; CI runs everything.
-# Under pytest-xdist the controller gets every test's report (pytest_runtest_logreport runs there
-# too), but only the workers collect, so deselections travel back in each worker's workeroutput.
-_policy_breaches: list[str] = []
-
-
-def pytest_runtest_logreport(report):
-    if not report.skipped:
-        return
-    if hasattr(report, "wasxfail"):
-        _policy_breaches.append(f"{report.nodeid}: xfail ({report.wasxfail or 'no reason'})")
-        return
-    reason = skip_reason(report.longrepr)
-    breach = disallowed(reason, ci=bool(os.environ.get("CI")))
-    if breach:
-        _policy_breaches.append(f"{report.nodeid}: skipped '{reason}': {breach}")
-
-
-_deselection_breaches: list[str] = []
-
-
-def pytest_deselected(items):
-    if os.environ.get("CI"):
-        found = [f"{item.nodeid}: deselected, CI runs everything" for item in items]
-        _deselection_breaches.extend(found)
-        _policy_breaches.extend(found)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    """A pytest-xdist worker finished: take over what it deselected (every worker deselects
-    the same tests, hence the de-duplication)."""
-    for line in getattr(node, "workeroutput", {}).get("skip_policy_deselected", []):
-        if line not in _policy_breaches:
-            _policy_breaches.append(line)
-
-
 def pytest_sessionfinish(session, exitstatus):
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # a pytest-xdist worker: the controller judges the run
-        workeroutput["skip_policy_deselected"] = _deselection_breaches
+    if getattr(session.config, "workeroutput", None) is not None:  # a pytest-xdist worker
         return
     template_db.drop_migrated_sqlite()
     if session.config.getoption("numprocesses", None):
         template_db.drop_template()
-    if _policy_breaches and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _policy_breaches:
-        terminalreporter.section("skip policy (tests/skips.py)", red=True)
-        for line in _policy_breaches:
-            terminalreporter.line(line, red=True)

@@ -32,7 +32,7 @@ ENV_KEY = "STABLEBILL_TEST_TEMPLATE_KEY"
 def run_key() -> str:
     """This run's key: made by the controller, which imports tests/conftest.py before
     pytest-xdist starts its workers, and inherited by them (its children). It starts with the
-    controller's pid, so a pytest run started from inside a test (tests/ops/test_skip_policy.py)
+    controller's pid, so a pytest run of the suite started from inside one of its tests
     makes a key of its own rather than taking, and at its end removing, the outer run's."""
     owner = os.environ.get(ENV_KEY, "").split("-")[0]
     if owner not in (str(os.getpid()), str(os.getppid())):

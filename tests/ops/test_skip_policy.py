@@ -1,10 +1,8 @@
 """The skip policy: a pytest run with a skip that tests/skips.py does not list fails."""
 
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -31,15 +29,22 @@ def test_xfail():
 """
 
 
+# The inner runs load the policy alone (tests/skips.py as a plugin, and pytest-xdist for the
+# parallel case), from a folder of their own: no Django, no suite fixtures, none of the
+# suite's conftest, so each costs a fraction of a second instead of a Django start-up.
+# test_the_repository_runs_the_policy checks that the suite's own runs load that plugin.
+INNER_CONFIG = """[pytest]
+addopts = -p no:cacheprovider --disable-plugin-autoload -p tests.skips -p xdist.plugin
+"""
+
+
 @pytest.fixture
-def case_dir():
-    # Under tests/ so the real tests/conftest.py (and its hook) applies to the cases.
-    folder = REPO / "tests" / "ops" / f"policy_cases_{uuid.uuid4().hex[:8]}"
+def case_dir(tmp_path):
+    folder = tmp_path / "policy_cases"
     folder.mkdir()
-    (folder / "__init__.py").write_text("")
+    (folder / "pytest.ini").write_text(INNER_CONFIG)
     (folder / "test_cases.py").write_text(CASES)
-    yield folder
-    shutil.rmtree(folder)
+    return folder
 
 
 def run_pytest(case_dir, *args, ci):
@@ -48,14 +53,24 @@ def run_pytest(case_dir, *args, ci):
     if ci:
         env["CI"] = "true"
     env.pop("PYTEST_ADDOPTS", None)
+    env["PYTHONPATH"] = str(REPO)  # where tests.skips is imported from
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args, str(case_dir)],
-        cwd=REPO,
+        [sys.executable, "-m", "pytest", "-q", *args, "test_cases.py"],
+        cwd=case_dir,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_repository_runs_the_policy(request):
+    """This run (`make test`, or pytest from the repository) has the policy loaded, from
+    pyproject.toml's addopts."""
+    from tests import skips
+
+    assert request.config.pluginmanager.is_registered(skips)
+    assert "-p tests.skips" in " ".join(request.config.getini("addopts"))
 
 
 def test_listed_local_skip_passes_outside_ci(case_dir):
