@@ -37,6 +37,7 @@ from invoices.models import CreditNote, Invoice, InvoiceStatus
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Role
+from merchants.validators import parse_id
 from wallets.models import Asset
 
 R = RefundStatus
@@ -187,8 +188,8 @@ def _from_credit_note(
 ) -> dict:
     """ "Refund it" from a credit note: the form comes filled with the note's reason and its
     amount in the order's asset at the order's rate (rounded down, never more than is left)."""
-    raw = request.GET.get("credit_note", "")
-    note = next((n for n in notes if raw.isdigit() and n.pk == int(raw)), None)
+    note_id = parse_id(request.GET.get("credit_note"))
+    note = next((n for n in notes if n.pk == note_id), None)
     open_money = [m for m in money if m.left > 0]
     if note is None or not open_money:
         return {}
@@ -210,7 +211,7 @@ def _money_chosen(invoice: Invoice, raw: str, raw_asset: str) -> tuple[Payment, 
     order, _, asset_part = raw.partition(":")
     asset_part = asset_part or raw_asset
     payment = (
-        Payment.objects.filter(invoice=invoice, pk=int(order) if order.isdigit() else 0)
+        Payment.objects.filter(invoice=invoice, pk=parse_id(order) or 0)
         .select_related("asset", "network")
         .first()
     )
@@ -218,11 +219,7 @@ def _money_chosen(invoice: Invoice, raw: str, raw_asset: str) -> tuple[Payment, 
         raise RefundError("Choose the order whose money goes back.", "payment")
     if not asset_part:
         return payment, payment.asset
-    asset = (
-        Asset.objects.select_related("network")
-        .filter(pk=int(asset_part) if asset_part.isdigit() else 0)
-        .first()
-    )
+    asset = Asset.objects.select_related("network").filter(pk=parse_id(asset_part) or 0).first()
     if asset is None:
         raise RefundError("Choose one of the assets this order received.", "asset")
     return payment, asset
@@ -232,12 +229,8 @@ def _money_chosen(invoice: Invoice, raw: str, raw_asset: str) -> tuple[Payment, 
 @require_POST
 def invoice_refund_new(request: MerchantRequest, pk: int) -> HttpResponse:
     invoice = _invoice(request, pk)
-    raw_note = request.POST.get("credit_note", "")
-    note = (
-        CreditNote.objects.filter(invoice=invoice, pk=int(raw_note)).first()
-        if raw_note.isdigit()
-        else None
-    )
+    note_id = parse_id(request.POST.get("credit_note"))
+    note = CreditNote.objects.filter(invoice=invoice, pk=note_id).first() if note_id else None
     try:
         payment, asset = _money_chosen(
             invoice, request.POST.get("payment", ""), request.POST.get("asset", "")
@@ -265,9 +258,8 @@ def invoice_refund_new(request: MerchantRequest, pk: int) -> HttpResponse:
 def invoice_refund_resolve(request: MerchantRequest, pk: int) -> HttpResponse:
     """Unresolved: refund the overpaid difference, or a late payment in full."""
     invoice = _invoice(request, pk)
-    raw = request.POST.get("payment", "")
     payment = (
-        Payment.objects.filter(invoice=invoice, pk=int(raw) if raw.isdigit() else 0)
+        Payment.objects.filter(invoice=invoice, pk=parse_id(request.POST.get("payment")) or 0)
         .select_related("asset", "network", "invoice")
         .first()
     )

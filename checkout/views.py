@@ -33,6 +33,7 @@ from checkout.services import (
 from invoices.models import Invoice, InvoiceKind, PricingMode
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
+from merchants.validators import parse_id
 from wallets.models import Asset, Transfer
 
 FINAL_PAYMENT = {
@@ -343,11 +344,7 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
 def pay_start(request: HttpRequest, token: str) -> HttpResponse:
     invoice = _invoice_by_token(token)
     raw_asset = request.POST.get("asset", "")
-    asset = (
-        Asset.objects.select_related("network")
-        .filter(pk=int(raw_asset) if raw_asset.isdigit() else 0)
-        .first()
-    )
+    asset = Asset.objects.select_related("network").filter(pk=parse_id(raw_asset) or 0).first()
     amount = None
     if request.POST.get("amount", "").strip():
         try:

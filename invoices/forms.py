@@ -4,8 +4,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import QueryDict
@@ -44,6 +46,7 @@ from merchants.money import (
     price_gap,
     priced_currency_choices,
 )
+from merchants.validators import MAX_ID, parse_id
 
 MAX_ITEM_ROWS = 200
 ITEM_KEY = re.compile(
@@ -55,6 +58,23 @@ class CustomerChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Customer) -> str:  # type: ignore[override]
         label = f"{obj.name} — {obj.email}"
         return f"{label} (archived)" if obj.is_archived else label
+
+
+class IdsChoiceField(forms.ModelMultipleChoiceField):
+    """Choices by id, where a value that cannot be an id (past 64 bits, or not digits) is
+    refused as an invalid choice instead of reaching the database, where SQLite raises
+    OverflowError on an integer past 64 bits."""
+
+    def clean(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for raw in value:
+                if parse_id(str(raw)) is None:
+                    raise ValidationError(
+                        self.error_messages["invalid_pk_value"],
+                        code="invalid_pk_value",
+                        params={"pk": str(raw)[:40]},
+                    )
+        return super().clean(value)
 
 
 class InvoiceForm(forms.Form):
@@ -121,7 +141,7 @@ class InvoiceForm(forms.Form):
     footer = forms.CharField(
         required=False, max_length=1000, widget=forms.Textarea(attrs={"rows": 2})
     )
-    payment_methods = forms.ModelMultipleChoiceField(
+    payment_methods = IdsChoiceField(
         queryset=PaymentMethod.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
@@ -461,7 +481,7 @@ class InvoiceFilterForm(forms.Form):
     status = forms.ChoiceField(
         choices=[("", "All statuses"), *InvoiceStatus.choices], required=False, widget=OnceSelect
     )
-    customer = forms.IntegerField(required=False, min_value=1)
+    customer = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     overdue = forms.BooleanField(required=False)
     created_from = forms.DateField(required=False, widget=OnceDateInput(attrs={"type": "date"}))
     created_to = forms.DateField(required=False, widget=OnceDateInput(attrs={"type": "date"}))

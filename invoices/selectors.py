@@ -19,6 +19,7 @@ from invoices.compiled import (
 from invoices.models import EmailDelivery, Invoice, InvoiceEvent, InvoiceStatus, InvoiceStatusCount
 from merchants.fields import PRECISION, exact_totals_from_rows, exact_totals_query
 from merchants.models import Merchant, User
+from merchants.validators import parse_id
 
 OUTSTANDING = (InvoiceStatus.OPEN, InvoiceStatus.PROCESSING, InvoiceStatus.UNRESOLVED)
 SEARCH_CUSTOMERS = 500
@@ -76,8 +77,8 @@ def invoice_list(
             | Q(tracking_id__istartswith=query)
             | by_customer
         )
-        if query.isdigit() and len(query) <= 9:
-            matches |= Q(number=int(query))
+        if (number := parse_id(query, limit=999_999_999)) is not None:
+            matches |= Q(number=number)
         invoices = invoices.filter(matches)
     return invoices.order_by("-created_at", "-pk")
 

@@ -81,6 +81,7 @@ from invoices.services import (
 from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Merchant, Role
 from merchants.money import Currency, get_currency
+from merchants.validators import parse_id
 
 PAGE_SIZE = 25
 # What a list row shows ({% invoice_rows %}): an invoice has forty columns and its customer
@@ -274,8 +275,8 @@ def _invoice_editor(request: MerchantRequest, invoice: Invoice | None) -> HttpRe
                 "footer": invoice.footer,
                 "payment_methods": list(invoice.payment_methods.all()),
             }
-        elif request.GET.get("customer", "").isdigit():
-            initial["customer"] = int(request.GET["customer"])
+        elif customer_id := parse_id(request.GET.get("customer")):
+            initial["customer"] = customer_id
         form = InvoiceForm(initial=initial, merchant=merchant, invoice=invoice)
         item_forms = initial_item_forms(invoice, form.currency_obj, tax_rates)
         status = 200
@@ -365,8 +366,7 @@ def invoice_edit(request: MerchantRequest, pk: int) -> HttpResponse:
 @merchant_view(Role.STAFF)
 def invoice_item_row(request: MerchantRequest) -> HttpResponse:
     """One more empty line-item row for the editor (htmx), and the bumped next index."""
-    raw = request.GET.get("next", "0")
-    index = int(raw) if raw.isdigit() and int(raw) < 10_000 else 0
+    index = parse_id(request.GET.get("next"), limit=9_999) or 0
     row = LineItemForm(currency=None, index=index, tax_rates=editor_tax_rates(request.merchant))
     return render(
         request, "invoices/_item_row.html", {"item": row, "next_index": index + 1, "oob": True}
@@ -645,10 +645,10 @@ def invoice_receipt_download(request: MerchantRequest, pk: int) -> HttpResponse:
 
 def _receipt_response(request: HttpRequest, invoice: Invoice) -> HttpResponse:
     receipts = invoice.receipts.select_related("invoice__merchant", "invoice__customer")
-    number = request.GET.get("n", "")
+    number = parse_id(request.GET.get("n"), limit=99_999)
     receipt = (
-        receipts.filter(number=int(number)).first()
-        if number.isdigit() and len(number) < 6
+        receipts.filter(number=number).first()
+        if number is not None
         else receipts.order_by("-number").first()
     )
     if receipt is None:
@@ -682,10 +682,10 @@ def invoice_preview(request: MerchantRequest) -> HttpResponse:
     """The editor's preview: the unsaved form as the customer would get it, PDF or email."""
     merchant = request.merchant
     draft = None
-    if request.GET.get("draft", "").isdigit():
+    if draft_id := parse_id(request.GET.get("draft")):
         draft = get_object_or_404(
             invoice_scope(merchant=merchant),
-            pk=int(request.GET["draft"]),
+            pk=draft_id,
             status=InvoiceStatus.DRAFT,
         )
     form = InvoiceForm(request.POST, merchant=merchant, invoice=draft)

@@ -60,10 +60,19 @@ def get_currency(code: str) -> Currency:
 
 
 def decimal_places(value: Decimal) -> int:
-    """Digits after the point that carry information (1.50 has one, 100 has none)."""
-    normalized = value.normalize()
-    exponent = normalized.as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
+    """Digits after the point that carry information (1.50 has one, 100 has none).
+
+    Read off the digits, not through `normalize()`: that rounds to the decimal context, in
+    which 1e-999999999 underflows to 0 and would pass as having no decimals at all."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    significant = len(digits)
+    while significant and digits[significant - 1] == 0:
+        significant -= 1
+    if significant == 0:  # zero, however written
+        return 0
+    return max(0, -(exponent + len(digits) - significant))
 
 
 def quantize(amount: Decimal, currency: str | Currency) -> Decimal:

@@ -225,9 +225,10 @@ def require_recent_reauth(
 ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Guard a view's POSTs (see the module docstring). Goes below `merchant_view`.
 
-    `what` names the change in the log and the owners' email (None: the view records it
-    itself with `money_change_record`, e.g. when success is not a redirect); `detail_fields`
-    are POST fields worth quoting (never secrets).
+    `what` names the change in the log and the owners' email, for a view that answers only a
+    change made with a redirect (None: the view records it itself with `money_change_record`,
+    as one must whose success is not a redirect, or that redirects a refused change too);
+    `detail_fields` are POST fields worth quoting (never secrets).
     """
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -20,6 +20,22 @@ TOO_MANY_PIXELS = (
 )
 NOT_AN_IMAGE = "The logo is not a PNG, JPEG or WebP image."
 
+# The largest id a row can have: a signed 64-bit integer (PostgreSQL's bigint, SQLite's INTEGER).
+MAX_ID = 2**63 - 1
+
+
+def parse_id(raw: str | None, *, limit: int = MAX_ID) -> int | None:
+    """A positive whole number as a person or a client typed it (a query parameter, a form
+    field), or None for anything else.
+
+    ASCII digits only: `str.isdigit()` also takes '²' and '①', which `int()` then refuses,
+    and `int()` alone takes ' 7', '+7' and '7_0'. At most `limit`: an id past 64 bits would
+    reach SQLite as an OverflowError rather than find nothing."""
+    if not raw or len(raw) > 19 or not (raw.isascii() and raw.isdigit()):
+        return None
+    number = int(raw)
+    return number if 0 < number <= limit else None
+
 
 def validate_logo(file: File | bool | None) -> None:
     """Accept only real raster images of a sane size.

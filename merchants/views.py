@@ -28,6 +28,7 @@ from merchants.services import (
     merchant_create,
     merchant_update,
 )
+from merchants.validators import parse_id
 
 
 @login_required
@@ -48,10 +49,9 @@ def merchant_create_view(request: AuthedRequest) -> HttpResponse:
 @require_POST
 def merchant_switch(request: AuthedRequest) -> HttpResponse:
     # Only a merchant the person belongs to can be chosen; anything else is not found.
-    raw_id = request.POST.get("merchant_id", "")
     membership = get_object_or_404(
         memberships_of_user(user=request.user),
-        merchant_id=int(raw_id) if raw_id.isdigit() else 0,
+        merchant_id=parse_id(request.POST.get("merchant_id")) or 0,
     )
     request.session[SESSION_KEY] = membership.merchant_id
     return redirect("dashboard")
@@ -103,25 +103,39 @@ def member_list(request: MerchantRequest) -> HttpResponse:
 
 @merchant_view(Role.OWNER)
 @require_POST
-@require_recent_reauth("Team member's role changed or access removed", detail_fields=("role",))
+# Records its own change: it answers a refused change with a redirect too, which the
+# decorator would take for a change made.
+@require_recent_reauth()
 def member_update(request: MerchantRequest, pk: int) -> HttpResponse:
     membership = get_object_or_404(membership_list(merchant_id=request.merchant.pk), pk=pk)
+    email = membership.user.email
     try:
         if request.POST.get("remove"):
             member_remove(membership=membership)
-            messages.success(request, f"{membership.user.email} no longer has access.")
+            _member_change_record(request, f"Team member's access removed: {email}")
+            messages.success(request, f"{email} no longer has access.")
         else:
             form = MemberRoleForm(request.POST)
             if not form.is_valid():
                 messages.error(request, "Choose a valid role.")
             else:
                 member_set_role(membership=membership, role=form.cleaned_data["role"])
-                messages.success(
-                    request, f"{membership.user.email} is now {membership.get_role_display()}."
-                )
+                role = membership.get_role_display()
+                _member_change_record(request, f"Team member's role changed: {email} is {role}")
+                messages.success(request, f"{email} is now {role}.")
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     return redirect("member_list")
+
+
+def _member_change_record(request: MerchantRequest, detail: str) -> None:
+    money_change_record(
+        request=request,
+        merchant=request.merchant,
+        user=request.user,
+        what="Team member's role changed or access removed",
+        detail=detail,
+    )
 
 
 @merchant_view(Role.OWNER)

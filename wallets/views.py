@@ -77,8 +77,11 @@ def wallet_settings(request: MerchantRequest) -> HttpResponse:
                     f"{wallet.first_address}.",
                 )
                 return redirect("wallet_settings")
-        if posted not in ("xpub", "forwarder"):
-            account_form.add_error(None, "Choose how payments are received.")
+    # A POST naming neither way (each of the page's two forms names its own): both forms are
+    # unbound then, so the answer is a message, not a form error.
+    unknown_mode = request.method == "POST" and posted not in ("xpub", "forwarder")
+    if unknown_mode:
+        messages.error(request, "Choose how payments are received.")
     upcoming = (
         [
             {"index": index, "address": address, "path": derivation_path(index)}
@@ -99,7 +102,7 @@ def wallet_settings(request: MerchantRequest) -> HttpResponse:
         if wallet and wallet.uses_forwarders
         else []
     )
-    status = 422 if form.errors or account_form.errors else 200
+    status = 422 if form.errors or account_form.errors or unknown_mode else 200
     return render(
         request,
         "wallets/settings.html",

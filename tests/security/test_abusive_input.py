@@ -1,0 +1,294 @@
+"""Found by fuzzing the served app: inputs that answered 500 (or wrote a bogus record), each
+now answered as a person typing it would expect, with nothing written.
+
+- A Unicode digit ('²', '①') passed `str.isdigit()`, then `int()` refused it: every id or
+  number read from a query string or form field now goes through `parse_id`.
+- An id past 64 bits reached SQLite as an OverflowError (a list filter, the editor's payment
+  methods, the business switcher).
+- A quantity or price of 1e-999999999 looked like a number without decimals, because
+  `normalize()` underflowed it to 0 in the decimal context: the quantity then broke a CHECK
+  constraint, the price was stored as 0.
+- The wallet page's POST without a mode added an error to an unbound form.
+- A refused role change was logged and emailed to the owners as a change made.
+- More query parameters than Django allows answered the API's clients with an HTML page.
+"""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from checkout.models import Payment
+from invoices.models import Invoice, InvoiceStatus, LineItem, PaymentMethod
+from invoices.services import credit_note_issue
+from merchants.integrations import api_key_create
+from merchants.models import Membership, Role, SecurityEvent
+from merchants.money import decimal_places
+from merchants.validators import MAX_ID, parse_id
+from tests.factories import MembershipFactory, make_invoice, make_paid_payment
+
+SUPERSCRIPT_TWO = "\u00b2"  # '²': str.isdigit() is True, int() raises
+CIRCLED_ONE = "\u2460"  # '①'
+PAST_64_BITS = str(MAX_ID + 1)
+
+
+def _editor(**overrides) -> dict:
+    data = {
+        "customer": "",
+        "currency": "USD",
+        "kind": "one_time",
+        "pricing_mode": "no_timer",
+        "fee_payer": "merchant",
+        "items-0-name": "Design",
+        "items-0-quantity": "2",
+        "items-0-unit_price": "150.00",
+        "action": "save",
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def owner(client_for, alice):
+    return client_for(alice)
+
+
+@pytest.fixture
+def paid(acme, alice):
+    invoice = make_invoice(acme, issue=True, items=[("Widget", "1", "300.00")])
+    payment = make_paid_payment(invoice, 300 * 10**6)
+    invoice.refresh_from_db()
+    return invoice, payment
+
+
+# parse_id and decimal_places -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("7", 7),
+        ("0007", 7),
+        (str(MAX_ID), MAX_ID),
+        (PAST_64_BITS, None),
+        ("9" * 30, None),
+        ("0", None),
+        ("", None),
+        (None, None),
+        (" 7", None),
+        ("+7", None),
+        ("-7", None),
+        ("7_0", None),
+        ("1.5", None),
+        (SUPERSCRIPT_TWO, None),
+        (CIRCLED_ONE, None),
+        ("\uff17", None),  # fullwidth 7: int() takes it, an id field should not
+        ("\u0667", None),  # Arabic-Indic 7
+    ],
+)
+def test_parse_id_takes_ascii_digits_within_64_bits_only(raw, expected):
+    assert parse_id(raw) == expected
+
+
+def test_parse_id_keeps_to_its_limit():
+    assert parse_id("99999", limit=99_999) == 99_999
+    assert parse_id("100000", limit=99_999) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "places"),
+    [
+        ("1.50", 1),
+        ("100", 0),
+        ("1E+2", 0),
+        ("0.00", 0),
+        ("0E-1000000", 0),
+        ("12.345", 3),
+        ("-0.010", 2),
+        ("1e-999999999", 999999999),
+        ("1e-1000001", 1000001),
+    ],
+)
+def test_decimal_places_reads_the_digits_without_rounding_to_the_context(raw, places):
+    assert decimal_places(Decimal(raw)) == places
+
+
+# Unicode digits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [SUPERSCRIPT_TWO, CIRCLED_ONE])
+def test_the_payers_currency_choice_as_a_unicode_digit_is_a_400(client, acme, dev_network, raw):
+    invoice = make_invoice(acme, issue=True)
+    response = client.post(reverse("pay_start", args=[invoice.public_token]), {"asset": raw})
+    assert response.status_code == 400
+    assert "Choose one of the currencies offered." in response.content.decode()
+    assert not Payment.objects.exists()
+
+
+def test_a_receipt_number_that_is_no_number_gives_the_latest_receipt(client, owner, paid):
+    invoice, _ = paid
+    assert invoice.receipts.exists()
+    for url in (
+        reverse("public_receipt_pdf", args=[invoice.public_token]),
+        reverse("invoice_receipt", args=[invoice.pk]),
+    ):
+        browser = owner if "receipt.pdf" not in url else client
+        for raw in (SUPERSCRIPT_TWO, PAST_64_BITS, "1" * 30):
+            response = browser.get(url, {"n": raw})
+            assert response.status_code == 200, (url, raw)
+            assert response["Content-Type"] == "application/pdf"
+
+
+def test_searching_for_a_unicode_digit_or_a_huge_number_finds_nothing(owner, acme):
+    make_invoice(acme)
+    for query in (SUPERSCRIPT_TWO, CIRCLED_ONE, PAST_64_BITS, "9" * 40):
+        response = owner.get(reverse("invoice_list"), {"q": query})
+        assert response.status_code == 200, query
+        assert list(response.context["page"].object_list) == []
+
+
+def test_the_editor_ignores_a_customer_or_draft_that_is_no_id(owner, acme):
+    for raw in (SUPERSCRIPT_TWO, PAST_64_BITS):
+        response = owner.get(reverse("invoice_new"), {"customer": raw})
+        assert response.status_code == 200, raw
+        assert response.context["form"].initial.get("customer") is None
+        preview = owner.post(f"{reverse('invoice_preview')}?draft={raw}", _editor())
+        assert preview.status_code == 200, raw
+        row = owner.get(reverse("invoice_item_row"), {"next": raw})
+        assert row.status_code == 200, raw
+        assert 'name="items-0-name"' in row.content.decode()
+    assert not Invoice.objects.exists()
+
+
+def test_switching_to_a_business_that_is_no_id_is_not_found(owner, acme):
+    for raw in (SUPERSCRIPT_TWO, PAST_64_BITS, "9" * 30):
+        response = owner.post(reverse("merchant_switch"), {"merchant_id": raw})
+        assert response.status_code == 404, raw
+
+
+def test_refund_pages_take_an_order_or_credit_note_that_is_no_id_as_none(owner, acme, paid):
+    invoice, payment = paid
+    credit_note_issue(invoice=invoice, reason="Returned")
+    tab = reverse("invoice_refunds", args=[invoice.pk])
+    new = reverse("invoice_refund_new", args=[invoice.pk])
+    resolve = reverse("invoice_refund_resolve", args=[invoice.pk])
+    for raw in (SUPERSCRIPT_TWO, PAST_64_BITS):
+        assert owner.get(tab, {"credit_note": raw}).status_code == 200, raw
+        for data, refusal in (
+            ({"payment": raw}, "Choose the order whose money goes back."),
+            ({"payment": f"{payment.pk}:{raw}"}, "Choose one of the assets this order received."),
+        ):
+            response = owner.post(new, data, follow=True)
+            assert response.redirect_chain[0][1] == 302, data
+            assert refusal in response.content.decode(), data
+        response = owner.post(new, {"payment": str(payment.pk), "credit_note": raw})
+        assert response.status_code == 302, raw
+        assert owner.post(resolve, {"payment": raw}).status_code == 302, raw
+    # A credit note that is no id is no credit note: no refund names one.
+    assert not payment.refunds.exclude(credit_note=None).exists()
+
+
+# Ids past 64 bits ----------------------------------------------------------------------------
+
+
+def test_a_customer_filter_past_64_bits_is_a_form_error_not_a_query(owner, acme):
+    make_invoice(acme)
+    response = owner.get(reverse("invoice_list"), {"customer": PAST_64_BITS})
+    assert response.status_code == 200
+    assert response.context["filters"].errors["customer"]
+
+
+def test_a_payment_method_id_past_64_bits_is_an_invalid_choice(owner, acme):
+    PaymentMethod.objects.create(merchant=acme, name="Bank transfer")
+    data = _editor(payment_methods=["9" * 30])
+    for url in (reverse("invoice_new"), reverse("invoice_totals"), reverse("invoice_preview")):
+        response = owner.post(url, data)
+        assert response.status_code in (200, 422), url
+    response = owner.post(reverse("invoice_new"), data)
+    assert response.status_code == 422
+    assert "is not a valid value" in str(response.context["form"].errors["payment_methods"])
+    assert not Invoice.objects.exists()
+
+
+# Decimals beyond the context -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("items-0-quantity", "1e-999999999", "Quantity may have at most 4 decimals."),
+        ("items-0-unit_price", "1e-999999999", "USD amounts have at most 2 decimals."),
+        ("items-0-unit_price", "1e-1000001", "USD amounts have at most 2 decimals."),
+    ],
+)
+def test_a_vanishingly_small_quantity_or_price_is_refused_not_stored_as_zero(
+    owner, acme, field, value, message
+):
+    response = owner.post(reverse("invoice_new"), _editor(**{field: value}))
+    assert response.status_code == 422
+    assert message in response.content.decode()
+    assert not Invoice.objects.exists() and not LineItem.objects.exists()
+    acme.refresh_from_db()
+    assert acme.next_invoice_number == 1
+
+
+def test_a_vanishingly_small_discount_is_refused(owner, acme):
+    data = _editor(**{"items-0-discount_kind": "amount", "items-0-discount_value": "1e-999999999"})
+    response = owner.post(reverse("invoice_new"), data)
+    assert response.status_code == 422
+    assert not Invoice.objects.exists()
+    whole = _editor(discount_kind="amount", discount_value="1e-999999999")
+    assert owner.post(reverse("invoice_new"), whole).status_code == 422
+    assert not Invoice.objects.filter(status=InvoiceStatus.DRAFT).exists()
+
+
+# The wallet page and the team page -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [{}, {"mode": "bogus"}])
+def test_a_wallet_post_naming_no_way_to_be_paid_says_so(owner, acme, data):
+    response = owner.post(reverse("wallet_settings"), data)
+    assert response.status_code == 422
+    assert "Choose how payments are received." in response.content.decode()
+    assert not SecurityEvent.objects.filter(summary="Wallet key changed").exists()
+
+
+def test_a_refused_role_change_is_neither_logged_nor_emailed(
+    owner, acme, alice, mailoutbox, django_capture_on_commit_callbacks
+):
+    staff = MembershipFactory(merchant=acme, role=Role.STAFF, user__email="sam@acme.test")
+    url = reverse("member_update", args=[staff.pk])
+    for role in ("not-a-role", "owner\x00", ""):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = owner.post(url, {"role": role})
+        assert response.status_code == 302
+    staff.refresh_from_db()
+    assert staff.role == Role.STAFF
+    assert not SecurityEvent.objects.filter(summary__startswith="Team member").exists()
+    assert mailoutbox == []
+
+    # A change made is logged once, naming who and what, and the owners are told.
+    with django_capture_on_commit_callbacks(execute=True):
+        owner.post(url, {"role": Role.VIEWER})
+    staff.refresh_from_db()
+    assert staff.role == Role.VIEWER
+    event = SecurityEvent.objects.get(summary__startswith="Team member")
+    assert event.detail == "Team member's role changed: sam@acme.test is Viewer"
+    assert [message.to for message in mailoutbox] == [[alice.email]]
+
+    owner.post(url, {"remove": "1"})
+    assert not Membership.objects.filter(pk=staff.pk).exists()
+    removed = SecurityEvent.objects.filter(summary__startswith="Team member").latest("pk")
+    assert removed.detail == "Team member's access removed: sam@acme.test"
+
+
+# The API -------------------------------------------------------------------------------------
+
+
+def test_too_many_query_parameters_get_the_apis_json_error(client, acme, alice, settings):
+    key = api_key_create(merchant=acme, name="Fuzz", by=alice).plaintext
+    query = "&".join(["a=1"] * (settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 100))
+    response = client.get(f"/api/v1/invoices?{query}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["code"] == "too_many_parameters"
