@@ -7,8 +7,7 @@ and amounts travel as decimal strings.
 from http.client import responses as HTTP_PHRASES
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
@@ -259,21 +258,6 @@ def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
 def too_large(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
     # Wherever the body is first read (the key check reads it to refuse NUL characters).
     return error_response(body_too_large())
-
-
-@api.exception_handler(TooManyFieldsSent)
-def too_many_fields(request: HttpRequest, error: TooManyFieldsSent) -> HttpResponse:
-    # Django raises on the first read of request.GET past DATA_UPLOAD_MAX_NUMBER_FIELDS (the
-    # NUL check reads it before anything else); its own answer is an HTML 400.
-    limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
-    return error_response(
-        ApiError(
-            400,
-            f"At most {limit} query parameters.",
-            code="too_many_parameters",
-            fields={"query": [f"At most {limit} parameters."]},
-        )
-    )
 
 
 @csrf_exempt  # an API client has no CSRF cookie: it must get the JSON 404, not a 403 page

@@ -1,6 +1,42 @@
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+
+
+class QueryLimitMiddleware:
+    """More query parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS: a 400 saying so, the API's
+    in its JSON error shape, before anything reads request.GET and raises.
+
+    Django answers that exception with a 400 of its own outside DEBUG; under DEBUG (`make
+    run`) its error page reads request.GET again and fails with a 500. Only a query string
+    with that many separators is parsed here; any other costs a count."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        query = request.META.get("QUERY_STRING", "")
+        if limit is not None and query.count("&") + query.count(";") >= limit:
+            try:
+                request.GET  # noqa: B018 (parsing is the check)
+            except TooManyFieldsSent:
+                return _too_many_parameters(request, limit)
+        return self.get_response(request)
+
+
+def _too_many_parameters(request: HttpRequest, limit: int) -> HttpResponse:
+    message = f"At most {limit} query parameters."
+    if request.path.startswith("/api/"):
+        from merchants.api import ApiError, error_response
+
+        error = ApiError(
+            400, message, code="too_many_parameters", fields={"query": [f"At most {limit}."]}
+        )
+        return error_response(error)
+    return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
 
 
 class NoStoreMiddleware:

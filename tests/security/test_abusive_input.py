@@ -285,10 +285,25 @@ def test_a_refused_role_change_is_neither_logged_nor_emailed(
 # The API -------------------------------------------------------------------------------------
 
 
-def test_too_many_query_parameters_get_the_apis_json_error(client, acme, alice, settings):
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_too_many_query_parameters_get_the_apis_json_error(client, acme, alice, settings, debug):
+    settings.DEBUG = debug
     key = api_key_create(merchant=acme, name="Fuzz", by=alice).plaintext
     query = "&".join(["a=1"] * (settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 100))
     response = client.get(f"/api/v1/invoices?{query}", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert response.status_code == 400
     assert response["Content-Type"].startswith("application/json")
     assert response.json()["code"] == "too_many_parameters"
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_too_many_query_parameters_on_a_page_are_a_400_under_debug_too(owner, settings, debug):
+    # Under DEBUG (`make run`) Django's own error page read request.GET again: a 500.
+    settings.DEBUG = debug
+    query = "&".join(["a=1"] * (settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1))
+    response = owner.get(f"{reverse('invoice_list')}?{query}")
+    assert response.status_code == 400
+    limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+    assert f"At most {limit} query parameters." in response.content.decode()
+    just_enough = "&".join(["a=1"] * settings.DATA_UPLOAD_MAX_NUMBER_FIELDS)
+    assert owner.get(f"{reverse('invoice_list')}?{just_enough}").status_code == 200
