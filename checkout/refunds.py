@@ -49,6 +49,7 @@ from invoices.services import (
 from merchants.fields import exact_sum, exact_totals
 from merchants.models import User
 from merchants.money import get_currency
+from merchants.validators import without_nul
 from wallets.chain import (
     ZERO_ADDRESS,
     Chain,
@@ -82,6 +83,8 @@ logger = logging.getLogger(__name__)
 R = RefundStatus
 TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+# A typed refund amount has at most this many digits before the point (10^30 tokens).
+MAX_REFUND_DIGITS = 30
 # How far back the watcher looks for an unreported refund transfer the first time it asks.
 FIRST_LOOKBACK_BLOCKS = 5000
 # The same for ETH, read from full blocks and traces rather than logs: a refund is sent after
@@ -234,6 +237,10 @@ def parse_amount(text: str, asset: Asset) -> Decimal:
         raise RefundError("Enter an amount like 12.50.", "amount") from None
     if not value.is_finite() or value <= 0:
         raise RefundError("Enter an amount above zero.", "amount")
+    if value.adjusted() > MAX_REFUND_DIGITS:
+        # Beyond any order's money, and past what the decimal context can scale (1e999999999
+        # raised Overflow in scaleb).
+        raise RefundError("That is more than any order received.", "amount")
     units = value.scaleb(asset.decimals)
     if units != units.to_integral_value():
         raise RefundError(f"{asset.symbol} has {asset.decimals} decimals at most.", "amount")
@@ -317,7 +324,7 @@ def refund_request(
     actor: str = Actor.USER,
 ) -> RefundRequest:
     """Open a refund of `amount` base units (None: everything still refundable)."""
-    reason = " ".join(reason.split())[:500]
+    reason = " ".join(without_nul(reason).split())[:500]
     if not reason:
         raise RefundError("Say why the money goes back (the payer sees it).", "reason")
     with transaction.atomic():
@@ -592,7 +599,7 @@ def refund_mark_outside(
 ) -> RefundRequest:
     """Paid some other way (another wallet, a bank transfer): the refund is done; the books
     are not touched, as for an invoice marked paid off-platform."""
-    reference = " ".join(reference.split())[:200]
+    reference = " ".join(without_nul(reference).split())[:200]
     if not reference:
         raise RefundError("Say how it was paid (a transaction, a bank reference).", "reference")
     with transaction.atomic():
@@ -611,7 +618,7 @@ def refund_mark_outside(
 def refund_decline(
     *, refund: RefundRequest, reason: str, by: User | None = None, actor: str = Actor.USER
 ) -> RefundRequest:
-    reason = " ".join(reason.split())[:500]
+    reason = " ".join(without_nul(reason).split())[:500]
     if not reason:
         raise RefundError("Say why the refund is declined.", "decline_reason")
     with transaction.atomic():

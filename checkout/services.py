@@ -23,6 +23,7 @@ from invoices.models import Invoice, InvoiceKind, InvoiceStatus
 from invoices.services import InvoiceStateError, invoice_payment_status, invoice_record_event
 from merchants.models import FeePayer
 from merchants.money import MAX_AMOUNT, price_gap, quantize
+from merchants.validators import without_nul
 from wallets.addresses import ForwarderUnavailable, deposit_address_allocate
 from wallets.models import Asset, Network, Wallet
 
@@ -143,7 +144,7 @@ def payment_start(
             raise CheckoutError("Enter the amount to pay: above zero, at most a trillion.")
     _count_attempt(invoice)
     # Free text from a public form: NUL bytes are refused by PostgreSQL, so they go here.
-    payer_note = payer_note.replace("\x00", "").strip()[:500]
+    payer_note = without_nul(payer_note).strip()[:500]
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         existing = Payment.objects.filter(invoice=locked, status__in=OPEN_PAYMENT).first()

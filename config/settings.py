@@ -203,6 +203,17 @@ ACCOUNT_RATE_LIMITS = {
 MFA_ADAPTER = "allauth.mfa.adapter.DefaultMFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
+# allauth's passkey forms, refusing a malformed answer with their error (merchants/passkeys.py).
+MFA_FORMS = {
+    name: f"merchants.passkeys.{form}"
+    for name, form in {
+        "login_webauthn": "LoginWebAuthnForm",
+        "authenticate_webauthn": "AuthenticateWebAuthnForm",
+        "reauthenticate_webauthn": "ReauthenticateWebAuthnForm",
+        "add_webauthn": "AddWebAuthnForm",
+        "signup_webauthn": "SignupWebAuthnForm",
+    }.items()
+}
 MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Stablebill")
 MFA_RECOVERY_CODE_COUNT = 10
 # Passkeys need HTTPS; browsers make an exception for http://localhost, which `make run`

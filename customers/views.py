@@ -19,6 +19,7 @@ from customers.services import (
 from merchants.access import MerchantRequest, merchant_view
 from merchants.forms import form_add_service_errors
 from merchants.models import Role
+from merchants.validators import without_nul
 
 PAGE_SIZE = 25
 
@@ -26,7 +27,7 @@ PAGE_SIZE = 25
 @merchant_view()
 @vary_on_headers("HX-Request")
 def customer_index(request: MerchantRequest) -> HttpResponse:
-    query = request.GET.get("q", "")
+    query = without_nul(request.GET.get("q", ""))
     show_archived = request.GET.get("archived") == "1"
     customers = customer_list(
         merchant=request.merchant,

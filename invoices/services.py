@@ -67,6 +67,7 @@ from merchants.money import (
     price_gap,
     quantize,
 )
+from merchants.validators import without_nul
 
 MAX_TERMS_DAYS = 365
 TEXT_LIMITS = {"notes": 5000, "terms": 5000, "po_number": 64, "footer": 1000}
@@ -703,7 +704,7 @@ def invoice_accept_unresolved(
     *, invoice: Invoice, note: str, by: User | None = None, actor: str = Actor.USER
 ) -> Invoice:
     """The merchant accepts an overpaid or late payment as settling the invoice."""
-    note = note.strip()
+    note = without_nul(note).strip()
     if not note:
         raise ValidationError(
             {"note": "Say why the payment is accepted (e.g. keep the extra as a tip)."}

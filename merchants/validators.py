@@ -24,6 +24,13 @@ NOT_AN_IMAGE = "The logo is not a PNG, JPEG or WebP image."
 MAX_ID = 2**63 - 1
 
 
+def without_nul(text: str) -> str:
+    """Free text as it may be stored: without NUL characters, which PostgreSQL refuses in any
+    text column (a 500 at the write). Django's form fields refuse them; this is for text a
+    view reads straight from the request (a search, a reason, a reference, a note)."""
+    return text.replace("\x00", "")
+
+
 def parse_id(raw: str | None, *, limit: int = MAX_ID) -> int | None:
     """A positive whole number as a person or a client typed it (a query parameter, a form
     field), or None for anything else.

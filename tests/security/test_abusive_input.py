@@ -307,3 +307,127 @@ def test_too_many_query_parameters_on_a_page_are_a_400_under_debug_too(owner, se
     assert f"At most {limit} query parameters." in response.content.decode()
     just_enough = "&".join(["a=1"] * settings.DATA_UPLOAD_MAX_NUMBER_FIELDS)
     assert owner.get(f"{reverse('invoice_list')}?{just_enough}").status_code == 200
+
+
+# Found by fuzzing on PostgreSQL: NUL in text read straight from the request, a refund
+# amount past the decimal context, Django admin's own parameters, allauth's passkey forms.
+
+
+def test_a_nul_in_the_customer_search_is_dropped(owner, acme_customer):
+    response = owner.get(reverse("customer_list"), {"q": acme_customer.name[:3] + "\x00"})
+    assert response.status_code == 200
+    assert acme_customer.email in response.content.decode()
+
+
+def test_nul_in_a_refunds_reason_reference_or_decline_is_dropped(owner, acme, paid):
+    invoice, payment = paid
+    new = reverse("invoice_refund_new", args=[invoice.pk])
+    response = owner.post(new, {"payment": str(payment.pk), "amount": "1", "reason": "Lo\x00st"})
+    assert response.status_code == 302
+    first = payment.refunds.get()
+    assert first.reason == "Lost"
+    owner.post(reverse("refund_outside", args=[first.pk]), {"reference": "Bank\x00 ref 7"})
+    first.refresh_from_db()
+    assert first.outside_reference == "Bank ref 7"
+
+    owner.post(new, {"payment": str(payment.pk), "amount": "1", "reason": "Second"})
+    second = payment.refunds.exclude(pk=first.pk).get()
+    owner.post(reverse("refund_decline", args=[second.pk]), {"reason": "Not\x00 ours"})
+    second.refresh_from_db()
+    assert second.decline_reason == "Not ours"
+
+
+@pytest.mark.parametrize("amount", ["1e999999999", "1" + "0" * 40])
+def test_a_refund_amount_past_any_order_is_refused(owner, acme, paid, amount):
+    invoice, payment = paid
+    new = reverse("invoice_refund_new", args=[invoice.pk])
+    data = {"payment": str(payment.pk), "amount": amount, "reason": "Too much"}
+    response = owner.post(new, data, follow=True)
+    assert response.redirect_chain[0][1] == 302
+    assert "That is more than any order received." in response.content.decode()
+    assert not payment.refunds.exists()
+
+
+def test_a_nul_in_the_note_accepting_an_unresolved_payment_is_dropped(owner, acme):
+    invoice = make_invoice(acme, issue=True, items=[("Widget", "1", "300.00")])
+    make_paid_payment(invoice, 400 * 10**6)  # overpaid: the invoice waits for a decision
+    invoice.refresh_from_db()
+    assert invoice.status == InvoiceStatus.UNRESOLVED
+    response = owner.post(reverse("invoice_accept", args=[invoice.pk]), {"note": "Ti\x00p"})
+    assert response.status_code == 302
+    invoice.refresh_from_db()
+    assert invoice.status == InvoiceStatus.PAID
+    assert invoice.events.filter(note="Tip").exists()
+
+
+@pytest.fixture
+def admin_browser(db):
+    from django.test import Client
+
+    from tests.factories import PASSWORD, UserFactory
+
+    root = UserFactory(email="root@stablebill.test", is_staff=True, is_superuser=True)
+    browser = Client()
+    assert browser.login(email=root.email, password=PASSWORD)
+    return browser
+
+
+@pytest.mark.parametrize(
+    ("query", "refusal"),
+    [
+        ({"status__exact": "\x00"}, "Text may not contain NUL characters."),
+        ({"q": "INV\x00"}, "Text may not contain NUL characters."),
+        ({"created_at__year": "2147483648"}, "created_at__year takes a number of at most 4"),
+        ({"created_at__year": str(2**63)}, "created_at__year takes a number of at most 4"),
+        ({"created_at__year": "2026", "created_at__month": "123"}, "at most 2 digits"),
+    ],
+)
+def test_the_admin_refuses_filters_it_cannot_read(admin_browser, acme, query, refusal):
+    changelist = reverse("admin:invoices_invoice_changelist")
+    response = admin_browser.get(changelist, query)
+    assert response.status_code == 400
+    assert refusal in response.content.decode()
+
+
+def test_the_admin_still_filters_by_status_and_date(admin_browser, acme):
+    invoice = make_invoice(acme, issue=True)
+    changelist = reverse("admin:invoices_invoice_changelist")
+    year = invoice.created_at.year
+    for query in ({"status__exact": "open"}, {"created_at__year": str(year)}, {}):
+        response = admin_browser.get(changelist, query)
+        assert response.status_code == 200, query
+        assert invoice.reference in response.content.decode(), query
+
+
+@pytest.mark.parametrize("selected", ["abc", "13\x00", "\x00", PAST_64_BITS, SUPERSCRIPT_TWO])
+def test_an_admin_action_on_rows_that_are_no_ids_is_refused(admin_browser, acme, selected):
+    invoice = make_invoice(acme, issue=True)
+    data = {"action": "mark_paid_off_platform", "_selected_action": [selected], "apply": "1"}
+    data["reference"] = "Wire 1"
+    response = admin_browser.post(reverse("admin:invoices_invoice_changelist"), data)
+    assert response.status_code == 400
+    invoice.refresh_from_db()
+    assert invoice.status == InvoiceStatus.OPEN
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [{"id": "\x00"}, {"id": 123, "response": []}, {"type": "public-key"}, [], "x", 7],
+)
+def test_a_malformed_passkey_answer_is_a_failed_sign_in(client, db, credential):
+    import json
+
+    response = client.post(reverse("mfa_login_webauthn"), {"credential": json.dumps(credential)})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("account_login")
+    assert "_auth_user_id" not in client.session
+
+
+def test_a_malformed_passkey_registration_is_a_form_error(owner):
+    from tests.security.conftest import reauthenticate
+
+    reauthenticate(owner)
+    data = {"name": "Laptop", "credential": '{"id": 1, "response": []}'}
+    response = owner.post(reverse("mfa_add_webauthn"), data)
+    assert response.status_code == 200
+    assert response.context["form"].errors
