@@ -6,7 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -33,7 +34,18 @@ class Command(BaseCommand):
                     user = User.objects.create_user(
                         email=DEMO_EMAIL, password=password, first_name="Dana", last_name="Demo"
                     )
-                    self._populate(user)
+                    try:
+                        self._populate(user)
+                    except ValidationError as error:
+                        # Outside DEBUG no static price is approved unless the operator says
+                        # so, and the demo bills in EUR and GBP too: say what to set, and
+                        # leave nothing half-made (the transaction rolls back).
+                        raise CommandError(
+                            "The demo business could not be made: "
+                            + " ".join(error.messages)
+                            + " Run it with DEBUG=1 (make run does), or set "
+                            "RATE_STATIC_APPROVED='*' or a live rate source."
+                        ) from None
                 else:
                     user.set_password(password)
                     user.save(update_fields=["password"])
