@@ -6,6 +6,7 @@ ValueError on one that no browser sends (`{"id": "\\u0000"}`, a list where an ob
 Here any such answer is that same error. Named in settings.MFA_FORMS.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from allauth.mfa.adapter import get_adapter
@@ -15,28 +16,23 @@ from django.core.exceptions import ValidationError
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
-def _refused() -> ValidationError:
-    return get_adapter().validation_error("incorrect_code")
+def _checked(clean: Callable[[], Any]) -> Any:
+    try:
+        return clean()
+    except ValidationError:
+        raise
+    except MALFORMED:
+        raise get_adapter().validation_error("incorrect_code") from None
 
 
 class _CheckedAnswer:
     def clean_credential(self) -> Any:
-        try:
-            return super().clean_credential()  # type: ignore[misc]
-        except ValidationError:
-            raise
-        except MALFORMED:
-            raise _refused() from None
+        return _checked(super().clean_credential)  # type: ignore[misc]
 
 
 class _CheckedRegistration:
     def clean(self) -> dict:
-        try:
-            return super().clean()  # type: ignore[misc]
-        except ValidationError:
-            raise
-        except MALFORMED:
-            raise _refused() from None
+        return _checked(super().clean)  # type: ignore[misc]
 
 
 class LoginWebAuthnForm(_CheckedAnswer, allauth_forms.LoginWebAuthnForm):

@@ -26,26 +26,11 @@ from merchants.models import Membership, Role, SecurityEvent
 from merchants.money import decimal_places
 from merchants.validators import MAX_ID, parse_id
 from tests.factories import MembershipFactory, make_invoice, make_paid_payment
+from tests.invoices.test_views import _editor_data
 
 SUPERSCRIPT_TWO = "\u00b2"  # '²': str.isdigit() is True, int() raises
 CIRCLED_ONE = "\u2460"  # '①'
 PAST_64_BITS = str(MAX_ID + 1)
-
-
-def _editor(**overrides) -> dict:
-    data = {
-        "customer": "",
-        "currency": "USD",
-        "kind": "one_time",
-        "pricing_mode": "no_timer",
-        "fee_payer": "merchant",
-        "items-0-name": "Design",
-        "items-0-quantity": "2",
-        "items-0-unit_price": "150.00",
-        "action": "save",
-    }
-    data.update(overrides)
-    return data
 
 
 @pytest.fixture
@@ -152,7 +137,7 @@ def test_the_editor_ignores_a_customer_or_draft_that_is_no_id(owner, acme):
         response = owner.get(reverse("invoice_new"), {"customer": raw})
         assert response.status_code == 200, raw
         assert response.context["form"].initial.get("customer") is None
-        preview = owner.post(f"{reverse('invoice_preview')}?draft={raw}", _editor())
+        preview = owner.post(f"{reverse('invoice_preview')}?draft={raw}", _editor_data())
         assert preview.status_code == 200, raw
         row = owner.get(reverse("invoice_item_row"), {"next": raw})
         assert row.status_code == 200, raw
@@ -200,7 +185,7 @@ def test_a_customer_filter_past_64_bits_is_a_form_error_not_a_query(owner, acme)
 
 def test_a_payment_method_id_past_64_bits_is_an_invalid_choice(owner, acme):
     PaymentMethod.objects.create(merchant=acme, name="Bank transfer")
-    data = _editor(payment_methods=["9" * 30])
+    data = _editor_data(payment_methods=["9" * 30])
     for url in (reverse("invoice_new"), reverse("invoice_totals"), reverse("invoice_preview")):
         response = owner.post(url, data)
         assert response.status_code in (200, 422), url
@@ -224,7 +209,7 @@ def test_a_payment_method_id_past_64_bits_is_an_invalid_choice(owner, acme):
 def test_a_vanishingly_small_quantity_or_price_is_refused_not_stored_as_zero(
     owner, acme, field, value, message
 ):
-    response = owner.post(reverse("invoice_new"), _editor(**{field: value}))
+    response = owner.post(reverse("invoice_new"), _editor_data(**{field: value}))
     assert response.status_code == 422
     assert message in response.content.decode()
     assert not Invoice.objects.exists() and not LineItem.objects.exists()
@@ -233,11 +218,13 @@ def test_a_vanishingly_small_quantity_or_price_is_refused_not_stored_as_zero(
 
 
 def test_a_vanishingly_small_discount_is_refused(owner, acme):
-    data = _editor(**{"items-0-discount_kind": "amount", "items-0-discount_value": "1e-999999999"})
+    data = _editor_data(
+        **{"items-0-discount_kind": "amount", "items-0-discount_value": "1e-999999999"}
+    )
     response = owner.post(reverse("invoice_new"), data)
     assert response.status_code == 422
     assert not Invoice.objects.exists()
-    whole = _editor(discount_kind="amount", discount_value="1e-999999999")
+    whole = _editor_data(discount_kind="amount", discount_value="1e-999999999")
     assert owner.post(reverse("invoice_new"), whole).status_code == 422
     assert not Invoice.objects.filter(status=InvoiceStatus.DRAFT).exists()
 
