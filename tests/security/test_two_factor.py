@@ -46,7 +46,10 @@ def test_a_wrong_or_old_totp_code_is_refused(client_for, alice):
 
 def test_a_replayed_totp_code_is_refused(client_for, alice):
     secret, _ = activate_totp(client_for(alice))
-    code = totp_code(secret, periods_ago=1)  # not the one activation used
+    # The next period's code: not the one activation used, and still inside the
+    # tolerance window for a full period after this line, where last period's code
+    # fell out of it whenever the clock ticked between taking it and posting it.
+    code = totp_code(secret, periods_ago=-1)
     first = Client()
     sign_in(first, "alice@acme.test")
     assert first.post(reverse("mfa_authenticate"), {"code": code}).status_code == 302
