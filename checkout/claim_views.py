@@ -13,6 +13,7 @@ from invoices.models import Invoice
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
 from merchants.models import Merchant, Role
+from merchants.validators import parse_id
 from wallets.claims import (
     MAX_CLAIM_ITEMS,
     ClaimError,
@@ -202,11 +203,22 @@ def claims_summary(request: MerchantRequest) -> HttpResponse:
 
 
 def _ids(values: list[str]) -> list[int] | None:
+    ids = [parse_id(v, limit=2**62 - 1) for v in values]
+    return None if None in ids else [i for i in ids if i is not None]
+
+
+def _chain_id(raw: str) -> int | None:
+    """The chain id a wallet reports, decimal or 0x-hex (EIP-155 ids fit 64 bits): anything
+    longer is no chain's, and formatting thousands of hex digits into the error message broke
+    Python's integer-to-text limit, a 500."""
+    raw = raw.strip()
+    if not raw.isascii() or len(raw) > 20:
+        return None
     try:
-        ids = [int(v) for v in values]
+        value = int(raw, 0)
     except ValueError:
         return None
-    return ids if all(0 < i < 2**62 for i in ids) else None
+    return value if 0 < value < 2**63 else None
 
 
 @require_POST
@@ -260,9 +272,8 @@ def claim_prepare_view(request: MerchantRequest) -> HttpResponse:
 @merchant_view(min_role=Role.STAFF)
 def claim_sent_view(request: MerchantRequest, pk: int) -> JsonResponse:
     """The browser wallet sent the claim: record its transaction hash."""
-    try:
-        chain_id = int(request.POST.get("chain_id", ""), 0)
-    except ValueError:
+    chain_id = _chain_id(request.POST.get("chain_id", ""))
+    if chain_id is None:
         return JsonResponse({"error": "The wallet did not say which chain it is on."}, status=400)
     try:
         claim = claim_submit(

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -48,7 +48,7 @@ from invoices.services import (
 )
 from merchants.fields import exact_sum, exact_totals
 from merchants.models import User
-from merchants.money import get_currency
+from merchants.money import get_currency, parse_typed_amount
 from merchants.validators import without_nul
 from wallets.chain import (
     ZERO_ADDRESS,
@@ -231,11 +231,13 @@ def whole(asset: Asset, units: Decimal | int) -> str:
 
 def parse_amount(text: str, asset: Asset) -> Decimal:
     """Whole tokens as typed ("12.5") to base units; refuses more decimals than the asset has."""
-    try:
-        value = Decimal(text.strip().replace(",", ""))
-    except (InvalidOperation, AttributeError):
-        raise RefundError("Enter an amount like 12.50.", "amount") from None
-    if not value.is_finite() or value <= 0:
+    value = parse_typed_amount(text)
+    if value is None:
+        raise RefundError(
+            "Enter an amount like 12.50 (a point for decimals; commas only between thousands).",
+            "amount",
+        )
+    if value <= 0:
         raise RefundError("Enter an amount above zero.", "amount")
     if value.adjusted() > MAX_REFUND_DIGITS:
         # Beyond any order's money, and past what the decimal context can scale (1e999999999
@@ -470,7 +472,7 @@ def refund_resolve_unresolved(*, payment: Payment, by: User | None = None) -> Re
 def check_refund_address(*, network: Network, address: str, again: str) -> str:
     """The payer's refund address, lower-case, or RefundError naming what is wrong."""
     address, again = address.strip(), again.strip()
-    if not ADDRESS.match(address):
+    if not ADDRESS.fullmatch(address):
         raise RefundError(
             "Enter an address of 0x and 40 hexadecimal characters (0-9, a-f).", "address"
         )
@@ -560,7 +562,7 @@ def refund_report_sent(
     """The merchant's wallet sent it (the page reports the hash), or the merchant pasted one.
     The watcher confirms it, or sends the refund back to "address given" if it does not pay it."""
     tx_hash = tx_hash.strip().lower()
-    if not TX_HASH.match(tx_hash):
+    if not TX_HASH.fullmatch(tx_hash):
         raise RefundError("Enter a transaction hash: 0x and 64 hexadecimal characters.", "tx_hash")
     with transaction.atomic():
         _lock(refund)

@@ -5,7 +5,7 @@ import re
 import threading
 import time
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from itertools import groupby
 
 import segno
@@ -33,6 +33,7 @@ from checkout.services import (
 from invoices.models import Invoice, InvoiceKind, PricingMode
 from invoices.selectors import invoice_scope
 from merchants.access import MerchantRequest, merchant_view
+from merchants.money import parse_typed_amount
 from merchants.validators import parse_id
 from wallets.models import Asset, Transfer
 
@@ -347,9 +348,9 @@ def pay_start(request: HttpRequest, token: str) -> HttpResponse:
     asset = Asset.objects.select_related("network").filter(pk=parse_id(raw_asset) or 0).first()
     amount = None
     if request.POST.get("amount", "").strip():
-        try:
-            amount = Decimal(request.POST["amount"].strip())
-        except InvalidOperation:
+        # Not as typed: payment_start refuses a negative amount with the page's message.
+        amount = parse_typed_amount(request.POST["amount"])
+        if amount is None:
             amount = Decimal(-1)
     context = _context(invoice)
     status = 200

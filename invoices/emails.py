@@ -80,10 +80,16 @@ def build(
     )
 
 
+# Characters with a meaning in an address header. formataddr quotes a name holding them, but
+# Python's email package drops those quotes when it folds a long header, and the name's own
+# '<…>' then reads as the sender's address: the name goes out without them.
+ADDRESS_SPECIALS = str.maketrans("", "", '"\\<>,;:@()[]')
+
+
 def sender(name: str) -> str:
     """DEFAULT_FROM_EMAIL's address under the merchant's name: 'Acme Tools <billing@…>'."""
     _, address = parseaddr(settings.DEFAULT_FROM_EMAIL)
-    clean = " ".join(name.split())[:80]
+    clean = " ".join(name.translate(ADDRESS_SPECIALS).split())[:80]
     return formataddr((clean, address)) if clean and address else settings.DEFAULT_FROM_EMAIL
 
 
@@ -268,7 +274,7 @@ def email_for_delivery(delivery: EmailDelivery, *, attach: bool = True) -> Email
 
 
 def _common(merchant: Merchant, *, preview: bool = False) -> dict[str, Any]:
-    brand = merchant.brand_colour if HEX_COLOUR.match(merchant.brand_colour) else "#4f46e5"
+    brand = merchant.brand_colour if HEX_COLOUR.fullmatch(merchant.brand_colour) else "#4f46e5"
     return {
         "merchant": merchant,
         "brand": brand,

@@ -389,7 +389,7 @@ def _invoice_context(
         "empty_span": 2 + 2 * show_quantities + show_taxes,
         "issue_date": timezone.localtime(issued).date(),
         "brand": merchant.brand_colour
-        if HEX_COLOUR.match(merchant.brand_colour)
+        if HEX_COLOUR.fullmatch(merchant.brand_colour)
         else DEFAULT_BRAND,
         "logo_url": LOGO_URL if logo is not None else "",
         "page_size": "letter" if merchant.paper_size == PaperSize.LETTER else "A4",

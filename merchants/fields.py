@@ -85,7 +85,7 @@ class AmountField(models.DecimalField):
         return body
 
     def decode(self, text: str) -> Decimal:
-        if text.startswith("-") and _CANONICAL.match(text[1:]):
+        if text.startswith("-") and _CANONICAL.fullmatch(text[1:]):
             return -Decimal(text[1:].translate(_NINES))
         return Decimal(text)
 

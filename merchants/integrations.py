@@ -35,6 +35,7 @@ from merchants.models import (
     WebhookEndpoint,
 )
 from merchants.outbound import BlockedURL, check_url
+from merchants.validators import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def webhook_disabled_send(*, merchant_id: int, url: str, reason: str) -> None:
         "link": settings.SITE_URL + reverse("webhook_list"),
     }
     send_mail(
-        subject=f"Webhook endpoint disabled for {merchant.name}",
+        subject=f"Webhook endpoint disabled for {one_line(merchant.name)}",
         message=render_to_string("merchants/emails/webhook_disabled.txt", context),
         from_email=None,
         recipient_list=owners,

@@ -4,8 +4,9 @@ Amounts are `Decimal` quantized to their currency's precision; nothing here ever
 On-chain values in base units live in the wallets app, beside each asset's own decimals.
 """
 
+import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
@@ -80,14 +81,19 @@ def quantize(amount: Decimal, currency: str | Currency) -> Decimal:
     return amount.quantize(cur.quantum, rounding=ROUND_HALF_UP)
 
 
-def parse_decimal(raw: str) -> Decimal:
-    try:
-        value = Decimal(raw.strip().replace(",", ""))
-    except (InvalidOperation, AttributeError):
-        raise ValueError(f"{raw!r} is not a number.") from None
-    if not value.is_finite():
-        raise ValueError(f"{raw!r} is not a number.")
-    return value
+# An amount as a person types it: ASCII digits with at most one point, commas only between
+# groups of three ("1,250.50"). A comma anywhere else is refused, not dropped: "1,5" meant
+# one and a half where it is the decimal mark, and dropping it made it fifteen.
+TYPED_AMOUNT = re.compile(r"(?:[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+)(?:\.[0-9]+)?")
+
+
+def parse_typed_amount(text: str) -> Decimal | None:
+    """The amount typed, or None when it is not written as TYPED_AMOUNT allows (Decimal
+    itself also takes '1_5', fullwidth digits, '1e3' and 'NaN')."""
+    text = text.strip()
+    if len(text) > 60 or not TYPED_AMOUNT.fullmatch(text):
+        return None
+    return Decimal(text.replace(",", ""))
 
 
 def format_amount(amount: Decimal, currency: str | Currency) -> str:

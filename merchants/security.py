@@ -39,6 +39,7 @@ from merchants.models import (
     SecurityEventKind,
     User,
 )
+from merchants.validators import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def security_notice_send(*, event: SecurityEvent) -> None:
     }
     for email in owners:
         send_mail(
-            subject=f"Stablebill: {event.summary} at {event.merchant.name}",
+            subject=one_line(f"Stablebill: {event.summary} at {event.merchant.name}"),
             message=render_to_string("merchants/emails/security_notice.txt", context),
             from_email=None,
             recipient_list=[email],

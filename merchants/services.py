@@ -8,14 +8,27 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from merchants.models import SELLER_FIELDS, Membership, Merchant, Role, User
+from merchants.models import ADDRESS_FIELDS, SELLER_FIELDS, Membership, Merchant, Role, User
+from merchants.validators import one_line
 
 
 @transaction.atomic
 def merchant_create(*, name: str, owner: User, default_currency: str = "USD") -> Merchant:
-    merchant = Merchant.objects.create(name=name.strip(), default_currency=default_currency)
+    merchant = Merchant.objects.create(name=one_line(name), default_currency=default_currency)
     Membership.objects.create(user=owner, merchant=merchant, role=Role.OWNER)
     return merchant
+
+
+# The business's one-line texts: printed on a line of their own, and named in email subjects.
+ONE_LINE_FIELDS = {
+    "name",
+    "legal_name",
+    *ADDRESS_FIELDS,
+    "tax_id",
+    "registration_number",
+    "contact_email",
+    "contact_phone",
+}
 
 
 def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
@@ -38,7 +51,7 @@ def merchant_update(*, merchant: Merchant, **fields) -> Merchant:
         # The form's "Clear" box gives False; an empty name is how a FileField holds no file.
         fields["logo"] = ""
     for key, value in fields.items():
-        setattr(merchant, key, value)
+        setattr(merchant, key, one_line(value) if key in ONE_LINE_FIELDS else value)
     merchant.full_clean(exclude=["next_invoice_number"])
     merchant.save(update_fields=[*fields])
     return merchant
@@ -89,7 +102,7 @@ def invitation_send(*, membership: Membership, invited_by: User, new_user: bool)
         "new_user": new_user,
     }
     send_mail(
-        subject=f"You have been added to {membership.merchant.name} on Stablebill",
+        subject=f"You have been added to {one_line(membership.merchant.name)} on Stablebill",
         message=render_to_string("merchants/emails/invitation.txt", context),
         from_email=None,
         recipient_list=[user.email],

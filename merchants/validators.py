@@ -31,6 +31,13 @@ def without_nul(text: str) -> str:
     return text.replace("\x00", "")
 
 
+def one_line(text: str) -> str:
+    """Text for one line (a name, an email subject): its whitespace runs, line breaks
+    included, as single spaces. A line break in a business name made every email whose
+    subject names it fail ("Header values may not contain linefeed")."""
+    return " ".join(without_nul(text).split())
+
+
 def parse_id(raw: str | None, *, limit: int = MAX_ID) -> int | None:
     """A positive whole number as a person or a client typed it (a query parameter, a form
     field), or None for anything else.

@@ -253,9 +253,12 @@ def claim_submit(
             f"Your wallet is on chain {chain_id}, but this claim is for {claim.network.name} "
             f"(chain {claim.network.chain_id}). Switch networks in the wallet and sign again."
         )
-    if not TX_HASH_RE.match(tx_hash or ""):
+    # Whole-string matches: `$` also matches before a trailing newline, and a hash with one
+    # was stored and then broke every receipt request of the network's claim rounds.
+    tx_hash, sender = (tx_hash or "").strip(), (sender or "").strip()
+    if not TX_HASH_RE.fullmatch(tx_hash):
         raise ClaimError("The wallet answered something that is not a transaction hash.")
-    if sender and not ADDRESS_RE.match(sender):
+    if sender and not ADDRESS_RE.fullmatch(sender):
         raise ClaimError("The wallet answered an invalid sender address.")
     tx_hash = tx_hash.lower()
     if claim.tx_hash == tx_hash:

@@ -27,7 +27,7 @@ def keccak(data: bytes) -> bytes:
 
 
 def _raw(address: str) -> bytes:
-    if not ADDRESS_RE.match(address):
+    if not ADDRESS_RE.fullmatch(address):
         raise ValueError(f"not a 0x-prefixed 20-byte address: {address!r}")
     return bytes.fromhex(address[2:])
 
@@ -75,7 +75,7 @@ def parse_account_address(raw: str) -> str:
     """A merchant's account address, lower case; a mixed-case one must carry a valid EIP-55
     checksum (a typo in one character is caught), and the zero address is refused."""
     text = raw.strip()
-    if not ADDRESS_RE.match(text):
+    if not ADDRESS_RE.fullmatch(text):
         raise ValueError("Enter the 0x address of your account: 0x followed by 40 hex digits.")
     body = text[2:]
     if body != body.lower() and body != body.upper():

@@ -210,6 +210,47 @@ def test_claims_refuse_bad_input_with_clear_messages(shop, acme, globex):
 
 
 @pytest.mark.django_db
+def test_a_wallets_answer_with_a_trailing_newline_or_an_endless_chain_id(shop, acme, client_for):
+    """Found by fuzzing: a hash ending in a newline passed the `$` of the pattern, was stored
+    67 characters long and broke every receipt request of the network's claim rounds; a
+    chain id of 5,000 hex digits was a 500 (Python's integer-to-text limit)."""
+    from django.urls import reverse
+
+    from tests.factories import MembershipFactory
+
+    _invoice, payment = paid(shop, "10.00")
+    shop.watch(), shop.confirm()
+    claim = shop.prepare([payment])
+    staff = MembershipFactory(merchant=acme, role="staff", user__email="sam@acme.test").user
+    browser = client_for(staff)
+    url = reverse("claim_sent", args=[claim.pk])
+    for chain_id in ("0x" + "f" * 5000, "9" * 30, "\u0663\u0661", "-31337", ""):
+        answer = browser.post(url, {"chain_id": chain_id, "tx_hash": "0x" + "ab" * 32})
+        assert answer.status_code == 400, chain_id
+        assert answer.json()["error"] == "The wallet did not say which chain it is on."
+    for tx_hash in ("0x" + "cd" * 32 + "\nx", "0x" + "cd" * 31 + "\n"):
+        with pytest.raises(ClaimError, match="transaction hash"):
+            claim_submit(
+                merchant=acme, claim_id=claim.pk, tx_hash=tx_hash, sender="", chain_id=31337
+            )
+    assert Claim.objects.get(pk=claim.pk).status == ClaimStatus.PREPARED
+    tx_hash = shop.sign(claim, report=False)
+    answer = browser.post(
+        url, {"chain_id": hex(31337), "tx_hash": tx_hash + "\n", "sender": ACCOUNT + "\n"}
+    )
+    assert answer.status_code == 200
+    claim.refresh_from_db()
+    assert (claim.status, claim.tx_hash, claim.sender) == (
+        ClaimStatus.PENDING,
+        tx_hash.lower(),
+        ACCOUNT.lower(),
+    )
+    shop.watch()  # the round reads the receipt of the hash as stored
+    claim.refresh_from_db()
+    assert claim.status == ClaimStatus.EXECUTED
+
+
+@pytest.mark.django_db
 def test_a_permanent_invoice_claims_each_payment(shop):
     invoice = shop.invoice("10.00", kind=InvoiceKind.PERMANENT)
     payments = []
