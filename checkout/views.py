@@ -348,7 +348,8 @@ def pay_start(request: HttpRequest, token: str) -> HttpResponse:
     asset = Asset.objects.select_related("network").filter(pk=parse_id(raw_asset) or 0).first()
     amount = None
     if request.POST.get("amount", "").strip():
-        # Not as typed: payment_start refuses a negative amount with the page's message.
+        # An amount not written as parse_typed_amount reads it goes on as -1, which
+        # payment_start refuses with the page's own message for a wrong amount.
         amount = parse_typed_amount(request.POST["amount"])
         if amount is None:
             amount = Decimal(-1)
