@@ -242,20 +242,24 @@ def require_recent_reauth(
                 messages.info(request, "Confirm it is you to make this change.")
                 step = "account_reauthenticate" if missing == "password" else "mfa_reauthenticate"
                 return suspend_request(request, reverse(step))
-            response = view(request, *args, **kwargs)
-            if what and 300 <= response.status_code < 400:
-                detail = ", ".join(
-                    f"{name}: {request.POST[name][:120]}"
-                    for name in detail_fields
-                    if request.POST.get(name)
-                )
-                money_change_record(
-                    request=request,
-                    merchant=request.merchant,  # type: ignore[attr-defined]
-                    user=request.user,  # type: ignore[arg-type]
-                    what=what,
-                    detail=detail,
-                )
+            # The change and its record commit together: a change the log could not take
+            # (it did refuse a NUL quoted from a field the view never reads) must not stand
+            # unrecorded and unannounced to the owners.
+            with transaction.atomic():
+                response = view(request, *args, **kwargs)
+                if what and 300 <= response.status_code < 400:
+                    detail = ", ".join(
+                        f"{name}: {one_line(request.POST[name])[:120]}"
+                        for name in detail_fields
+                        if request.POST.get(name)
+                    )
+                    money_change_record(
+                        request=request,
+                        merchant=request.merchant,  # type: ignore[attr-defined]
+                        user=request.user,  # type: ignore[arg-type]
+                        what=what,
+                        detail=detail,
+                    )
             return response
 
         return wrapped

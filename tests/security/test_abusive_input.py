@@ -27,6 +27,7 @@ from merchants.money import decimal_places
 from merchants.validators import MAX_ID, parse_id
 from tests.factories import MembershipFactory, make_invoice, make_paid_payment
 from tests.invoices.test_views import _editor_data
+from tests.wallets.test_addresses import ABANDON_XPUB
 
 SUPERSCRIPT_TWO = "\u00b2"  # '²': str.isdigit() is True, int() raises
 CIRCLED_ONE = "\u2460"  # '①'
@@ -238,6 +239,39 @@ def test_a_wallet_post_naming_no_way_to_be_paid_says_so(owner, acme, data):
     assert response.status_code == 422
     assert "Choose how payments are received." in response.content.decode()
     assert not SecurityEvent.objects.filter(summary="Wallet key changed").exists()
+
+
+@pytest.mark.parametrize(
+    ("view", "data", "what"),
+    [
+        (
+            "wallet_settings",
+            {"mode": "xpub", "xpub": ABANDON_XPUB, "account_address": "\x00"},
+            "Wallet key changed",
+        ),
+        (
+            "security_log",
+            {"require_two_factor": "a\x00b"},
+            "Two-factor requirement for the team changed",
+        ),
+    ],
+)
+def test_a_nul_quoted_from_a_field_the_change_never_reads_still_logs_and_announces_it(
+    owner, acme, mailoutbox, django_capture_on_commit_callbacks, view, data, what
+):
+    # The change went through, then PostgreSQL refused the log entry quoting the NUL: a
+    # wallet changed with no record and no email to the owners, answered with a 500.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner.post(reverse(view), data)
+    assert response.status_code == 302
+    event = SecurityEvent.objects.get(summary=what)
+    assert "\x00" not in event.detail
+    assert any(what in message.subject for message in mailoutbox)
+    acme.refresh_from_db()
+    if view == "wallet_settings":
+        assert acme.wallet.xpub == ABANDON_XPUB
+    else:
+        assert acme.require_two_factor
 
 
 def test_a_refused_role_change_is_neither_logged_nor_emailed(
