@@ -21,6 +21,7 @@ from invoices.models import (
     TaxRate,
 )
 from invoices.services import InvoiceStateError, invoice_mark_paid
+from merchants.admin_site import IdAutocomplete
 
 
 class LineItemInline(admin.TabularInline):
@@ -84,7 +85,7 @@ class MarkPaidAdminForm(forms.Form):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(admin.ModelAdmin):
+class InvoiceAdmin(IdAutocomplete, admin.ModelAdmin):
     list_display = [
         "reference",
         "merchant",
@@ -122,6 +123,9 @@ class InvoiceAdmin(admin.ModelAdmin):
         "tax_summary",
         "total",
         "currency",
+        # What the payer may pay with is chosen in the editor, which checks it; a raw JSON box
+        # here took an empty list as null (IntegrityError) and NaN as JSON PostgreSQL refuses.
+        "accepted_assets",
         "document",
         "created_by",
         "created_at",

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 
+from merchants.admin_site import IdAutocomplete
 from merchants.models import (
     ApiKey,
     IdempotencyRecord,
@@ -13,7 +14,7 @@ from merchants.models import (
 )
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(IdAutocomplete, admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
@@ -66,7 +67,7 @@ class MerchantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(IdAutocomplete, admin.ModelAdmin):
     list_display = ["user", "merchant", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["user__email", "merchant__name"]
@@ -95,7 +96,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["url", "description", "merchant__name"]
     list_select_related = ["merchant"]
-    readonly_fields = ["secret", "previous_secret", "previous_secret_until"]
+    # The events are chosen on the merchant's webhook page, which checks them; a raw JSON box
+    # here took an empty list as null (IntegrityError) and NaN as JSON PostgreSQL refuses.
+    readonly_fields = ["secret", "previous_secret", "previous_secret_until", "events"]
 
 
 @admin.register(IdempotencyRecord)

@@ -6,13 +6,14 @@ then back. With ADMIN_REQUIRE_TWO_FACTOR, staff without a second factor are sent
 up before any admin page opens.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.apps import AdminConfig
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.http.response import HttpResponseBase
@@ -57,6 +58,31 @@ def refused_admin_input(request: HttpRequest) -> str | None:
     if any(parse_id(raw) is None for raw in request.POST.getlist("_selected_action")):
         return "The selected rows are named by their ids."
     return None
+
+
+class IdAutocompleteSelect(AutocompleteSelect):
+    """The admin's autocomplete for a foreign key, shown again after a refused form without the
+    posted values that are no ids: Django's own looks them up as they came ('  ', '1e999'),
+    and the query raised ValueError, a 500 in place of the form's "Select a valid choice"."""
+
+    def optgroups(
+        self, name: str, value: Sequence[str], attr: dict[str, Any] | None = None
+    ) -> list[Any]:
+        from merchants.validators import parse_id
+
+        ids = [v for v in value if v in (None, "") or parse_id(str(v)) is not None]
+        return super().optgroups(name, ids, attr)
+
+
+class IdAutocomplete:
+    """For a ModelAdmin or an inline with autocomplete_fields: IdAutocompleteSelect for them."""
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        names = self.get_autocomplete_fields(request)  # type: ignore[attr-defined]
+        if "widget" not in kwargs and db_field.name in names:
+            site = self.admin_site  # type: ignore[attr-defined]
+            kwargs["widget"] = IdAutocompleteSelect(db_field, site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
 
 
 class StablebillAdminSite(admin.AdminSite):

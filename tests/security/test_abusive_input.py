@@ -520,3 +520,43 @@ def test_a_refund_amount_with_thousands_separators_is_read_as_written(owner, acm
     owner.post(new, {"payment": str(payment.pk), "amount": "1.50", "reason": "Returned"})
     (refund,) = payment.refunds.all()
     assert refund.amount == 1_500_000  # 1.50 USDC in base units
+
+
+@pytest.mark.parametrize("raw", ["  ", "1e999", "NaN", "1,5", SUPERSCRIPT_TWO, PAST_64_BITS])
+def test_an_admin_autocomplete_given_no_id_shows_the_form_again(admin_browser, acme, raw):
+    # Django's autocomplete looked the posted value up as it came to show the refused form
+    # again: ValueError, a 500, in place of "Select a valid choice".
+    response = admin_browser.post(
+        reverse("admin:merchants_membership_add"),
+        {"user": raw, "merchant": str(acme.pk), "role": "owner"},
+    )
+    assert response.status_code == 200
+    assert "user" in response.context["adminform"].form.errors
+    customer_add = admin_browser.post(
+        reverse("admin:customers_customer_add"), {"merchant": raw, "name": "Ada"}
+    )
+    assert customer_add.status_code == 200
+    assert "merchant" in customer_add.context["adminform"].form.errors
+
+
+def test_the_admin_leaves_json_lists_to_the_merchants_own_pages(admin_browser, acme):
+    from merchants.models import WebhookEndpoint
+
+    endpoint = WebhookEndpoint.objects.create(
+        merchant=acme, url="https://hooks.example.org/in", events=["invoice.paid"]
+    )
+    invoice = make_invoice(acme, issue=True, accepted_assets=["USDC"])
+    pages = {
+        "events": reverse("admin:merchants_webhookendpoint_change", args=[endpoint.pk]),
+        "accepted_assets": reverse("admin:invoices_invoice_change", args=[invoice.pk]),
+    }
+    for name, url in pages.items():
+        # Editable, an empty list was saved as null (IntegrityError) and NaN as JSON
+        # PostgreSQL refuses (DataError).
+        assert name not in admin_browser.get(url).context["adminform"].form.fields
+        for raw in ("", "NaN", "1e999"):
+            assert admin_browser.post(url, {name: raw}).status_code < 500
+    endpoint.refresh_from_db()
+    invoice.refresh_from_db()
+    assert endpoint.events == ["invoice.paid"]
+    assert invoice.accepted_assets == ["USDC"]
