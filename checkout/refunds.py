@@ -49,7 +49,7 @@ from invoices.services import (
 from merchants.fields import exact_sum, exact_totals
 from merchants.models import User
 from merchants.money import get_currency, parse_typed_amount
-from merchants.validators import without_nul
+from merchants.validators import one_line
 from wallets.chain import (
     ZERO_ADDRESS,
     Chain,
@@ -326,7 +326,7 @@ def refund_request(
     actor: str = Actor.USER,
 ) -> RefundRequest:
     """Open a refund of `amount` base units (None: everything still refundable)."""
-    reason = " ".join(without_nul(reason).split())[:500]
+    reason = one_line(reason)[:500]
     if not reason:
         raise RefundError("Say why the money goes back (the payer sees it).", "reason")
     with transaction.atomic():
@@ -601,7 +601,7 @@ def refund_mark_outside(
 ) -> RefundRequest:
     """Paid some other way (another wallet, a bank transfer): the refund is done; the books
     are not touched, as for an invoice marked paid off-platform."""
-    reference = " ".join(without_nul(reference).split())[:200]
+    reference = one_line(reference)[:200]
     if not reference:
         raise RefundError("Say how it was paid (a transaction, a bank reference).", "reference")
     with transaction.atomic():
@@ -620,7 +620,7 @@ def refund_mark_outside(
 def refund_decline(
     *, refund: RefundRequest, reason: str, by: User | None = None, actor: str = Actor.USER
 ) -> RefundRequest:
-    reason = " ".join(without_nul(reason).split())[:500]
+    reason = one_line(reason)[:500]
     if not reason:
         raise RefundError("Say why the refund is declined.", "decline_reason")
     with transaction.atomic():

@@ -23,6 +23,7 @@ from invoices import pdf
 from invoices.document import document_of
 from invoices.models import CreditNote, EmailDelivery, EmailKind, Invoice, LineItem, Receipt
 from merchants.models import Merchant
+from merchants.validators import one_line
 
 TEMPLATES = "invoices/emails"
 # Items listed in the email body; the attached PDF has all of them.
@@ -67,7 +68,7 @@ def build(
 ) -> Email:
     from_email = sender(sender_name)
     context = {**context, "from_email": from_email}
-    subject = " ".join(render_to_string(f"{TEMPLATES}/{kind}_subject.txt", context).split())
+    subject = one_line(render_to_string(f"{TEMPLATES}/{kind}_subject.txt", context))
     context["subject"] = subject
     return Email(
         kind=kind,
@@ -89,7 +90,7 @@ ADDRESS_SPECIALS = str.maketrans("", "", '"\\<>,;:@()[]')
 def sender(name: str) -> str:
     """DEFAULT_FROM_EMAIL's address under the merchant's name: 'Acme Tools <billing@…>'."""
     _, address = parseaddr(settings.DEFAULT_FROM_EMAIL)
-    clean = " ".join(name.translate(ADDRESS_SPECIALS).split())[:80]
+    clean = one_line(name.translate(ADDRESS_SPECIALS))[:80]
     return formataddr((clean, address)) if clean and address else settings.DEFAULT_FROM_EMAIL
 
 

@@ -560,3 +560,23 @@ def test_the_admin_leaves_json_lists_to_the_merchants_own_pages(admin_browser, a
     invoice.refresh_from_db()
     assert endpoint.events == ["invoice.paid"]
     assert invoice.accepted_assets == ["USDC"]
+
+
+def test_every_admin_autocomplete_shows_a_refused_form_again_without_a_lookup():
+    # The guard is a mixin: an admin or inline given autocomplete_fields without it would
+    # bring the ValueError back.
+    from django.contrib import admin
+
+    from merchants.admin_site import IdAutocomplete
+
+    unguarded = [
+        type(model_admin).__name__
+        for model_admin in admin.site._registry.values()
+        if model_admin.autocomplete_fields and not isinstance(model_admin, IdAutocomplete)
+    ] + [
+        inline.__name__
+        for model_admin in admin.site._registry.values()
+        for inline in model_admin.inlines
+        if inline.autocomplete_fields and not issubclass(inline, IdAutocomplete)
+    ]
+    assert unguarded == []
